@@ -1,0 +1,41 @@
+"""Backend choice shared by every functional op (DESIGN.md: "auto" | "triton" | "torch")."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run on the CPU through the interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - triton is a dependency where it installs
+        return False
+    return True
+
+
+def use_triton(backend: str, *tensors: torch.Tensor, op: str) -> bool:
+    """Resolve ``backend`` for tensors on one device; raise a clear error for an impossible request."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    device = tensors[0].device
+    runnable = _triton_available() and (device.type == "cuda" or (interpret_mode() and device.type == "cpu"))
+    if backend == "auto":
+        return runnable
+    if not runnable:
+        why = "triton is not installed" if not _triton_available() else (
+            f"the tensors are on {device} (Triton needs CUDA tensors, or CPU tensors with "
+            f"TRITON_INTERPRET=1 set before triton is imported)"
+        )
+        raise RuntimeError(f"{op}: backend='triton' cannot run here: {why}. Use backend='auto' or 'torch'.")
+    return True

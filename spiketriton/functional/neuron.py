@@ -1,0 +1,342 @@
+"""Stateless multi-step neurons: ``spikes, v_last = lif(x_seq, v)``.
+
+Dispatch (DESIGN.md): ``backend="auto"`` runs the fused Triton kernels for CUDA tensors (or CPU
+tensors under TRITON_INTERPRET=1) in fp32/fp16/bf16, and the fp32 PyTorch reference otherwise
+(float64 inputs always take the reference, which then computes in float64). ``backend="triton"``
+where Triton cannot run is an error; ``backend="torch"`` always takes the reference.
+
+State is fp32 whatever the input dtype: ``v_last`` is fp32, spikes are in the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from .. import surrogate as sg
+from ..kernels import neuron as K
+from ..reference.neuron import neuron_reference
+from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
+from ._backend import use_triton
+
+__all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class ExtendedLIFState(NamedTuple):
+    v: torch.Tensor           # fp32 membrane potential
+    v_th_adpt: torch.Tensor   # fp32 adaptive part of the threshold (zeros when adaptation is off)
+    ref_cnt: torch.Tensor     # int32 refractory counter (zeros when ref_len = 0)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Validation
+# --------------------------------------------------------------------------------------------- #
+
+
+def check_sequence(x_seq, op: str) -> None:
+    if not isinstance(x_seq, torch.Tensor):
+        raise TypeError(f"{op}: x_seq must be a torch.Tensor [T, B, *features], got {type(x_seq).__name__}")
+    if not x_seq.is_floating_point():
+        raise TypeError(
+            f"{op}: x_seq must be a floating tensor (float32, float16, bfloat16 or float64), got {x_seq.dtype}; "
+            f"convert spikes or currents with .float() first"
+        )
+    if x_seq.dim() < 2:
+        raise ValueError(
+            f"{op}: x_seq must have at least 2 dimensions [T, B, *features] (time first), got shape {tuple(x_seq.shape)}"
+        )
+
+
+def _check_state(state, x_seq, name: str, op: str, integer: bool = False):
+    if state is None:
+        return None
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(state).__name__}")
+    want = tuple(x_seq.shape[1:])
+    if tuple(state.shape) != want:
+        raise ValueError(
+            f"{op}: carried-in {name} has shape {tuple(state.shape)} but x_seq [T, *S] needs S = {want}; "
+            f"if the batch or feature size changed, reset the neuron (module.reset() or spiketriton.reset(net)) "
+            f"before the new input"
+        )
+    if state.device != x_seq.device:
+        raise ValueError(f"{op}: {name} is on {state.device} but x_seq is on {x_seq.device}; move them to one device")
+    if integer and (state.is_floating_point() or state.is_complex()):
+        raise TypeError(f"{op}: {name} must be an integer tensor, got {state.dtype}")
+    if not integer and not state.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating tensor, got {state.dtype}")
+    return state
+
+
+def _finite(value, name: str, op: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- #
+# Autograd Function over the fused kernels
+# --------------------------------------------------------------------------------------------- #
+
+
+class _NeuronFunction(torch.autograd.Function):
+    """Outputs ``(spikes, v_last, a_last, ref_last)``; the last two carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, v0, params, a0, ref0, spec: NeuronSpec):
+        spikes, v_last, a_last, ref_last, saved = K.neuron_forward(x, v0, a0, ref0, params, spec, store=True)
+        a_last = a_last if a_last is not None else torch.zeros_like(v_last)
+        ref_last = ref_last if ref_last is not None else torch.zeros(v_last.shape, dtype=torch.int32, device=x.device)
+        ctx.mark_non_differentiable(a_last, ref_last)
+        ctx.set_materialize_grads(False)
+        ctx.spec = spec
+        ctx.shape = x.shape
+        ctx.v0_dtype = v0.dtype if v0 is not None else None
+        need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[2] and v0 is not None
+        h, bits, vth, gate = saved
+        ctx.save_for_backward(h, bits, vth, gate, v0 if need_v0_saved else None, params)
+        return spikes, v_last, a_last, ref_last
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_v_last, _ga, _gref):
+        h, bits, vth, gate, v0, params = ctx.saved_tensors
+        spec = ctx.spec
+        need_x, need_v0, need_p = ctx.needs_input_grad[:3]
+        T = ctx.shape[0]
+        if g_spikes is None:
+            g_spikes = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
+        if T == 0 or h.numel() == 0:
+            gx = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
+            gv0 = g_v_last if (g_v_last is not None and T == 0) else torch.zeros(ctx.shape[1:], device=h.device)
+            return gx, (gv0.to(ctx.v0_dtype) if need_v0 else None), (torch.zeros_like(params) if need_p else None), None, None, None
+        gx, gv0, gp = K.neuron_backward(
+            g_spikes, g_v_last, (h, bits, vth, gate), v0, params, spec, need_v0=need_v0, need_params=need_p
+        )
+        return (
+            gx if need_x else None,
+            gv0.to(ctx.v0_dtype) if need_v0 else None,
+            gp.to(params.dtype).view_as(params) if need_p else None,
+            None,
+            None,
+            None,
+        )
+
+
+def run_neuron(
+    x_seq: torch.Tensor,
+    v0: Optional[torch.Tensor],
+    a0: Optional[torch.Tensor],
+    ref0: Optional[torch.Tensor],
+    params: torch.Tensor,
+    spec: NeuronSpec,
+    backend: str = "auto",
+    op: str = "neuron",
+):
+    """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)`` (fp32, fp32, int32)."""
+    check_sequence(x_seq, op)
+    v0 = _check_state(v0, x_seq, "v", op)
+    a0 = _check_state(a0, x_seq, "v_th_adpt", op)
+    ref0 = _check_state(ref0, x_seq, "ref_cnt", op, integer=True)
+    if params.device != x_seq.device:
+        raise ValueError(f"{op}: parameters are on {params.device} but x_seq is on {x_seq.device}; move the module with .to()")
+    triton_ok = use_triton(backend, x_seq, op=op)
+    if triton_ok and x_seq.dtype not in _KERNEL_DTYPES:
+        if backend == "triton":
+            raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 input, got {x_seq.dtype}")
+        triton_ok = False  # documented: float64 takes the reference under "auto"
+    if not triton_ok:
+        tr = neuron_reference(x_seq, v0, a0, ref0, params, spec)
+        return tr.spikes, tr.v, tr.a.detach(), tr.ref
+    params = params.float()
+    v0f = v0.float() if v0 is not None else None
+    a0f = a0.float().detach() if a0 is not None else None
+    ref0i = ref0.to(torch.int32) if ref0 is not None else None
+    needs_grad = torch.is_grad_enabled() and (
+        x_seq.requires_grad or params.requires_grad or (v0f is not None and v0f.requires_grad)
+    )
+    if needs_grad:
+        return _NeuronFunction.apply(x_seq, v0f, params, a0f, ref0i, spec)
+    # inference: nothing is written for backward
+    spikes, v_last, a_last, ref_last, _ = K.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
+    if a_last is None:
+        a_last = torch.zeros_like(v_last)
+    if ref_last is None:
+        ref_last = torch.zeros(v_last.shape, dtype=torch.int32, device=v_last.device)
+    return spikes, v_last, a_last, ref_last
+
+
+# --------------------------------------------------------------------------------------------- #
+# Public functional neurons
+# --------------------------------------------------------------------------------------------- #
+
+
+def family_a_spec(op, *, v_threshold, v_reset, surrogate, detach_reset, decay_input) -> NeuronSpec:
+    v_threshold = _finite(v_threshold, "v_threshold", op)
+    hard = v_reset is not None
+    v_reset = _finite(v_reset, "v_reset", op) if hard else 0.0
+    return NeuronSpec(
+        family=FAMILY_A,
+        surrogate=sg.check(sg.Sigmoid() if surrogate is None else surrogate),
+        v_threshold=v_threshold,
+        v_reset=v_reset,
+        reset_mode=RESET_HARD if hard else RESET_SOFT,
+        detach_reset=bool(detach_reset),
+        decay_input=bool(decay_input),
+        v_init=v_reset,
+    )
+
+
+def check_tau(tau, op: str, name: str = "tau") -> float:
+    tau = _finite(tau, name, op)
+    if tau <= 1.0:
+        raise ValueError(f"{op}: {name} must be > 1 (the decay 1/tau lies in (0, 1)), got {tau}")
+    return tau
+
+
+def if_neuron(
+    x_seq: torch.Tensor,
+    v: Optional[torch.Tensor] = None,
+    *,
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    surrogate: Optional[sg.Surrogate] = None,
+    detach_reset: bool = False,
+    backend: str = "auto",
+):
+    """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``. Returns ``(spikes, v_last)``."""
+    spec = family_a_spec("if_neuron", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
+                         detach_reset=detach_reset, decay_input=False)
+    params = torch.zeros(1, device=_device(x_seq))
+    s, v_last, _, _ = run_neuron(x_seq, v, None, None, params, spec, backend, "if_neuron")
+    return s, v_last
+
+
+def lif(
+    x_seq: torch.Tensor,
+    v: Optional[torch.Tensor] = None,
+    *,
+    tau: float = 2.0,
+    decay_input: bool = True,
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    surrogate: Optional[sg.Surrogate] = None,
+    detach_reset: bool = False,
+    backend: str = "auto",
+):
+    """Leaky integrate-and-fire (SpikingJelly semantics). Returns ``(spikes, v_last)``."""
+    tau = check_tau(tau, "lif")
+    spec = family_a_spec("lif", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
+                         detach_reset=detach_reset, decay_input=decay_input)
+    params = torch.full((1,), 1.0 / tau, device=_device(x_seq))
+    s, v_last, _, _ = run_neuron(x_seq, v, None, None, params, spec, backend, "lif")
+    return s, v_last
+
+
+def plif(
+    x_seq: torch.Tensor,
+    w: torch.Tensor,
+    v: Optional[torch.Tensor] = None,
+    *,
+    decay_input: bool = True,
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    surrogate: Optional[sg.Surrogate] = None,
+    detach_reset: bool = False,
+    backend: str = "auto",
+):
+    """Parametric LIF: as :func:`lif` with ``1/tau = sigmoid(w)``; ``w`` (a one-element tensor) gets a gradient."""
+    if not isinstance(w, torch.Tensor) or w.numel() != 1 or not w.is_floating_point():
+        raise TypeError(f"plif: w must be a one-element floating tensor (the learnable logit of 1/tau), got {w!r}")
+    spec = family_a_spec("plif", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
+                         detach_reset=detach_reset, decay_input=decay_input)
+    params = torch.sigmoid(w.reshape(1).float())
+    s, v_last, _, _ = run_neuron(x_seq, v, None, None, params, spec, backend, "plif")
+    return s, v_last
+
+
+def extended_lif(
+    x_seq: torch.Tensor,
+    state: Optional[ExtendedLIFState] = None,
+    *,
+    v_th0: float,
+    v_leaky_alpha: Union[float, torch.Tensor] = 1.0,
+    v_leaky_beta: Union[float, torch.Tensor] = 0.0,
+    v_reset: float = 0.0,
+    v_init: Optional[float] = None,
+    v_l: Optional[float] = None,
+    dv: float = 0.0,
+    ref_len: int = 0,
+    reset_mode="hard",
+    v_th_alpha: float = 1.0,
+    v_th_beta: float = 0.0,
+    v_th_incre: float = 0.0,
+    surrogate: Optional[sg.Surrogate] = None,
+    detach_reset: bool = False,
+    backend: str = "auto",
+):
+    """The HNN Extended LIF (family B of DESIGN.md). Returns ``(spikes, ExtendedLIFState)``.
+
+    ``v_leaky_alpha``/``v_leaky_beta`` may be tensors that require grad (learnable leak).
+    ``state`` is an :class:`ExtendedLIFState` (or None for the initial state).
+    """
+    spec = extended_lif_spec(
+        "extended_lif", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
+        reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,
+        surrogate=surrogate, detach_reset=detach_reset,
+    )
+    params = leak_params(v_leaky_alpha, v_leaky_beta, _device(x_seq), "extended_lif")
+    if state is None:
+        v0 = a0 = r0 = None
+    else:
+        if not isinstance(state, tuple) or len(state) != 3:
+            raise TypeError("extended_lif: state must be an ExtendedLIFState(v, v_th_adpt, ref_cnt) or None")
+        v0, a0, r0 = state
+    s, v_last, a_last, ref_last = run_neuron(x_seq, v0, a0, r0, params, spec, backend, "extended_lif")
+    return s, ExtendedLIFState(v_last, a_last, ref_last)
+
+
+def extended_lif_spec(op, *, v_th0, v_reset, v_init, v_l, dv, ref_len, reset_mode, v_th_alpha, v_th_beta,
+                      v_th_incre, surrogate, detach_reset) -> NeuronSpec:
+    v_reset = _finite(v_reset, "v_reset", op)
+    if isinstance(ref_len, bool) or not isinstance(ref_len, int) or ref_len < 0:
+        raise ValueError(f"{op}: ref_len must be an integer >= 0 (refractory steps), got {ref_len!r}")
+    return NeuronSpec(
+        family=FAMILY_B,
+        surrogate=sg.check(sg.Rect() if surrogate is None else surrogate),
+        v_threshold=_finite(v_th0, "v_th0", op),
+        v_reset=v_reset,
+        reset_mode=ResetMode.parse(reset_mode),
+        detach_reset=bool(detach_reset),
+        v_init=v_reset if v_init is None else _finite(v_init, "v_init", op),
+        v_l=-math.inf if v_l is None else _finite(v_l, "v_l", op),
+        dv=_finite(dv, "dv", op),
+        ref_len=ref_len,
+        v_th_alpha=_finite(v_th_alpha, "v_th_alpha", op),
+        v_th_beta=_finite(v_th_beta, "v_th_beta", op),
+        v_th_incre=_finite(v_th_incre, "v_th_incre", op),
+    )
+
+
+def leak_params(alpha, beta, device, op) -> torch.Tensor:
+    """``[alpha, beta]`` as one fp32 tensor, differentiable wrt whichever is a tensor."""
+    parts = []
+    for name, p in (("v_leaky_alpha", alpha), ("v_leaky_beta", beta)):
+        if isinstance(p, torch.Tensor):
+            if p.numel() != 1:
+                raise ValueError(f"{op}: {name} must be a scalar (one-element tensor), got shape {tuple(p.shape)}")
+            parts.append(p.reshape(1).float().to(device))
+        else:
+            parts.append(torch.full((1,), _finite(p, name, op), device=device))
+    return torch.cat(parts)
+
+
+def _device(x) -> torch.device:
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")

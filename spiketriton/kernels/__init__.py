@@ -1,0 +1,1 @@
+"""Triton kernels and their plain launchers (no nn.Module, no autograd)."""
