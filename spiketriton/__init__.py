@@ -1,6 +1,14 @@
-"""spiketriton: spiking neural network layers on Triton kernels."""
+"""spiketriton: spiking neural network layers for PyTorch on fused Triton kernels.
+
+Neurons are multi-step (``x_seq [T, B, *features]``), keep their state between calls until
+``reset``, and run on Triton for CUDA tensors (or under TRITON_INTERPRET=1) and on the PyTorch
+reference otherwise. See README.md and DESIGN.md.
+"""
 
 from . import functional, surrogate
+from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset
 from .spec import ResetMode
 
 __version__ = "0.1.0"
+
+__all__ = ["IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset", "functional", "surrogate"]

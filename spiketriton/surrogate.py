@@ -58,6 +58,10 @@ class Surrogate:
     def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def derivative_(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """``derivative(x)`` computed in place in ``x`` (no temporaries; the CPU path uses it)."""
+        raise NotImplementedError
+
     def __call__(self, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
         """Spike of ``x`` (``x >= 0``; ``x > 0`` when ``strict``) with this surrogate's gradient."""
         return _Heaviside.apply(x, self, strict)
@@ -84,6 +88,9 @@ class Sigmoid(Surrogate):
         s = torch.sigmoid(self.alpha * x)
         return self.alpha * s * (1 - s)
 
+    def derivative_(self, x):
+        s = x.mul_(self.alpha).sigmoid_()
+        return s.addcmul_(s, s, value=-1.0).mul_(self.alpha)
 
 class ATan(Surrogate):
     """``(a/2) / (1 + (pi*a*x/2)^2)``."""
@@ -96,6 +103,8 @@ class ATan(Surrogate):
     def derivative(self, x):
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
 
+    def derivative_(self, x):
+        return x.mul_(math.pi / 2 * self.alpha).square_().add_(1.0).reciprocal_().mul_(self.alpha / 2)
 
 class PiecewiseQuadratic(Surrogate):
     """``a - a^2 |x|`` for ``|x| <= 1/a``, else 0."""
@@ -109,6 +118,9 @@ class PiecewiseQuadratic(Surrogate):
         a = self.alpha
         return torch.where(x.abs() <= 1 / a, a - a * a * x.abs(), torch.zeros_like(x))
 
+    def derivative_(self, x):
+        a = self.alpha  # a - a^2|x| is >= 0 exactly where |x| <= 1/a
+        return x.abs_().mul_(-a * a).add_(a).clamp_min_(0.0)
 
 class PiecewiseExp(Surrogate):
     """``(a/2) exp(-a|x|)``."""
@@ -121,6 +133,8 @@ class PiecewiseExp(Surrogate):
     def derivative(self, x):
         return (self.alpha / 2) * torch.exp(-self.alpha * x.abs())
 
+    def derivative_(self, x):
+        return x.abs_().mul_(-self.alpha).exp_().mul_(self.alpha / 2)
 
 class SoftSign(Surrogate):
     """``1 / (2a (1/a + |x|)^2)``."""
@@ -133,6 +147,8 @@ class SoftSign(Surrogate):
     def derivative(self, x):
         return 1 / (2 * self.alpha * (1 / self.alpha + x.abs()) ** 2)
 
+    def derivative_(self, x):
+        return x.abs_().add_(1 / self.alpha).square_().mul_(2 * self.alpha).reciprocal_()
 
 class SuperSpike(Surrogate):
     """``a / (|x| + 1)^2``."""
@@ -145,6 +161,8 @@ class SuperSpike(Surrogate):
     def derivative(self, x):
         return self.alpha / (x.abs() + 1) ** 2
 
+    def derivative_(self, x):
+        return x.abs_().add_(1.0).square_().reciprocal_().mul_(self.alpha)
 
 class Erf(Surrogate):
     """``(a/sqrt(pi)) exp(-(a x)^2)``."""
@@ -157,6 +175,8 @@ class Erf(Surrogate):
     def derivative(self, x):
         return (self.alpha / math.sqrt(math.pi)) * torch.exp(-((self.alpha * x) ** 2))
 
+    def derivative_(self, x):
+        return x.mul_(self.alpha).square_().neg_().exp_().mul_(self.alpha / math.sqrt(math.pi))
 
 class Rect(Surrogate):
     """``1/w`` for ``|x| < w/2``, else 0 (the HNN rectangular window; ``alpha`` is the width)."""
@@ -175,6 +195,9 @@ class Rect(Surrogate):
         w = self.alpha
         return torch.where(x.abs() < w / 2, torch.full_like(x, 1 / w), torch.zeros_like(x))
 
+    def derivative_(self, x):
+        w = self.alpha  # -sign(|x| - w/2) is 1 inside the window, 0 on its edge and outside
+        return x.abs_().sub_(w / 2).sign_().neg_().clamp_min_(0.0).mul_(1 / w)
 
 ALL = (Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, Erf, Rect)
 

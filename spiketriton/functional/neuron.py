@@ -1,9 +1,11 @@
 """Stateless multi-step neurons: ``spikes, v_last = lif(x_seq, v)``.
 
 Dispatch (DESIGN.md): ``backend="auto"`` runs the fused Triton kernels for CUDA tensors (or CPU
-tensors under TRITON_INTERPRET=1) in fp32/fp16/bf16, and the fp32 PyTorch reference otherwise
-(float64 inputs always take the reference, which then computes in float64). ``backend="triton"``
-where Triton cannot run is an error; ``backend="torch"`` always takes the reference.
+tensors under TRITON_INTERPRET=1) in fp32/fp16/bf16, and the PyTorch path otherwise: the same fused
+algorithm written with torch ops (``kernels/neuron_torch.py``: same saved tensors, hand-written
+backward). float64 input always takes the PyTorch path, which then computes in float64.
+``backend="triton"`` where Triton cannot run is an error; ``backend="torch"`` always takes the
+PyTorch path. Both are checked against the autograd reference in ``reference/neuron.py``.
 
 State is fp32 whatever the input dtype: ``v_last`` is fp32, spikes are in the input dtype.
 """
@@ -17,7 +19,7 @@ import torch
 
 from .. import surrogate as sg
 from ..kernels import neuron as K
-from ..reference.neuron import neuron_reference
+from ..kernels import neuron_torch as KT
 from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
 from ._backend import use_triton
 
@@ -91,13 +93,14 @@ class _NeuronFunction(torch.autograd.Function):
     """Outputs ``(spikes, v_last, a_last, ref_last)``; the last two carry no gradient."""
 
     @staticmethod
-    def forward(ctx, x, v0, params, a0, ref0, spec: NeuronSpec):
-        spikes, v_last, a_last, ref_last, saved = K.neuron_forward(x, v0, a0, ref0, params, spec, store=True)
+    def forward(ctx, x, v0, params, a0, ref0, spec: NeuronSpec, impl):
+        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(x, v0, a0, ref0, params, spec, store=True)
         a_last = a_last if a_last is not None else torch.zeros_like(v_last)
         ref_last = ref_last if ref_last is not None else torch.zeros(v_last.shape, dtype=torch.int32, device=x.device)
         ctx.mark_non_differentiable(a_last, ref_last)
         ctx.set_materialize_grads(False)
         ctx.spec = spec
+        ctx.impl = impl
         ctx.shape = x.shape
         ctx.v0_dtype = v0.dtype if v0 is not None else None
         need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[2] and v0 is not None
@@ -116,14 +119,15 @@ class _NeuronFunction(torch.autograd.Function):
         if T == 0 or h.numel() == 0:
             gx = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
             gv0 = g_v_last if (g_v_last is not None and T == 0) else torch.zeros(ctx.shape[1:], device=h.device)
-            return gx, (gv0.to(ctx.v0_dtype) if need_v0 else None), (torch.zeros_like(params) if need_p else None), None, None, None
-        gx, gv0, gp = K.neuron_backward(
+            return gx, (gv0.to(ctx.v0_dtype) if need_v0 else None), (torch.zeros_like(params) if need_p else None), None, None, None, None
+        gx, gv0, gp = ctx.impl.neuron_backward(
             g_spikes, g_v_last, (h, bits, vth, gate), v0, params, spec, need_v0=need_v0, need_params=need_p
         )
         return (
             gx if need_x else None,
             gv0.to(ctx.v0_dtype) if need_v0 else None,
             gp.to(params.dtype).view_as(params) if need_p else None,
+            None,
             None,
             None,
             None,
@@ -151,21 +155,19 @@ def run_neuron(
     if triton_ok and x_seq.dtype not in _KERNEL_DTYPES:
         if backend == "triton":
             raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 input, got {x_seq.dtype}")
-        triton_ok = False  # documented: float64 takes the reference under "auto"
-    if not triton_ok:
-        tr = neuron_reference(x_seq, v0, a0, ref0, params, spec)
-        return tr.spikes, tr.v, tr.a.detach(), tr.ref
-    params = params.float()
-    v0f = v0.float() if v0 is not None else None
+        triton_ok = False  # documented: float64 takes the PyTorch path under "auto"
+    impl = K if triton_ok else KT
+    params = params.float() if x_seq.dtype != torch.float64 else params.double()
+    v0f = v0.to(torch.promote_types(x_seq.dtype, torch.float32)) if v0 is not None else None
     a0f = a0.float().detach() if a0 is not None else None
     ref0i = ref0.to(torch.int32) if ref0 is not None else None
     needs_grad = torch.is_grad_enabled() and (
         x_seq.requires_grad or params.requires_grad or (v0f is not None and v0f.requires_grad)
     )
     if needs_grad:
-        return _NeuronFunction.apply(x_seq, v0f, params, a0f, ref0i, spec)
+        return _NeuronFunction.apply(x_seq, v0f, params, a0f, ref0i, spec, impl)
     # inference: nothing is written for backward
-    spikes, v_last, a_last, ref_last, _ = K.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
+    spikes, v_last, a_last, ref_last, _ = impl.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
     if a_last is None:
         a_last = torch.zeros_like(v_last)
     if ref_last is None:
