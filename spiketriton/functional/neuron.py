@@ -90,44 +90,52 @@ def _finite(value, name: str, op: str) -> float:
 
 
 class _NeuronFunction(torch.autograd.Function):
-    """Outputs ``(spikes, v_last, a_last, ref_last)``; the last two carry no gradient."""
+    """Outputs ``(spikes, v_last, a_last, ref_last)``; ``ref_last`` (an integer counter) has no gradient."""
 
     @staticmethod
-    def forward(ctx, x, v0, params, a0, ref0, spec: NeuronSpec, impl):
+    def forward(ctx, x, v0, a0, params, ref0, spec: NeuronSpec, impl):
         spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(x, v0, a0, ref0, params, spec, store=True)
         a_last = a_last if a_last is not None else torch.zeros_like(v_last)
         ref_last = ref_last if ref_last is not None else torch.zeros(v_last.shape, dtype=torch.int32, device=x.device)
-        ctx.mark_non_differentiable(a_last, ref_last)
+        ctx.mark_non_differentiable(ref_last)
         ctx.set_materialize_grads(False)
         ctx.spec = spec
         ctx.impl = impl
         ctx.shape = x.shape
-        ctx.v0_dtype = v0.dtype if v0 is not None else None
-        need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[2] and v0 is not None
+        ctx.state_dtypes = (v0.dtype if v0 is not None else None, a0.dtype if a0 is not None else None)
+        need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[3] and v0 is not None
         h, bits, vth, gate = saved
         ctx.save_for_backward(h, bits, vth, gate, v0 if need_v0_saved else None, params)
         return spikes, v_last, a_last, ref_last
 
     @staticmethod
-    def backward(ctx, g_spikes, g_v_last, _ga, _gref):
+    def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref):
         h, bits, vth, gate, v0, params = ctx.saved_tensors
         spec = ctx.spec
-        need_x, need_v0, need_p = ctx.needs_input_grad[:3]
+        need_x, need_v0, need_a0, need_p = ctx.needs_input_grad[:4]
         T = ctx.shape[0]
+        if T == 0 or h is None or h.numel() == 0:
+            # no step: the state passes straight through
+            zeros = torch.zeros(ctx.shape[1:], device=params.device)
+            gx = torch.zeros(ctx.shape, dtype=h.dtype if h is not None else torch.float32, device=params.device)
+            gv0 = (g_v_last if (g_v_last is not None and T == 0) else zeros) if need_v0 else None
+            ga0 = (g_a_last if (g_a_last is not None and T == 0) else zeros) if need_a0 else None
+            gp = torch.zeros_like(params) if need_p else None
+            return gx if need_x else None, gv0, ga0, gp, None, None, None
         if g_spikes is None:
             g_spikes = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
-        if T == 0 or h.numel() == 0:
-            gx = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
-            gv0 = g_v_last if (g_v_last is not None and T == 0) else torch.zeros(ctx.shape[1:], device=h.device)
-            return gx, (gv0.to(ctx.v0_dtype) if need_v0 else None), (torch.zeros_like(params) if need_p else None), None, None, None, None
-        gx, gv0, gp = ctx.impl.neuron_backward(
-            g_spikes, g_v_last, (h, bits, vth, gate), v0, params, spec, need_v0=need_v0, need_params=need_p
+        gx, gv0, ga0, gp = ctx.impl.neuron_backward(
+            g_spikes, g_v_last, g_a_last, (h, bits, vth, gate), v0, params, spec,
+            need_v0=need_v0, need_a0=need_a0, need_params=need_p,
         )
+        v_dt, a_dt = ctx.state_dtypes
+        if need_a0 and ga0 is None:  # adaptation off: the carried-in part does not reach the output
+            ga0 = torch.zeros(ctx.shape[1:], device=h.device)
         return (
             gx if need_x else None,
-            gv0.to(ctx.v0_dtype) if need_v0 else None,
+            gv0.to(v_dt) if need_v0 else None,
+            ga0.to(a_dt) if need_a0 else None,
             gp.to(params.dtype).view_as(params) if need_p else None,
-            None,
             None,
             None,
             None,
@@ -144,7 +152,9 @@ def run_neuron(
     backend: str = "auto",
     op: str = "neuron",
 ):
-    """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)`` (fp32, fp32, int32)."""
+    """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)``: spikes in the input dtype,
+    fp32 states (fp64 for float64 input) and an int32 refractory counter. Gradients flow to
+    ``x_seq``, ``v0``, ``a0`` and ``params``."""
     check_sequence(x_seq, op)
     v0 = _check_state(v0, x_seq, "v", op)
     a0 = _check_state(a0, x_seq, "v_th_adpt", op)
@@ -157,15 +167,16 @@ def run_neuron(
             raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 input, got {x_seq.dtype}")
         triton_ok = False  # documented: float64 takes the PyTorch path under "auto"
     impl = K if triton_ok else KT
-    params = params.float() if x_seq.dtype != torch.float64 else params.double()
-    v0f = v0.to(torch.promote_types(x_seq.dtype, torch.float32)) if v0 is not None else None
-    a0f = a0.float().detach() if a0 is not None else None
+    state_dtype = torch.promote_types(x_seq.dtype, torch.float32)  # fp32 (fp64 on the float64 path)
+    params = params.to(state_dtype)
+    v0f = v0.to(state_dtype) if v0 is not None else None
+    a0f = a0.to(state_dtype) if a0 is not None else None
     ref0i = ref0.to(torch.int32) if ref0 is not None else None
-    needs_grad = torch.is_grad_enabled() and (
-        x_seq.requires_grad or params.requires_grad or (v0f is not None and v0f.requires_grad)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_seq, params, v0f, a0f)
     )
     if needs_grad:
-        return _NeuronFunction.apply(x_seq, v0f, params, a0f, ref0i, spec, impl)
+        return _NeuronFunction.apply(x_seq, v0f, a0f, params, ref0i, spec, impl)
     # inference: nothing is written for backward
     spikes, v_last, a_last, ref_last, _ = impl.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
     if a_last is None:

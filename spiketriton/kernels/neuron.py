@@ -217,6 +217,7 @@ def _neuron_fwd_kernel(
 def _neuron_bwd_kernel(
     gs_ptr,       # [T, R, L] grad wrt spikes (any float dtype)
     gvT_ptr,      # [R, L] grad wrt v after the last step (read if HAS_GVT)
+    gaT_ptr,      # [R, L] grad wrt the adaptive part after the last step (read if HAS_GAT)
     h_ptr,        # [T, R, L] saved H / v' (dtype of x)
     bits_ptr,     # [T, R, LB] saved packed spikes
     vth_ptr,      # [T, R, L] saved raw threshold (ADAPTIVE)
@@ -225,6 +226,7 @@ def _neuron_bwd_kernel(
     p_ptr,        # fp32 learnable scalars (as forward)
     gx_ptr,       # [T, R, L] out: grad wrt x (dtype of x)
     gv0_ptr,      # [R, L] out: fp32 grad wrt the carried-in v (written if GRAD_V0)
+    ga0_ptr,      # [R, L] out: fp32 grad wrt the carried-in adaptive part (written if GRAD_A0)
     gp_ptr,       # [n_programs, 2] out: fp32 per-program partial grads of params (written if LEARN)
     T, R, L, LB,
     v_th, v_reset, v_init, v_l, dv, th_alpha, th_beta, th_incre,
@@ -233,6 +235,7 @@ def _neuron_bwd_kernel(
     DETACH_RESET: tl.constexpr, SG_ID: tl.constexpr,
     ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr,
     HAS_V0: tl.constexpr, HAS_GVT: tl.constexpr, GRAD_V0: tl.constexpr, LEARN: tl.constexpr,
+    HAS_GAT: tl.constexpr, GRAD_A0: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_r = tl.program_id(0).to(tl.int64)
@@ -257,7 +260,10 @@ def _neuron_bwd_kernel(
     else:
         alpha = tl.load(p_ptr).to(tl.float32)
         beta = tl.load(p_ptr + 1).to(tl.float32)
-        ga = zero  # grad wrt the adaptive part a[t]
+        if HAS_GAT:
+            ga = tl.load(gaT_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            ga = zero  # grad wrt the adaptive part a[t]
         if not ADAPTIVE:
             vth = tl.maximum(v_th + zero, v_l)
     gp0 = zero  # partial grad of params[0] (k or alpha)
@@ -360,6 +366,8 @@ def _neuron_bwd_kernel(
 
     if GRAD_V0:
         tl.store(gv0_ptr + offs, gv, mask=mask)
+    if GRAD_A0:
+        tl.store(ga0_ptr + offs, ga, mask=mask)
     if LEARN:
         pid = tl.program_id(0).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
         tl.store(gp_ptr + pid * 2, tl.sum(tl.sum(tl.where(mask, gp0, 0.0), axis=1), axis=0))
@@ -387,10 +395,9 @@ def _scalars(spec: NeuronSpec):
     )
 
 
-def _as_trl(t: torch.Tensor) -> torch.Tensor:
+def _as_trl(t: torch.Tensor, R: int) -> torch.Tensor:
     """View ``[T, *S]`` as ``[T, R, L]`` (contiguous)."""
-    T, L = t.shape[0], t.shape[-1]
-    return t.contiguous().view(T, -1, L)
+    return t.contiguous().view(t.shape[0], R, t.shape[-1])
 
 
 def neuron_forward(
@@ -415,7 +422,7 @@ def neuron_forward(
     R = math.prod(S[:-1])
     LB = triton.cdiv(L, 8)
     dev = x_seq.device
-    x = _as_trl(x_seq)
+    x = _as_trl(x_seq, R)
     spikes = torch.empty_like(x)
     v_last = torch.empty((R, L), device=dev, dtype=torch.float32)
     a_last = torch.empty((R, L), device=dev, dtype=torch.float32) if spec.adaptive else None
@@ -444,8 +451,12 @@ def neuron_forward(
             HAS_V0=v0c is not None, HAS_A0=a0c is not None, HAS_REF0=ref0c is not None,
             STORE=store, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
         )
-    elif T == 0:
+    elif T == 0:  # no step: the state passes through
         v_last = v0c.float().clone() if v0c is not None else torch.full((R, L), spec.v_init, device=dev)
+        if a_last is not None:
+            a_last = a0c.float().clone() if a0c is not None else torch.zeros((R, L), device=dev)
+        if ref_last is not None:
+            ref_last = ref0c.clone() if ref0c is not None else torch.zeros((R, L), dtype=torch.int32, device=dev)
     return (
         spikes.view(x_seq.shape),
         v_last.view(S),
@@ -458,22 +469,27 @@ def neuron_forward(
 def neuron_backward(
     grad_spikes: torch.Tensor,
     grad_v_last: Optional[torch.Tensor],
+    grad_a_last: Optional[torch.Tensor],
     saved,
     v0: Optional[torch.Tensor],
     params: torch.Tensor,
     spec: NeuronSpec,
     need_v0: bool,
+    need_a0: bool,
     need_params: bool,
 ):
     """Launch the backward kernel. Returns ``(grad_x [T, *S] in the dtype of h, grad_v0 fp32 or None,
-    grad_params fp32 [n_params] or None)``."""
+    grad_a0 fp32 or None, grad_params fp32 [n_params] or None)``."""
     h, bits, vth, gate = saved
     T, R, L = h.shape
     LB = bits.shape[-1]
     S = grad_spikes.shape[1:]
-    gs = _as_trl(grad_spikes)
+    gs = _as_trl(grad_spikes, R)
     gx = torch.empty_like(h)
     gv0 = torch.empty((R, L), device=h.device, dtype=torch.float32) if need_v0 else None
+    need_a0 = need_a0 and spec.adaptive
+    ga0 = torch.empty((R, L), device=h.device, dtype=torch.float32) if need_a0 else None
+    gaT = grad_a_last.contiguous().view(R, L) if (grad_a_last is not None and spec.adaptive) else None
     block_r, block_l, grid = _tiles(R, L)
     n_prog = grid[0] * grid[1]
     gp = torch.empty((n_prog, 2), device=h.device, dtype=torch.float32) if need_params else None
@@ -481,17 +497,23 @@ def neuron_backward(
     v0c = v0.contiguous().view(R, L) if v0 is not None else None
     dummy = gx
     _neuron_bwd_kernel[grid](
-        gs, _or(gvT, dummy), h, bits, _or(vth, dummy), _or(gate, dummy), _or(v0c, dummy), params,
-        gx, _or(gv0, dummy), _or(gp, dummy),
+        gs, _or(gvT, dummy), _or(gaT, dummy), h, bits, _or(vth, dummy), _or(gate, dummy), _or(v0c, dummy), params,
+        gx, _or(gv0, dummy), _or(ga0, dummy), _or(gp, dummy),
         T, R, L, LB, **_scalars(spec), sg_alpha=float(spec.surrogate.alpha),
         FAMILY=spec.family, DECAY_INPUT=spec.decay_input, RESET_MODE=spec.reset_mode,
         DETACH_RESET=spec.detach_reset, SG_ID=spec.surrogate.id,
         ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory,
         HAS_V0=v0c is not None, HAS_GVT=gvT is not None, GRAD_V0=need_v0,
-        LEARN=need_params, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
+        LEARN=need_params, HAS_GAT=gaT is not None, GRAD_A0=need_a0,
+        BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
     )
     gp_sum = gp.sum(0)[: spec.n_params] if need_params else None
-    return gx.view((T,) + tuple(S)), (gv0.view(S) if gv0 is not None else None), gp_sum
+    return (
+        gx.view((T,) + tuple(S)),
+        gv0.view(S) if gv0 is not None else None,
+        ga0.view(S) if ga0 is not None else None,
+        gp_sum,
+    )
 
 
 def _or(t, default):

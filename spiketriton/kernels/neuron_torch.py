@@ -92,17 +92,18 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
                     vth_seq[t] = raw
                 if spec.refractory:
                     gate_seq[t] = gate
-        a_last = a.float() if spec.adaptive else None
+        a_last = a if spec.adaptive else None
         ref_last = ref if spec.refractory else None
     if spec.family != FAMILY_A:
         spikes.copy_(fired)
     saved = (None, None, None, None)
     if store:
         saved = (h_seq, pack_bits(spikes, binary=True), vth_seq, pack_bits(gate_seq) if gate_seq is not None else None)
-    return spikes, v.float() if cdt == torch.float32 else v, a_last, ref_last, saved
+    return spikes, v, a_last, ref_last, saved
 
 
-def neuron_backward(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronSpec, need_v0: bool, need_params: bool):
+def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, spec: NeuronSpec,
+                    need_v0: bool, need_a0: bool, need_params: bool):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_backward` (the kernel's algorithm)."""
     h_seq, bits, vth_seq, gate_bits = saved
     T, S = h_seq.shape[0], h_seq.shape[1:]
@@ -168,6 +169,8 @@ def neuron_backward(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronSpe
         fired = unpack_bits(bits, L, torch.bool)
         gx = torch.empty_like(h_seq)
         ga = torch.zeros(S, dtype=cdt, device=h_seq.device)
+        if grad_a_last is not None and spec.adaptive:
+            ga = grad_a_last.to(cdt).clone()
         vth_const = max(spec.v_threshold, spec.v_l)
         for t in range(T - 1, -1, -1):
             h = h_seq[t].to(cdt)
@@ -214,6 +217,11 @@ def neuron_backward(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronSpe
             if spec.adaptive:
                 g_vth = -g_s * sg if g_vth is None else g_vth - g_s * sg
                 ga = ga * spec.v_th_alpha + torch.where(raw >= spec.v_l, g_vth, 0.0)
-    gv0 = gv.float() if need_v0 else None
-    gps = gp[: spec.n_params].float() if need_params else None
-    return gx, gv0, gps
+    gv0 = gv.to(_out(cdt)) if need_v0 else None
+    ga0 = ga.to(_out(cdt)) if (need_a0 and spec.adaptive) else None
+    gps = gp[: spec.n_params].to(_out(cdt)) if need_params else None
+    return gx, gv0, ga0, gps
+
+
+def _out(cdt):
+    return cdt  # fp32, or fp64 on the float64 path

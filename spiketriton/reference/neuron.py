@@ -32,8 +32,8 @@ def neuron_reference(
     """Run ``spec`` over ``x_seq [T, ...]``. ``v0``/``a0``/``ref0`` are carried-in state or None.
 
     ``params`` is ``[k]`` (family A, k = 1/tau) or ``[alpha, beta]`` (family B); gradients flow to
-    ``x_seq``, ``v0`` and ``params`` (and, within the sequence, through the adaptive threshold).
-    The carried-in ``a0``/``ref0`` are state without gradient.
+    ``x_seq``, ``v0``, ``a0`` (the adaptive part of the threshold) and ``params``. The refractory
+    counter is an integer state without gradient.
     """
     cdt = torch.promote_types(x_seq.dtype, torch.float32)  # fp32, or fp64 for fp64 input
     x = x_seq.to(cdt)
@@ -63,7 +63,7 @@ def neuron_reference(
     else:
         alpha, beta = params.to(cdt).reshape(2).unbind()
         # carried-in state of a disabled feature is ignored (the same spec only ever produces zeros)
-        a = a0.to(cdt).detach() if (a0 is not None and spec.adaptive) else torch.zeros_like(v)
+        a = a0.to(cdt) if (a0 is not None and spec.adaptive) else torch.zeros_like(v)
         if ref0 is not None and spec.refractory:
             ref = ref0.to(torch.int32)
         else:

@@ -1,0 +1,227 @@
+"""CPU timing of the multi-step LIF neuron: spiketriton vs SpikingJelly 2.0, plus bytes saved for backward.
+
+    python bench/neuron_cpu.py                      # T=16, B=32, N=4096, fp32 and bf16
+    python bench/neuron_cpu.py --repeats 50 --threads 2 --dtypes fp32
+
+Cases (LIF tau=2, decay_input=True, v_threshold=1, v_reset=0, Sigmoid(alpha=4), x ~ N(1, 1)):
+
+- spiketriton  ``spiketriton.functional.lif(x, backend="torch")``: the default CPU path;
+- spikingjelly ``spikingjelly.activation_based.neuron.LIFNode(step_mode='m')``, reset before each call;
+- reference    ``spiketriton.reference.neuron_reference``: spiketriton's autograd oracle, for context;
+
+each as ``fwd+bwd`` (forward, then ``torch.autograd.grad`` with a fixed random upstream gradient) and
+``infer`` (forward under ``torch.no_grad()``). Timing: ``time.perf_counter`` around one call,
+``--warmup`` untimed calls per case, then ``--repeats`` rounds in which every case runs once in turn
+(interleaved, so a change in machine load hits all cases alike); the table shows the median (and
+the minimum). Speedup = SpikingJelly's median / the case's median (> 1: faster than SpikingJelly).
+
+Bytes saved for backward: a ``torch.autograd.graph.saved_tensors_hooks`` pack hook records every
+tensor the graph keeps (deduplicated by storage; the input itself excluded and reported apart),
+divided by T*B*N neuron-steps, for fp32 and bf16 input.
+
+Writes ``bench/results/cpu/neuron_cpu.json``, ``neuron_cpu.csv`` (timings) and
+``neuron_cpu_saved_bytes.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _neuron_cases import (  # noqa: E402
+    BENCH_DIR, DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs,
+    now_iso, parse_shape, reference_runner, saved_bytes, spikingjelly_runner, spiketriton_runner,
+    versions, write_csv,
+)
+
+try:
+    from tqdm import tqdm
+except ImportError:  # tqdm is optional
+    tqdm = None
+
+IMPLS = ("spiketriton", "spikingjelly", "reference")
+PASSES = ("fwd+bwd", "infer")
+
+
+def _runner(impl: str):
+    if impl == "spiketriton":
+        return spiketriton_runner("lif", backend="torch")
+    if impl == "spikingjelly":
+        return spikingjelly_runner("lif")
+    return reference_runner("lif")
+
+
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def build_cases(shape, dtypes, impls):
+    """One callable per (dtype, impl, pass) with its own input tensors."""
+    cases = []
+    for dname in dtypes:
+        x0, g = make_inputs(shape, DTYPES[dname])
+        for impl in impls:
+            run = _runner(impl)
+            xg = x0.clone().requires_grad_()
+            cases.append(dict(dtype=dname, impl=impl, pass_="fwd+bwd", fn=(lambda r=run, x=xg, g=g: r.train_step(x, g))))
+            cases.append(dict(dtype=dname, impl=impl, pass_="infer", fn=(lambda r=run, x=x0: r.infer(x))))
+    return cases
+
+
+def check_agreement(shape):
+    """Max |difference| of spikes and of grad x between spiketriton and SpikingJelly (fp32): the two
+    must compute the same thing for the timing comparison to mean anything."""
+    x0, g = make_inputs(shape, torch.float32, seed=1)
+    out = {}
+    res = {}
+    for impl in ("spiketriton", "spikingjelly"):
+        run = _runner(impl)
+        x = x0.clone().requires_grad_()
+        s = run(x)
+        (gx,) = torch.autograd.grad(s, x, g)
+        res[impl] = (s.detach(), gx)
+    (s1, g1), (s2, g2) = res["spiketriton"], res["spikingjelly"]
+    out["spike_mismatches"] = int((s1 != s2).sum())
+    out["firing_rate"] = float(s1.float().mean())
+    out["grad_x_max_abs_diff"] = float((g1 - g2).abs().max())
+    out["grad_x_max_abs"] = float(g2.abs().max())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="16,32,4096", help="T,B,N (default 16,32,4096)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16,fp16 (default fp32,bf16)")
+    ap.add_argument("--repeats", type=int, default=30, help="timed rounds per case (default 30)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the autograd reference cases")
+    ap.add_argument("--out", default=str(BENCH_DIR / "results" / "cpu"), help="output folder")
+    args = ap.parse_args(argv)
+
+    try:
+        import spikingjelly  # noqa: F401
+    except ImportError:
+        print("neuron_cpu.py: spikingjelly is not installed; install it with "
+              "`pip install --no-deps spikingjelly==2.0.0 loguru` to compare.", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = parse_shape(args.shape)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            ap.error(f"unknown dtype {d!r}; expected some of {sorted(DTYPES)}")
+    impls = [i for i in IMPLS if not (args.no_reference and i == "reference")]
+    n_steps = shape[0] * int(torch.tensor(shape[1:]).prod())
+
+    load_before = _loadavg()
+    started = now_iso()
+    print(f"shape [T, B, N] = {list(shape)}, dtypes {dtypes}, torch threads {torch.get_num_threads()}, "
+          f"load average {load_before}")
+
+    # correctness first
+    agreement = check_agreement(shape)
+    print(f"agreement (fp32): {agreement}")
+
+    # bytes saved for backward
+    saved_rows = []
+    for dname in dtypes:
+        x0, _ = make_inputs(shape, DTYPES[dname])
+        for impl in impls:
+            x = x0.clone().requires_grad_()
+            info = saved_bytes(_runner(impl), x)
+            saved_rows.append(dict(impl=impl, dtype=dname, **info))
+            gc.collect()
+
+    # timing, interleaved rounds
+    cases = build_cases(shape, dtypes, impls)
+    for c in cases:
+        c["times"] = []
+    total = len(cases) * (args.warmup + args.repeats)
+    bar = tqdm(total=total, desc="neuron_cpu", unit="call") if tqdm is not None else None
+    for c in cases:
+        for _ in range(args.warmup):
+            c["fn"]()
+            if bar:
+                bar.update(1)
+    for _ in range(args.repeats):
+        for c in cases:
+            t0 = time.perf_counter()
+            c["fn"]()
+            c["times"].append(time.perf_counter() - t0)
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    load_after = _loadavg()
+
+    rows = []
+    for c in cases:
+        ts = sorted(c["times"])
+        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+        rows.append({
+            "neuron": "lif", "dtype": c["dtype"], "pass": c["pass_"], "impl": c["impl"],
+            "median_ms": statistics.median(ts) * 1e3, "min_ms": ts[0] * 1e3, "iqr_ms": (q3 - q1) * 1e3,
+            "repeats": len(ts),
+        })
+    for r in rows:
+        sj = next(o for o in rows if o["dtype"] == r["dtype"] and o["pass"] == r["pass"] and o["impl"] == "spikingjelly")
+        r["speedup_vs_spikingjelly"] = sj["median_ms"] / r["median_ms"]
+        r["speedup_vs_spikingjelly_min"] = sj["min_ms"] / r["min_ms"]
+        r["ns_per_neuron_step"] = r["median_ms"] * 1e6 / n_steps
+
+    # report
+    print()
+    print(f"{'dtype':5} {'pass':8} {'impl':13} {'median ms':>10} {'min ms':>8} {'IQR ms':>7} {'x SJ':>6}")
+    for r in rows:
+        print(f"{r['dtype']:5} {r['pass']:8} {r['impl']:13} {r['median_ms']:10.2f} {r['min_ms']:8.2f} "
+              f"{r['iqr_ms']:7.2f} {r['speedup_vs_spikingjelly']:6.2f}")
+    print()
+    print(f"{'dtype':5} {'impl':13} {'saved B/neuron-step':>20} {'tensors':>8} {'(input, excluded)':>18}")
+    for s in saved_rows:
+        print(f"{s['dtype']:5} {s['impl']:13} {s['bytes_per_neuron_step']:20.3f} {s['n_tensors']:8d} "
+              f"{s['input_bytes_per_neuron_step']:18.3f}")
+    print(f"\nload average before {load_before}, after {load_after} (2-core machines shared with other work are noisy)")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = dict(
+        benchmark="neuron_cpu",
+        date=started,
+        command="python bench/neuron_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        device=dict(kind="cpu", **cpu_description(), load_average_before=load_before, load_average_after=load_after),
+        versions=versions(),
+        git=git_state(),
+        config=dict(
+            shape_TBN=list(shape), neuron="lif", tau=TAU, decay_input=True, v_threshold=V_THRESHOLD, v_reset=V_RESET,
+            surrogate=f"Sigmoid(alpha={SG_ALPHA})", detach_reset=False, input="x ~ N(1, 1)",
+            upstream_grad="fixed N(0, 1)", warmup=args.warmup, repeats=args.repeats, timer="time.perf_counter",
+            spiketriton_call='spiketriton.functional.lif(x, backend="torch")',
+            spikingjelly_call="spikingjelly.activation_based.neuron.LIFNode(tau=2.0, step_mode='m'); reset() each call",
+        ),
+        agreement_fp32=agreement,
+        cases=rows,
+        saved_bytes=saved_rows,
+    )
+    (out / "neuron_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_csv(out / "neuron_cpu.csv", [dict(r, date=started) for r in rows])
+    write_csv(out / "neuron_cpu_saved_bytes.csv", [{k: v for k, v in s.items() if k != "tensors"} for s in saved_rows])
+    print(f"wrote {out / 'neuron_cpu.json'}, {out / 'neuron_cpu.csv'}, {out / 'neuron_cpu_saved_bytes.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

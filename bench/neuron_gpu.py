@@ -1,0 +1,597 @@
+"""GPU benchmark of the fused neuron kernels: ms, effective GB/s, % of copy bandwidth, vs SpikingJelly 2.0.
+
+    python bench/neuron_gpu.py                     # LIF, IF, PLIF at [T=32, B=64, N=65536], fp32 + bf16
+    python bench/neuron_gpu.py --sweep             # + block-size sweep (_BLOCK x _NUM_WARPS)
+    python bench/neuron_gpu.py --sweep-only --sweep-neurons lif,plif
+
+Needs a CUDA GPU (exits with a message otherwise). For every neuron and dtype:
+
+- spiketriton through the public functional API (``lif`` / ``if_neuron`` / ``plif``; the Triton
+  kernels on CUDA), four passes: ``infer`` (no_grad forward), ``fwd`` (forward that stores for
+  backward), ``bwd`` (``torch.autograd.grad`` on a retained graph), ``fwd+bwd``;
+- SpikingJelly 2.0 ``LIFNode`` / ``IFNode`` / ``ParametricLIFNode`` (``step_mode='m'``, reset before
+  each call), which picks its own CUDA implementation (native CUDA if built, else Triton; the choice
+  is recorded; ``--sj-impl`` forces one through SpikingJelly's ``SJ_*_CUDA_IMPLEMENTATION``
+  variables). For bf16 input the default node keeps its state in bf16, which SpikingJelly runs on
+  its Torch reference, so the script also tries its explicit-precision Triton path
+  (``prepare_model_for_precision(node, device, PrecisionConfig(neuron_storage=...))``) and compares
+  against the fastest variant that ran ("SJ best").
+
+Effective GB/s = the bytes the kernels must move (``kernel_bytes``: forward reads x and writes
+spikes, H, packed spike bits and v_last; backward reads grad_spikes, H and the bits and writes
+grad_x) / the measured time. The same byte count is used for SpikingJelly's GB/s, so its figure
+is "as if it moved only what ours must". Copy bandwidth: ``dst.copy_(src)`` on a ``--copy-gib``
+buffer, GB/s = 2 * bytes / time. Timing: ``triton.testing.do_bench`` (L2 flushed before each rep,
+median and 20/80 % quantiles of CUDA-event times).
+
+Goals (bench/README.md): fwd+bwd at >= 85 % of copy bandwidth and >= 1.3x SpikingJelly's best.
+
+Writes ``bench/results/<gpu-name-slug>/neuron_gpu.json``, ``neuron_gpu.csv``,
+``neuron_gpu_saved_bytes.csv``, ``neuron_gpu_sweep.csv`` (with ``--sweep``) and ``neuron_gpu.png``
+(if matplotlib imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _neuron_cases import (  # noqa: E402
+    BENCH_DIR, DTYPES, NEURONS, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs,
+    now_iso, parse_shape, saved_bytes, spikingjelly_node, spikingjelly_runner, spiketriton_runner, versions,
+    write_csv,
+)
+
+PASSES = ("infer", "fwd", "bwd", "fwd+bwd")
+GOAL_COPY_FRACTION = 0.85
+GOAL_SPEEDUP = 1.3
+SJ_ENV = {"lif": "SJ_LIF_CUDA_IMPLEMENTATION", "if": "SJ_IF_CUDA_IMPLEMENTATION", "plif": "SJ_PLIF_CUDA_IMPLEMENTATION"}
+
+
+# --------------------------------------------------------------------------------------------- #
+# Device-independent helpers
+# --------------------------------------------------------------------------------------------- #
+
+
+def _dtype(d) -> torch.dtype:
+    return DTYPES[d] if isinstance(d, str) else d
+
+
+def element_size(dtype) -> int:
+    return torch.empty((), dtype=_dtype(dtype)).element_size()
+
+
+def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype=None) -> int:
+    """Bytes the fused kernels must move for ``x [T, *S]`` of ``dtype`` (IF, LIF and PLIF alike).
+
+    - ``infer`` (no_grad forward): read x, write spikes (dtype of x) and v_last (fp32);
+    - ``fwd`` (forward storing for backward): read x; write spikes, H (dtype of x), the spikes
+      packed 8 per byte along the last dimension ([T, R, ceil(L/8)] uint8) and v_last (fp32);
+    - ``bwd``: read grad_spikes (``grad_dtype``, default the dtype of x), H and the packed bits;
+      write grad_x (dtype of x). PLIF's per-program partial sums (8 bytes a program) are ignored;
+    - ``fwd+bwd``: the sum.
+    What is not needed is not counted (e.g. the zero-filled a_last/ref_last the autograd Function
+    allocates for family A).
+    """
+    T = int(shape[0])
+    S = [int(s) for s in shape[1:]]
+    L = S[-1]
+    R = math.prod(S[:-1])
+    M = R * L
+    e = element_size(dtype)
+    eg = element_size(grad_dtype if grad_dtype is not None else dtype)
+    bits = T * R * ((L + 7) // 8)
+    seq = T * M
+    infer = seq * e + seq * e + M * 4
+    fwd = seq * e + 2 * seq * e + bits + M * 4
+    bwd = seq * eg + seq * e + bits + seq * e
+    table = {"infer": infer, "fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}
+    if pass_ not in table:
+        raise ValueError(f"pass_ must be one of {sorted(table)}, got {pass_!r}")
+    return table[pass_]
+
+
+def gbps(nbytes: int, ms: float) -> float:
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def slugify(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s or "gpu"
+
+
+def _ints(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    for t in out:
+        if t not in allowed:
+            raise SystemExit(f"neuron_gpu.py: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
+    return out
+
+
+def _short_error(e: BaseException) -> str:
+    msg = f"{type(e).__name__}: {e}"
+    return msg if len(msg) < 500 else msg[:500] + "..."
+
+
+# --------------------------------------------------------------------------------------------- #
+# Timing
+# --------------------------------------------------------------------------------------------- #
+
+
+def bench_ms(fn, warmup_ms: int, rep_ms: int, device=None) -> Dict[str, float]:
+    """Median and 20/80 % quantiles in ms: ``triton.testing.do_bench`` on CUDA; on CPU (only for
+    ``--smoke-cpu``, which checks the script itself) a few ``time.perf_counter`` runs."""
+    if device is not None and torch.device(device).type == "cpu":
+        import statistics
+        import time
+
+        fn()
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        return {"median_ms": statistics.median(ts), "p20_ms": ts[1], "p80_ms": ts[3]}
+    import triton.testing
+
+    q = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
+
+
+def _empty_cache(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def copy_bandwidth(gib: float, warmup_ms: int, rep_ms: int, device="cuda") -> Dict[str, float]:
+    n = int(gib * 2**30) // 4
+    src = torch.ones(n, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = bench_ms(lambda: dst.copy_(src), warmup_ms, rep_ms, device)
+    nbytes = 2 * n * 4
+    del src, dst
+    _empty_cache(device)
+    return {"buffer_bytes": n * 4, **t, "gbps": gbps(nbytes, t["median_ms"])}
+
+
+def time_passes(runner, x0, g, warmup_ms, rep_ms, passes=PASSES) -> Dict[str, Dict[str, float]]:
+    """ms for each pass of one runner; also the peak extra memory of one fwd+bwd (CUDA)."""
+    dev = x0.device
+    out: Dict[str, Dict[str, float]] = {}
+    xg = x0.clone().requires_grad_()
+    if "infer" in passes:
+        out["infer"] = bench_ms(lambda: runner.infer(x0), warmup_ms, rep_ms, dev)
+    if "fwd" in passes:
+        out["fwd"] = bench_ms(lambda: runner(xg), warmup_ms, rep_ms, dev)
+    if "bwd" in passes:
+        s = runner(xg)
+        inputs = [xg] + runner.params
+        out["bwd"] = bench_ms(lambda: torch.autograd.grad(s, inputs, g, retain_graph=True), warmup_ms, rep_ms, dev)
+        del s
+    if "fwd+bwd" in passes:
+        out["fwd+bwd"] = bench_ms(lambda: runner.train_step(xg, g), warmup_ms, rep_ms, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            runner.train_step(xg, g)
+            torch.cuda.synchronize(dev)
+            out["fwd+bwd"]["peak_extra_MiB"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    del xg
+    return out
+
+
+# --------------------------------------------------------------------------------------------- #
+# SpikingJelly variants
+# --------------------------------------------------------------------------------------------- #
+
+
+def sj_variants(neuron: str, dname: str, device):
+    """(name, runner or None, error or None) for SpikingJelly's default node and its explicit-precision
+    Triton path (neuron state stored in fp32 and, for half input, in the input dtype)."""
+    out = []
+    try:
+        out.append(("spikingjelly", spikingjelly_runner(neuron, device), None))
+    except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
+        out.append(("spikingjelly", None, _short_error(e)))
+    for storage in dict.fromkeys(("fp32", dname)):
+        name = f"spikingjelly[neuron_storage={storage}]"
+        try:
+            from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
+
+            node = spikingjelly_node(neuron).to(device)
+            node = prepare_model_for_precision(node, device, PrecisionConfig(neuron_storage=storage)).model
+            out.append((name, spikingjelly_runner(neuron, device, node=node, name=name), None))
+        except Exception as e:  # noqa: BLE001
+            out.append((name, None, _short_error(e)))
+    return out
+
+
+def sj_implementation(neuron: str, device) -> Optional[dict]:
+    try:
+        from spikingjelly.activation_based.functional import neuron_implementation
+
+        return dict(neuron_implementation(neuron, device))
+    except Exception as e:  # noqa: BLE001
+        return {"error": _short_error(e)}
+
+
+def agreement(st, other, x0, g) -> Dict[str, float]:
+    """Spike mismatches and max |grad x difference| between two runners on the same input."""
+    res = []
+    for r in (st, other):
+        x = x0.clone().requires_grad_()
+        s = r(x)
+        gx = torch.autograd.grad(s, x, g)[0]
+        res.append((s.detach(), gx.float()))
+    (s1, g1), (s2, g2) = res
+    return {
+        "spike_mismatches": int((s1 != s2).sum()),
+        "firing_rate": float(s1.float().mean()),
+        "grad_x_max_abs_diff": float((g1 - g2).abs().max()),
+        "grad_x_max_abs": float(g2.abs().max()),
+    }
+
+
+# --------------------------------------------------------------------------------------------- #
+# Block-size sweep
+# --------------------------------------------------------------------------------------------- #
+
+
+def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_gbps, device="cuda") -> List[dict]:
+    """Time spiketriton's fwd, bwd and fwd+bwd for each (_BLOCK, _NUM_WARPS); restores the constants."""
+    import spiketriton.kernels.neuron as K
+
+    original = (K._BLOCK, K._NUM_WARPS)
+    rows = []
+    try:
+        for dname in dtypes:
+            x0, g = make_inputs(shape, DTYPES[dname], device=device)
+            for neuron in neurons:
+                for block in blocks:
+                    for nw in warps:
+                        K._BLOCK, K._NUM_WARPS = block, nw
+                        row = {"neuron": neuron, "dtype": dname, "BLOCK": block, "num_warps": nw}
+                        try:
+                            run = spiketriton_runner(neuron, device=device)
+                            t = time_passes(run, x0, g, warmup_ms, rep_ms, passes=("fwd", "bwd", "fwd+bwd"))
+                            for p, v in t.items():
+                                row[f"{p}_ms"] = v["median_ms"]
+                                row[f"{p}_gbps"] = gbps(kernel_bytes(shape, dname, p), v["median_ms"])
+                            row["fwd+bwd_pct_copy_bw"] = 100.0 * row["fwd+bwd_gbps"] / copy_gbps
+                        except Exception as e:  # noqa: BLE001 - e.g. out of registers/shared memory
+                            row["error"] = _short_error(e)
+                        rows.append(row)
+                        print(f"  sweep {neuron:4} {dname} BLOCK={block:5} warps={nw}: "
+                              + (f"fwd+bwd {row['fwd+bwd_ms']:.3f} ms ({row['fwd+bwd_pct_copy_bw']:.0f}% copy bw)"
+                                 if "error" not in row else row["error"]), flush=True)
+            del x0, g
+            _empty_cache(device)
+    finally:
+        K._BLOCK, K._NUM_WARPS = original
+    return rows
+
+
+def sweep_best(rows: List[dict]) -> List[dict]:
+    best = {}
+    for r in rows:
+        if "error" in r:
+            continue
+        key = (r["neuron"], r["dtype"])
+        if key not in best or r["fwd+bwd_ms"] < best[key]["fwd+bwd_ms"]:
+            best[key] = r
+    return list(best.values())
+
+
+# --------------------------------------------------------------------------------------------- #
+# Plot
+# --------------------------------------------------------------------------------------------- #
+
+
+def plot(path: Path, rows: List[dict], copy_gbps: float, title: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = []
+    for r in rows:
+        k = (r["neuron"], r["dtype"])
+        if k not in keys:
+            keys.append(k)
+    labels = [f"{n} {d}" for n, d in keys]
+
+    def get(neuron, dname, impl_pred, pass_, field):
+        vals = [r[field] for r in rows if r["neuron"] == neuron and r["dtype"] == dname and r["pass"] == pass_
+                and impl_pred(r["impl"]) and r.get(field) is not None]
+        return min(vals) if vals else float("nan")
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    xs = range(len(keys))
+    w = 0.38
+    st = [get(n, d, lambda i: i == "spiketriton", "fwd+bwd", "median_ms") for n, d in keys]
+    sj = [get(n, d, lambda i: i.startswith("spikingjelly"), "fwd+bwd", "median_ms") for n, d in keys]
+    a1.bar([x - w / 2 for x in xs], st, w, label="spiketriton")
+    a1.bar([x + w / 2 for x in xs], sj, w, label="SpikingJelly 2.0 (best variant)")
+    a1.set_xticks(list(xs), labels)
+    a1.set_ylabel("fwd+bwd time (ms, lower is better)")
+    a1.legend()
+    a1.set_title("forward + backward")
+    w3 = 0.2
+    for j, p in enumerate(("fwd", "bwd", "fwd+bwd")):
+        vals = [get(n, d, lambda i: i == "spiketriton", p, "gbps") for n, d in keys]
+        a2.bar([x + (j - 1.5) * w3 for x in xs], vals, w3, label=f"spiketriton {p}")
+    # gbps is kernel_bytes / time for every implementation: the SpikingJelly bar is "as if it moved only our bytes"
+    vals = [max((r["gbps"] for r in rows if r["neuron"] == n and r["dtype"] == d and r["pass"] == "fwd+bwd"
+                 and r["impl"].startswith("spikingjelly")), default=float("nan")) for n, d in keys]
+    a2.bar([x + 1.5 * w3 for x in xs], vals, w3, label="SpikingJelly best fwd+bwd", hatch="//")
+    a2.axhline(copy_gbps, color="k", lw=1, label=f"copy {copy_gbps:.0f} GB/s")
+    a2.axhline(GOAL_COPY_FRACTION * copy_gbps, color="k", ls="--", lw=1, label=f"{GOAL_COPY_FRACTION:.0%} of copy")
+    a2.set_xticks(list(xs), labels)
+    a2.set_ylabel("effective GB/s (kernel_bytes / time)")
+    a2.legend(fontsize=8)
+    a2.set_title("bandwidth")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Main
+# --------------------------------------------------------------------------------------------- #
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="GPU benchmark of spiketriton's fused neuron kernels vs SpikingJelly 2.0")
+    ap.add_argument("--shape", default="32,64,65536", help="T,B,N (default 32,64,65536)")
+    ap.add_argument("--neurons", default="lif,if,plif", help="comma list of lif,if,plif")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16,fp16")
+    ap.add_argument("--copy-gib", type=float, default=2.0, help="copy-bandwidth buffer size in GiB (default 2)")
+    ap.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
+    ap.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per measurement")
+    ap.add_argument("--no-sj", action="store_true", help="skip SpikingJelly")
+    ap.add_argument("--sj-impl", default=None, choices=("auto", "cuda", "triton", "torch"),
+                    help="force SpikingJelly's CUDA implementation (sets SJ_{LIF,IF,PLIF}_CUDA_IMPLEMENTATION)")
+    ap.add_argument("--no-check", action="store_true", help="skip the spiketriton/SpikingJelly agreement check")
+    ap.add_argument("--sweep", action="store_true", help="also sweep the kernel block size and warps")
+    ap.add_argument("--sweep-only", action="store_true", help="only the block-size sweep (and copy bandwidth)")
+    ap.add_argument("--sweep-blocks", default="256,512,1024,2048", help="values of kernels.neuron._BLOCK")
+    ap.add_argument("--sweep-warps", default="2,4,8", help="values of kernels.neuron._NUM_WARPS")
+    ap.add_argument("--sweep-neurons", default="lif", help="neurons to sweep (default lif)")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/<gpu-name-slug>)")
+    ap.add_argument("--smoke-cpu", action="store_true",
+                    help="check the script itself without a GPU: tiny CPU tensors (default shape 4,2,64), "
+                         "perf_counter timing, output to a temporary folder unless --out; numbers are meaningless")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available() and not args.smoke_cpu:
+        print(
+            "neuron_gpu.py: CUDA is not available here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); this benchmark needs an "
+            "NVIDIA GPU and a CUDA build of torch. Nothing was measured. For CPU numbers run "
+            "`python bench/neuron_cpu.py`; to check this script without a GPU, add --smoke-cpu.",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("neuron_gpu.py: triton is not installed; the spiketriton kernels need it.", file=sys.stderr)
+        return 1
+    if args.sj_impl:
+        for var in SJ_ENV.values():
+            os.environ[var] = args.sj_impl  # read when SpikingJelly's ops are first imported
+    have_sj = not args.no_sj
+    if have_sj:
+        try:
+            import spikingjelly  # noqa: F401
+        except ImportError:
+            print("neuron_gpu.py: spikingjelly is not installed; timing spiketriton only "
+                  "(`pip install --no-deps spikingjelly==2.0.0 loguru` to compare).", file=sys.stderr)
+            have_sj = False
+
+    import spiketriton.kernels.neuron as K
+
+    neurons = _names(args.neurons, NEURONS, "neuron")
+    dtypes = _names(args.dtypes, list(DTYPES), "dtype")
+    if args.smoke_cpu:
+        import tempfile
+
+        device = torch.device("cpu")
+        shape = parse_shape(args.shape if args.shape != "32,64,65536" else "4,2,64")
+        gpu = "cpu-smoke-test"
+        device_info = {"gpu": None, "smoke_cpu": True, "host": cpu_description()}
+        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="neuron_gpu_smoke_"))
+        args.copy_gib = min(args.copy_gib, 1 / 64)
+    else:
+        device = torch.device("cuda")
+        shape = parse_shape(args.shape)
+        gpu = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        device_info = {
+            "gpu": gpu, "capability": list(torch.cuda.get_device_capability(device)),
+            "total_memory_GiB": props.total_memory / 2**30, "multiprocessors": props.multi_processor_count,
+            "host": cpu_description(),
+        }
+        out = Path(args.out) if args.out else BENCH_DIR / "results" / slugify(gpu)
+    out.mkdir(parents=True, exist_ok=True)
+    started = now_iso()
+    n_steps = math.prod(shape)
+    print(f"{gpu}: shape [T, B, N] = {list(shape)}, neurons {neurons}, dtypes {dtypes}, "
+          f"kernel BLOCK={K._BLOCK} num_warps={K._NUM_WARPS}", flush=True)
+
+    copy = copy_bandwidth(args.copy_gib, args.warmup_ms, args.rep_ms, device)
+    print(f"copy bandwidth ({args.copy_gib:g} GiB dst.copy_(src)): {copy['gbps']:.0f} GB/s", flush=True)
+
+    rows: List[dict] = []
+    saved_rows: List[dict] = []
+    checks: List[dict] = []
+    sj_impl: Dict[str, object] = {}
+    errors: List[dict] = []
+    if not args.sweep_only:
+        for dname in dtypes:
+            x0, g = make_inputs(shape, DTYPES[dname], device=device)
+            for neuron in neurons:
+                runners = [("spiketriton", spiketriton_runner(neuron, device=device), None)]
+                if have_sj:
+                    sj_impl[neuron] = sj_implementation(neuron, device)
+                    runners += sj_variants(neuron, dname, device)
+                for impl, run, err in runners:
+                    if run is None:
+                        errors.append({"neuron": neuron, "dtype": dname, "impl": impl, "error": err})
+                        print(f"  {neuron:4} {dname} {impl}: unavailable ({err})", flush=True)
+                        continue
+                    try:
+                        probe = x0[:2].clone().requires_grad_()
+                        grad_fn = type(run(probe).grad_fn).__name__
+                        del probe
+                        if impl != "spiketriton" and not args.no_check:
+                            checks.append({"neuron": neuron, "dtype": dname, "vs": impl,
+                                           **agreement(runners[0][1], run, x0, g)})
+                        sb = saved_bytes(run, x0.clone().requires_grad_())
+                        saved_rows.append({"neuron": neuron, "dtype": dname, "impl": impl,
+                                           **{k: v for k, v in sb.items() if k != "tensors"},
+                                           "tensors": json.dumps(sb["tensors"])})
+                        t = time_passes(run, x0, g, args.warmup_ms, args.rep_ms)
+                    except Exception as e:  # noqa: BLE001 - one failing variant must not lose the rest
+                        errors.append({"neuron": neuron, "dtype": dname, "impl": impl, "error": _short_error(e),
+                                       "traceback": traceback.format_exc(limit=5)})
+                        print(f"  {neuron:4} {dname} {impl}: failed ({_short_error(e)})", flush=True)
+                        _empty_cache(device)
+                        continue
+                    for p, v in t.items():
+                        nbytes = kernel_bytes(shape, dname, p)
+                        row = {"neuron": neuron, "dtype": dname, "impl": impl, "pass": p, **v,
+                               "kernel_bytes": nbytes, "gbps": gbps(nbytes, v["median_ms"]),
+                               "pct_copy_bw": 100.0 * gbps(nbytes, v["median_ms"]) / copy["gbps"],
+                               "ns_per_neuron_step": v["median_ms"] * 1e6 / n_steps, "grad_fn": grad_fn}
+                        rows.append(row)
+                    print(f"  {neuron:4} {dname} {impl:40} fwd+bwd {t['fwd+bwd']['median_ms']:8.3f} ms  "
+                          f"fwd {t['fwd']['median_ms']:7.3f}  bwd {t['bwd']['median_ms']:7.3f}  "
+                          f"infer {t['infer']['median_ms']:7.3f}  ({grad_fn})", flush=True)
+                    gc.collect()
+                    _empty_cache(device)
+            del x0, g
+            _empty_cache(device)
+
+    # speedups vs SpikingJelly's fastest variant, per pass
+    for r in rows:
+        sj = [o["median_ms"] for o in rows if o["impl"].startswith("spikingjelly") and o["neuron"] == r["neuron"]
+              and o["dtype"] == r["dtype"] and o["pass"] == r["pass"]]
+        r["sj_best_ms"] = min(sj) if sj else None
+        r["speedup_vs_sj_best"] = (min(sj) / r["median_ms"]) if sj else None
+
+    sweep_rows: List[dict] = []
+    if args.sweep or args.sweep_only:
+        print(f"block sweep: BLOCK {args.sweep_blocks} x num_warps {args.sweep_warps}", flush=True)
+        sweep_rows = block_sweep(shape, _names(args.sweep_neurons, NEURONS, "neuron"), dtypes,
+                                 _ints(args.sweep_blocks), _ints(args.sweep_warps), args.warmup_ms, args.rep_ms,
+                                 copy["gbps"], device)
+
+    # report
+    summary = []
+    print()
+    print(f"{'neuron':6} {'dtype':5} {'pass':8} {'ST ms':>8} {'GB/s':>7} {'%copy':>6} {'SJ best ms':>10} {'x SJ':>6}")
+    for r in rows:
+        if r["impl"] != "spiketriton":
+            continue
+        sjb = f"{r['sj_best_ms']:10.3f}" if r["sj_best_ms"] else f"{'-':>10}"
+        spd = f"{r['speedup_vs_sj_best']:6.2f}" if r["speedup_vs_sj_best"] else f"{'-':>6}"
+        print(f"{r['neuron']:6} {r['dtype']:5} {r['pass']:8} {r['median_ms']:8.3f} {r['gbps']:7.0f} "
+              f"{r['pct_copy_bw']:6.1f} {sjb} {spd}")
+        if r["pass"] == "fwd+bwd":
+            summary.append({
+                "neuron": r["neuron"], "dtype": r["dtype"], "pct_copy_bw": r["pct_copy_bw"],
+                "meets_copy_goal": r["pct_copy_bw"] >= 100 * GOAL_COPY_FRACTION,
+                "speedup_vs_sj_best": r["speedup_vs_sj_best"],
+                "meets_speedup_goal": (r["speedup_vs_sj_best"] or 0) >= GOAL_SPEEDUP if r["sj_best_ms"] else None,
+            })
+    if summary:
+        print(f"\ngoals (fwd+bwd): >= {GOAL_COPY_FRACTION:.0%} of copy bandwidth, >= {GOAL_SPEEDUP}x SpikingJelly best")
+        for s in summary:
+            spd = f"{s['speedup_vs_sj_best']:.2f}x" if s["speedup_vs_sj_best"] else "n/a"
+            print(f"  {s['neuron']:4} {s['dtype']}: {s['pct_copy_bw']:.1f}% copy bw "
+                  f"[{'met' if s['meets_copy_goal'] else 'MISSED'}], {spd} SJ "
+                  f"[{'n/a' if s['meets_speedup_goal'] is None else ('met' if s['meets_speedup_goal'] else 'MISSED')}]")
+    best = sweep_best(sweep_rows)
+    if best:
+        print("\nbest block size (fwd+bwd):")
+        for b in best:
+            print(f"  {b['neuron']:4} {b['dtype']}: BLOCK={b['BLOCK']} num_warps={b['num_warps']} "
+                  f"{b['fwd+bwd_ms']:.3f} ms ({b['fwd+bwd_pct_copy_bw']:.1f}% copy bw)")
+    for c in checks:
+        print(f"  check {c['neuron']} {c['dtype']} vs {c['vs']}: {c['spike_mismatches']} spike mismatches, "
+              f"max |d grad x| {c['grad_x_max_abs_diff']:.3g}")
+
+    result = {
+        "benchmark": "neuron_gpu",
+        "date": started,
+        "command": "python bench/neuron_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": device_info,
+        "versions": versions(),
+        "git": git_state(),
+        "config": {
+            "shape_TBN": list(shape), "neurons": neurons, "dtypes": dtypes, "tau": TAU, "decay_input": True,
+            "v_threshold": V_THRESHOLD, "v_reset": V_RESET, "surrogate": f"Sigmoid(alpha={SG_ALPHA})",
+            "input": "x ~ N(1, 1)", "upstream_grad": "fixed N(0, 1)",
+            "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median",
+            "kernel_BLOCK": K._BLOCK, "kernel_NUM_WARPS": K._NUM_WARPS, "sj_impl_forced": args.sj_impl,
+        },
+        "copy_bandwidth": copy,
+        "spikingjelly_implementation": sj_impl,
+        "goals": {"copy_fraction": GOAL_COPY_FRACTION, "speedup_vs_sj": GOAL_SPEEDUP, "summary": summary},
+        "cases": rows,
+        "saved_bytes": saved_rows,
+        "agreement": checks,
+        "errors": errors,
+        "sweep": sweep_rows,
+        "sweep_best": best,
+    }
+    (out / "neuron_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = [out / "neuron_gpu.json"]
+    if rows:
+        write_csv(out / "neuron_gpu.csv", [dict(r, gpu=gpu, date=started) for r in rows])
+        written.append(out / "neuron_gpu.csv")
+    if saved_rows:
+        write_csv(out / "neuron_gpu_saved_bytes.csv", saved_rows)
+        written.append(out / "neuron_gpu_saved_bytes.csv")
+    if sweep_rows:
+        write_csv(out / "neuron_gpu_sweep.csv", [dict(r, gpu=gpu, date=started) for r in sweep_rows])
+        written.append(out / "neuron_gpu_sweep.csv")
+    if rows and not args.no_plot:
+        p = plot(out / "neuron_gpu.png", rows, copy["gbps"], f"{gpu}, [T, B, N] = {list(shape)}")
+        if p:
+            written.append(Path(p))
+        else:
+            print("matplotlib is not installed: no plot", file=sys.stderr)
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
