@@ -69,6 +69,23 @@ def _surrogate_grad(x, SG_ID: tl.constexpr, alpha):
 
 
 @triton.jit
+def _tile(R, L, LB, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's [BLOCK_R, BLOCK_L] tile of the [R, L] neurons: indices, masks, int64 offsets,
+    and the int64 strides of one time step (T * R * L may exceed 2^31; tl.cast also accepts the
+    interpreter's Python ints)."""
+    pid_r = tl.program_id(0).to(tl.int64)
+    pid_l = tl.program_id(1).to(tl.int64)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_r = rows < R
+    mask = mask_r[:, None] & (cols[None, :] < L)
+    offs = rows[:, None] * L + cols[None, :]
+    step = tl.cast(R, tl.int64) * L     # elements per time step
+    step_b = tl.cast(R, tl.int64) * LB  # bytes per time step of packed data
+    return pid_l, rows, cols, mask_r, mask, offs, step, step_b
+
+
+@triton.jit
 def _store_bits(ptr, flag, rows, pid_l, LB, mask_r, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Pack a [BLOCK_R, BLOCK_L] 0/1 int32 tile into bytes (LSB first) and store [BLOCK_R, BLOCK_L/8]."""
     shift = tl.arange(0, BLOCK_L) % 8
@@ -122,16 +139,7 @@ def _neuron_fwd_kernel(
     STORE: tl.constexpr,        # write what the backward needs
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_l = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_r = rows < R
-    mask = mask_r[:, None] & (cols[None, :] < L)
-    offs = rows[:, None] * L + cols[None, :]  # int64
-    # int64 step offsets: T * R * L may exceed 2^31 (tl.cast also accepts the interpreter's ints)
-    step = tl.cast(R, tl.int64) * L     # elements per time step
-    step_b = tl.cast(R, tl.int64) * LB  # bytes per time step of packed data
+    pid_l, rows, cols, mask_r, mask, offs, step, step_b = _tile(R, L, LB, BLOCK_R, BLOCK_L)
 
     if HAS_V0:
         v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -238,15 +246,7 @@ def _neuron_bwd_kernel(
     HAS_GAT: tl.constexpr, GRAD_A0: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_l = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_r = rows < R
-    mask = mask_r[:, None] & (cols[None, :] < L)
-    offs = rows[:, None] * L + cols[None, :]
-    step = tl.cast(R, tl.int64) * L
-    step_b = tl.cast(R, tl.int64) * LB
+    pid_l, rows, cols, mask_r, mask, offs, step, step_b = _tile(R, L, LB, BLOCK_R, BLOCK_L)
     zero = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.float32)
 
     if HAS_GVT:
