@@ -52,6 +52,10 @@ class NeuronSpec:
         return self.family == FAMILY_B and self.ref_len > 0
 
     @property
+    def has_floor(self) -> bool:
+        return self.family == FAMILY_B and self.v_l != -math.inf
+
+    @property
     def n_params(self) -> int:
         return 1 if self.family == FAMILY_A else 2
 

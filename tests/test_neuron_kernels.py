@@ -72,6 +72,16 @@ def test_family_a_half(backend, dtype, kind, hard, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("hard", [True, False], ids=["hard", "soft"])
+def test_plif_slow_decay_gradient_in_half(backend, dtype, hard, device):
+    # tau = 20 (k = 0.05): dH/dk = (H - V[t-1]) / k would multiply a half-precision H's rounding error
+    # by 20; with a learnable decay H is kept in fp32, so the k gradient stays as accurate as the rest
+    case = Case(spec_a("lif", hard), torch.tensor([0.05]), (8, 4, 45), dtype=dtype)
+    check_case(case, backend, device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("carry_v", [True, False], ids=["v0", "no-v0"])
 def test_noncontiguous_and_initial_state(backend, carry_v, device):
     case = Case(spec_a("lif", True), params_a("lif"), (5, 3, 11, 9), carry_v=carry_v, noncontig=True)

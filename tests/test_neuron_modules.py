@@ -100,6 +100,24 @@ def test_saved_bytes_per_neuron_step(backend, dtype, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_plif_half_keeps_h_in_fp32(backend, device):
+    """A learnable decay needs (H - V)/k in backward: H is kept in fp32 (4 + 1/8 bytes per neuron-step)."""
+    T, B, N = 4, 2, 32
+    x = torch.randn(T, B, N, device=device, dtype=torch.bfloat16, requires_grad=True)
+    m = st.PLIF(backend=backend).to(device)
+    saved = {}
+
+    def pack(t):
+        if t is not x and t.numel() > 1:
+            saved[t.untyped_storage().data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    assert sum(saved.values()) / (T * B * N) == pytest.approx(4 + 1 / 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_inference_saves_nothing_and_matches(backend, device):
     x = torch.randn(5, 3, 21, device=device)
     m = st.PLIF(backend=backend).to(device)

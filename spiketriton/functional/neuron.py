@@ -94,38 +94,48 @@ class _NeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v0, a0, params, ref0, spec: NeuronSpec, impl):
-        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(x, v0, a0, ref0, params, spec, store=True)
-        a_last = a_last if a_last is not None else torch.zeros_like(v_last)
-        ref_last = ref_last if ref_last is not None else torch.zeros(v_last.shape, dtype=torch.int32, device=x.device)
+        # A learnable decay (PLIF) gets dH/dk = (H - V[t-1]) / k (decay_input) or Vr - V[t-1] from the
+        # saved H: the first divides H's rounding error by k, the second sums it over every neuron-step
+        # with cancellation (bf16: 8% off, found by tests/test_neuron_property.py). Keep H in fp32 then
+        # (fp16/bf16: +2 bytes per neuron-step).
+        learn_decay = spec.family == FAMILY_A and ctx.needs_input_grad[3]
+        h_dtype = torch.promote_types(x.dtype, torch.float32) if learn_decay else x.dtype
+        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(
+            x, v0, a0, ref0, params, spec, store=True, h_dtype=h_dtype
+        )
+        a_last, ref_last = _fill_states(a_last, ref_last, v_last, spec)
         ctx.mark_non_differentiable(ref_last)
+        if spec.family == FAMILY_A:
+            ctx.mark_non_differentiable(a_last)
         ctx.set_materialize_grads(False)
         ctx.spec = spec
         ctx.impl = impl
         ctx.shape = x.shape
+        ctx.x_dtype = x.dtype
         ctx.state_dtypes = (v0.dtype if v0 is not None else None, a0.dtype if a0 is not None else None)
         need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[3] and v0 is not None
-        h, bits, vth, gate = saved
-        ctx.save_for_backward(h, bits, vth, gate, v0 if need_v0_saved else None, params)
+        ctx.save_for_backward(*saved, v0 if need_v0_saved else None, params)
         return spikes, v_last, a_last, ref_last
 
     @staticmethod
     def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref):
-        h, bits, vth, gate, v0, params = ctx.saved_tensors
+        *saved, v0, params = ctx.saved_tensors
+        h = saved[0]
         spec = ctx.spec
         need_x, need_v0, need_a0, need_p = ctx.needs_input_grad[:4]
         T = ctx.shape[0]
         if T == 0 or h is None or h.numel() == 0:
             # no step: the state passes straight through
             zeros = torch.zeros(ctx.shape[1:], device=params.device)
-            gx = torch.zeros(ctx.shape, dtype=h.dtype if h is not None else torch.float32, device=params.device)
+            gx = torch.zeros(ctx.shape, dtype=ctx.x_dtype, device=params.device)
             gv0 = (g_v_last if (g_v_last is not None and T == 0) else zeros) if need_v0 else None
             ga0 = (g_a_last if (g_a_last is not None and T == 0) else zeros) if need_a0 else None
             gp = torch.zeros_like(params) if need_p else None
             return gx if need_x else None, gv0, ga0, gp, None, None, None
         if g_spikes is None:
-            g_spikes = torch.zeros(ctx.shape, dtype=h.dtype, device=h.device)
+            g_spikes = torch.zeros(ctx.shape, dtype=ctx.x_dtype, device=h.device)
         gx, gv0, ga0, gp = ctx.impl.neuron_backward(
-            g_spikes, g_v_last, g_a_last, (h, bits, vth, gate), v0, params, spec,
+            g_spikes, g_v_last, g_a_last, tuple(saved), v0, params, spec,
             need_v0=need_v0, need_a0=need_a0, need_params=need_p,
         )
         v_dt, a_dt = ctx.state_dtypes
@@ -153,8 +163,9 @@ def run_neuron(
     op: str = "neuron",
 ):
     """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)``: spikes in the input dtype,
-    fp32 states (fp64 for float64 input) and an int32 refractory counter. Gradients flow to
-    ``x_seq``, ``v0``, ``a0`` and ``params``."""
+    fp32 states (fp64 for float64 input) and an int32 refractory counter (family A, which has no
+    threshold state or counter, gets empty tensors for the last two). Gradients flow to ``x_seq``,
+    ``v0``, ``a0`` and ``params``."""
     check_sequence(x_seq, op)
     v0 = _check_state(v0, x_seq, "v", op)
     a0 = _check_state(a0, x_seq, "v_th_adpt", op)
@@ -179,11 +190,19 @@ def run_neuron(
         return _NeuronFunction.apply(x_seq, v0f, a0f, params, ref0i, spec, impl)
     # inference: nothing is written for backward
     spikes, v_last, a_last, ref_last, _ = impl.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
+    return (spikes, v_last, *_fill_states(a_last, ref_last, v_last, spec))
+
+
+def _fill_states(a_last, ref_last, v_last, spec: NeuronSpec):
+    """Family B returns its full state (zeros for a feature that is off); family A has none and
+    gets empty placeholders (no allocation of state-sized tensors it never uses)."""
+    if spec.family == FAMILY_A:
+        return v_last.new_empty(0), torch.empty(0, dtype=torch.int32, device=v_last.device)
     if a_last is None:
         a_last = torch.zeros_like(v_last)
     if ref_last is None:
         ref_last = torch.zeros(v_last.shape, dtype=torch.int32, device=v_last.device)
-    return spikes, v_last, a_last, ref_last
+    return a_last, ref_last
 
 
 # --------------------------------------------------------------------------------------------- #

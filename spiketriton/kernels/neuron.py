@@ -11,7 +11,11 @@ Saved for backward (only when a gradient is needed, ``STORE``):
 - ``bits``: the spikes, packed 8 per byte (so bf16/fp16 backward never re-decides a spike from a
   rounded H);
 - family B with an adaptive threshold: the raw threshold ``v_th0 + a[t-1]`` in fp32;
-- family B with a refractory period: the input gate ``ref[t-1] == 0``, packed 8 per byte.
+- family B with a refractory period: the input gate ``ref[t-1] == 0``, packed 8 per byte;
+- family B with a floor ``v_l``: whether the leaked potential was at or above the floor, packed 8 per
+  byte (recomputing it from a bf16 H could take the other branch near the floor).
+``h`` is fp32 instead of the input dtype when a learnable decay (PLIF) needs its gradient, which
+is computed from H and V[t-1] = reset(H[t-1]) and would amplify H's half-precision rounding.
 Everything else the backward needs is recomputed from these.
 
 No nn.Module and no autograd here: launchers allocate, launch and return tensors.
@@ -120,6 +124,7 @@ def _neuron_fwd_kernel(
     bits_ptr,     # [T, R, LB] out: packed spikes, uint8 (written if STORE)
     vth_ptr,      # [T, R, L] out: raw threshold v_th0 + a[t-1], fp32 (written if STORE and ADAPTIVE)
     gate_ptr,     # [T, R, LB] out: packed refractory gate, uint8 (written if STORE and REFRACTORY)
+    floor_ptr,    # [T, R, LB] out: packed "leaked v >= v_l", uint8 (written if STORE and HAS_FLOOR)
     vT_ptr,       # [R, L] out: fp32 membrane potential after the last step
     aT_ptr,       # [R, L] out: fp32 adaptive part after the last step (written if ADAPTIVE)
     refT_ptr,     # [R, L] out: int32 refractory counter after the last step (written if REFRACTORY)
@@ -134,7 +139,7 @@ def _neuron_fwd_kernel(
     FAMILY: tl.constexpr,       # 0: charge-fire-reset (IF/LIF/PLIF); 1: integrate-fire-reset-leak
     DECAY_INPUT: tl.constexpr,  # A: H = V + (X - (V - Vr)) k   instead of   H = V - (V - Vr) k + X
     RESET_MODE: tl.constexpr,   # 0 hard, 1 soft (subtract threshold), 2 soft constant (subtract dv)
-    ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr,
+    ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr, HAS_FLOOR: tl.constexpr,
     HAS_V0: tl.constexpr, HAS_A0: tl.constexpr, HAS_REF0: tl.constexpr,
     STORE: tl.constexpr,        # write what the backward needs
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -193,7 +198,8 @@ def _neuron_fwd_kernel(
             else:
                 v2 = tl.where(spike, h - dv, h)
             v = alpha * v2 + beta
-            v = tl.where(v >= v_l, v, v_l)
+            above = v >= v_l
+            v = tl.where(above, v, v_l)
             if ADAPTIVE:
                 a = th_alpha * a + th_beta + tl.where(spike, th_incre, 0.0)
             if REFRACTORY:
@@ -208,6 +214,8 @@ def _neuron_fwd_kernel(
                 tl.store(vth_ptr + t64 * step + offs, raw, mask=mask)
             if REFRACTORY:
                 _store_bits(gate_ptr + t64 * step_b, tl.where(gate & mask, 1, 0), rows, pid_l, LB, mask_r, BLOCK_R, BLOCK_L)
+            if HAS_FLOOR:
+                _store_bits(floor_ptr + t64 * step_b, tl.where(above & mask, 1, 0), rows, pid_l, LB, mask_r, BLOCK_R, BLOCK_L)
 
     tl.store(vT_ptr + offs, v, mask=mask)
     if ADAPTIVE:
@@ -230,6 +238,7 @@ def _neuron_bwd_kernel(
     bits_ptr,     # [T, R, LB] saved packed spikes
     vth_ptr,      # [T, R, L] saved raw threshold (ADAPTIVE)
     gate_ptr,     # [T, R, LB] saved packed refractory gate (REFRACTORY)
+    floor_ptr,    # [T, R, LB] saved packed floor decision (HAS_FLOOR)
     v0_ptr,       # [R, L] carried-in v (read if HAS_V0 and LEARN and family A)
     p_ptr,        # fp32 learnable scalars (as forward)
     gx_ptr,       # [T, R, L] out: grad wrt x (dtype of x)
@@ -241,7 +250,7 @@ def _neuron_bwd_kernel(
     sg_alpha,     # surrogate parameter
     FAMILY: tl.constexpr, DECAY_INPUT: tl.constexpr, RESET_MODE: tl.constexpr,
     DETACH_RESET: tl.constexpr, SG_ID: tl.constexpr,
-    ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr,
+    ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr, HAS_FLOOR: tl.constexpr,
     HAS_V0: tl.constexpr, HAS_GVT: tl.constexpr, GRAD_V0: tl.constexpr, LEARN: tl.constexpr,
     HAS_GAT: tl.constexpr, GRAD_A0: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -326,8 +335,10 @@ def _neuron_bwd_kernel(
                 v2 = h - s * vth
             else:
                 v2 = h - s * dv
-            pre = alpha * v2 + beta
-            g_pre = tl.where(pre >= v_l, gv, 0.0)     # floor
+            if HAS_FLOOR:                              # floor: the forward's decision, saved
+                g_pre = gv * _load_bits(floor_ptr + t * step_b, rows, cols, LB, mask).to(tl.float32)
+            else:
+                g_pre = gv
             if LEARN:
                 gp0 += g_pre * v2
                 gp1 += g_pre
@@ -408,12 +419,14 @@ def neuron_forward(
     params: torch.Tensor,
     spec: NeuronSpec,
     store: bool,
+    h_dtype: Optional[torch.dtype] = None,
 ):
     """Launch the forward kernel.
 
     ``x_seq [T, *S]`` float; states ``[*S]`` (v0/a0 fp32, ref0 int32) or None; ``params`` fp32.
-    Returns ``(spikes, v_last, a_last, ref_last, saved)`` where ``saved`` is ``(h, bits, vth, gate)``
-    (None entries where not needed; all None unless ``store``). ``a_last``/``ref_last`` are None
+    Returns ``(spikes, v_last, a_last, ref_last, saved)`` where ``saved`` is
+    ``(h, bits, vth, gate, floor)`` (None entries where not needed; all None unless ``store``); ``h``
+    is kept in ``h_dtype`` (default: the input dtype). ``a_last``/``ref_last`` are None
     unless the spec is adaptive/refractory.
     """
     T = x_seq.shape[0]
@@ -427,14 +440,16 @@ def neuron_forward(
     v_last = torch.empty((R, L), device=dev, dtype=torch.float32)
     a_last = torch.empty((R, L), device=dev, dtype=torch.float32) if spec.adaptive else None
     ref_last = torch.empty((R, L), device=dev, dtype=torch.int32) if spec.refractory else None
-    h = bits = vth = gate = None
+    h = bits = vth = gate = floor = None
     if store:
-        h = torch.empty_like(x)
+        h = torch.empty_like(x, dtype=h_dtype or x.dtype)
         bits = torch.empty((T, R, LB), device=dev, dtype=torch.uint8)
         if spec.adaptive:
             vth = torch.empty((T, R, L), device=dev, dtype=torch.float32)
         if spec.refractory:
             gate = torch.empty((T, R, LB), device=dev, dtype=torch.uint8)
+        if spec.has_floor:
+            floor = torch.empty((T, R, LB), device=dev, dtype=torch.uint8)
     dummy = v_last  # placeholder for pointers a constexpr flag keeps unread/unwritten
     v0c = v0.contiguous().view(R, L) if v0 is not None else None
     a0c = a0.contiguous().view(R, L) if (a0 is not None and spec.adaptive) else None
@@ -443,11 +458,11 @@ def neuron_forward(
     if T > 0 and R * L > 0:
         _neuron_fwd_kernel[grid](
             x, _or(v0c, dummy), _or(a0c, dummy), _or(ref0c, dummy), params,
-            spikes, _or(h, dummy), _or(bits, dummy), _or(vth, dummy), _or(gate, dummy),
+            spikes, _or(h, dummy), _or(bits, dummy), _or(vth, dummy), _or(gate, dummy), _or(floor, dummy),
             v_last, _or(a_last, dummy), _or(ref_last, dummy),
             T, R, L, LB, **_scalars(spec), ref_len=int(spec.ref_len),
             FAMILY=spec.family, DECAY_INPUT=spec.decay_input, RESET_MODE=spec.reset_mode,
-            ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory,
+            ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory, HAS_FLOOR=spec.has_floor,
             HAS_V0=v0c is not None, HAS_A0=a0c is not None, HAS_REF0=ref0c is not None,
             STORE=store, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
         )
@@ -462,7 +477,7 @@ def neuron_forward(
         v_last.view(S),
         a_last.view(S) if a_last is not None else None,
         ref_last.view(S) if ref_last is not None else None,
-        (h, bits, vth, gate),
+        (h, bits, vth, gate, floor),
     )
 
 
@@ -480,12 +495,12 @@ def neuron_backward(
 ):
     """Launch the backward kernel. Returns ``(grad_x [T, *S] in the dtype of h, grad_v0 fp32 or None,
     grad_a0 fp32 or None, grad_params fp32 [n_params] or None)``."""
-    h, bits, vth, gate = saved
+    h, bits, vth, gate, floor = saved
     T, R, L = h.shape
     LB = bits.shape[-1]
     S = grad_spikes.shape[1:]
     gs = _as_trl(grad_spikes, R)
-    gx = torch.empty_like(h)
+    gx = torch.empty_like(h, dtype=grad_spikes.dtype)  # the input's dtype (h may be kept in fp32)
     gv0 = torch.empty((R, L), device=h.device, dtype=torch.float32) if need_v0 else None
     need_a0 = need_a0 and spec.adaptive
     ga0 = torch.empty((R, L), device=h.device, dtype=torch.float32) if need_a0 else None
@@ -497,12 +512,12 @@ def neuron_backward(
     v0c = v0.contiguous().view(R, L) if v0 is not None else None
     dummy = gx
     _neuron_bwd_kernel[grid](
-        gs, _or(gvT, dummy), _or(gaT, dummy), h, bits, _or(vth, dummy), _or(gate, dummy), _or(v0c, dummy), params,
+        gs, _or(gvT, dummy), _or(gaT, dummy), h, bits, _or(vth, dummy), _or(gate, dummy), _or(floor, dummy), _or(v0c, dummy), params,
         gx, _or(gv0, dummy), _or(ga0, dummy), _or(gp, dummy),
         T, R, L, LB, **_scalars(spec), sg_alpha=float(spec.surrogate.alpha),
         FAMILY=spec.family, DECAY_INPUT=spec.decay_input, RESET_MODE=spec.reset_mode,
         DETACH_RESET=spec.detach_reset, SG_ID=spec.surrogate.id,
-        ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory,
+        ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory, HAS_FLOOR=spec.has_floor,
         HAS_V0=v0c is not None, HAS_GVT=gvT is not None, GRAD_V0=need_v0,
         LEARN=need_params, HAS_GAT=gaT is not None, GRAD_A0=need_a0,
         BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,

@@ -20,7 +20,7 @@ def _cdt(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
+def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h_dtype=None):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_forward`."""
     T, S = x_seq.shape[0], x_seq.shape[1:]
     cdt = _cdt(x_seq.dtype)
@@ -28,9 +28,10 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
     v = v0.to(cdt).clone() if v0 is not None else torch.full(S, spec.v_init, dtype=cdt, device=dev)
     spikes = torch.empty_like(x_seq)
     fired = torch.empty((T,) + tuple(S), dtype=torch.bool, device=dev) if spec.family != FAMILY_A else None
-    h_seq = torch.empty_like(x_seq) if store else None
+    h_seq = torch.empty_like(x_seq, dtype=h_dtype or x_seq.dtype) if store else None
     vth_seq = torch.empty((T,) + tuple(S), dtype=torch.float32, device=dev) if (store and spec.adaptive) else None
     gate_seq = torch.empty((T,) + tuple(S), dtype=torch.bool, device=dev) if (store and spec.refractory) else None
+    floor_seq = torch.empty((T,) + tuple(S), dtype=torch.bool, device=dev) if (store and spec.has_floor) else None
     p = params.to(cdt)
     vr = spec.v_reset if spec.reset_mode == RESET_HARD else 0.0
     if spec.family == FAMILY_A:
@@ -40,7 +41,7 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
         # reference's, so spikes agree bit for bit.
         k = p[0]
         vth = spec.v_threshold
-        direct = store and x_seq.dtype == cdt  # write H straight into the saved tensor
+        direct = store and h_seq.dtype == cdt  # write H straight into the saved tensor
         hb = torch.empty(S, dtype=cdt, device=dev)
         tmp = torch.empty(S, dtype=cdt, device=dev)
         sf = torch.empty(S, dtype=cdt, device=dev)
@@ -81,7 +82,10 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
                 v2 = h - s * vth
             else:
                 v2 = h - s * spec.dv
-            v = (v2 * alpha).add_(beta).clamp_min_(spec.v_l)
+            v = (v2 * alpha).add_(beta)
+            if floor_seq is not None:
+                torch.ge(v, spec.v_l, out=floor_seq[t])
+            v = v.clamp_min_(spec.v_l)
             if spec.adaptive:
                 a = a * spec.v_th_alpha + spec.v_th_beta + s * spec.v_th_incre
             if spec.refractory:
@@ -96,16 +100,22 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool):
         ref_last = ref if spec.refractory else None
     if spec.family != FAMILY_A:
         spikes.copy_(fired)
-    saved = (None, None, None, None)
+    saved = (None, None, None, None, None)
     if store:
-        saved = (h_seq, pack_bits(spikes, binary=True), vth_seq, pack_bits(gate_seq) if gate_seq is not None else None)
+        saved = (
+            h_seq,
+            pack_bits(spikes, binary=True),
+            vth_seq,
+            pack_bits(gate_seq) if gate_seq is not None else None,
+            pack_bits(floor_seq) if floor_seq is not None else None,
+        )
     return spikes, v, a_last, ref_last, saved
 
 
 def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, spec: NeuronSpec,
                     need_v0: bool, need_a0: bool, need_params: bool):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_backward` (the kernel's algorithm)."""
-    h_seq, bits, vth_seq, gate_bits = saved
+    h_seq, bits, vth_seq, gate_bits, floor_bits = saved
     T, S = h_seq.shape[0], h_seq.shape[1:]
     L = S[-1]
     cdt = _cdt(h_seq.dtype)
@@ -128,7 +138,7 @@ def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, sp
         sg = torch.empty(S, dtype=cdt, device=dev)
         gh = torch.empty(S, dtype=cdt, device=dev)
         gvb = torch.zeros(S, dtype=cdt, device=dev) if grad_v_last is None else grad_v_last.to(cdt).clone()
-        gx = torch.empty_like(h_seq)
+        gx = torch.empty_like(h_seq, dtype=grad_spikes.dtype)  # the input's dtype (h may be fp32)
         direct = gx.dtype == cdt
         hard = spec.reset_mode == RESET_HARD
         for t in range(T - 1, -1, -1):
@@ -167,7 +177,8 @@ def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, sp
     else:
         alpha, beta = p[0], p[1]
         fired = unpack_bits(bits, L, torch.bool)
-        gx = torch.empty_like(h_seq)
+        above = unpack_bits(floor_bits, L, torch.bool) if floor_bits is not None else None
+        gx = torch.empty_like(h_seq, dtype=grad_spikes.dtype)
         ga = torch.zeros(S, dtype=cdt, device=h_seq.device)
         if grad_a_last is not None and spec.adaptive:
             ga = grad_a_last.to(cdt).clone()
@@ -187,8 +198,7 @@ def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, sp
                 v2 = h - sf * vth
             else:
                 v2 = h - sf * spec.dv
-            pre = v2 * alpha + beta
-            g_pre = torch.where(pre >= spec.v_l, gv, 0.0)
+            g_pre = gv * above[t] if above is not None else gv  # floor: the forward's decision, saved
             if need_params:
                 gp[0] += (g_pre * v2).sum()
                 gp[1] += g_pre.sum()
