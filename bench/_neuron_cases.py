@@ -43,7 +43,7 @@ REPO_DIR = BENCH_DIR.parent
 
 
 def make_inputs(shape: Sequence[int], dtype: torch.dtype, device="cpu", seed: int = 0):
-    """``(x, grad_spikes)``: x ~ N(1, 1) (a firing rate of roughly 40 % for LIF tau=2, so both
+    """``(x, grad_spikes)``: x ~ N(1, 1) (a firing rate of about 25 % for LIF tau=2, so both
     branches of the reset are exercised) and a fixed N(0, 1) upstream gradient, both in ``dtype``.
     ``x`` is a leaf that does not require grad; callers ask for it."""
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="16,32,4096", help="T,B,N (default 16,32,4096)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16,fp16 (default fp32,bf16)")
-    ap.add_argument("--repeats", type=int, default=30, help="timed rounds per case (default 30)")
+    ap.add_argument("--repeats", type=int, default=40, help="timed rounds per case (default 40)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-reference", action="store_true", help="skip the autograd reference cases")
