@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ..kernels import interpret_mode
+
 BACKENDS = ("auto", "triton", "torch")
-
-
-def interpret_mode() -> bool:
-    """True when Triton kernels run on the CPU through the interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _triton_available() -> bool:

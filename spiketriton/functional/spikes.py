@@ -1,0 +1,235 @@
+"""Packed spikes and the add-only spike matmul.
+
+``SpikeTensor`` holds spikes packed 8 per byte along the last dimension (DESIGN.md layout) and their
+logical size ``k``. It may also hold an ``anchor``: a tensor of the spikes' shape through which the
+gradient of the spikes flows back to whatever produced them (the float spikes themselves when they
+were packed by :func:`pack_spikes`, or a one-element stand-in expanded to the spikes' shape when a
+neuron wrote them packed directly, so that no float spike tensor is ever materialised or saved).
+
+``spike_matmul(s, weight, bias)`` = ``s @ weight.T + bias`` for binary ``s``: on Triton it reads the
+packed bytes (kernels/spike_matmul.py); on the PyTorch path it uses the BLAS matmul. Either way only
+the packed spikes are saved for backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from ..kernels import pack as PK
+from ..kernels import pack_torch as PT
+from ..kernels import spike_matmul as SM
+from ._backend import use_triton
+
+__all__ = ["SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "is_binary"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class SpikeTensor:
+    """Spikes packed along the last dimension: ``data`` uint8 ``[..., ceil(k/8)]``, logical ``[..., k]``."""
+
+    __slots__ = ("data", "k", "anchor")
+
+    def __init__(self, data: torch.Tensor, k: int, anchor: Optional[torch.Tensor] = None):
+        if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
+            got = data.dtype if isinstance(data, torch.Tensor) else type(data).__name__
+            raise TypeError(f"SpikeTensor: packed data must be a torch.uint8 tensor, got {got}")
+        if data.dim() < 1:
+            raise ValueError("SpikeTensor: packed data needs at least one dimension (the packed bytes)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"SpikeTensor: k (the logical last-dimension size) must be an int >= 0, got {k!r}")
+        if data.shape[-1] != (k + 7) // 8:
+            raise ValueError(
+                f"SpikeTensor: k = {k} spikes need ceil(k/8) = {(k + 7) // 8} bytes in the last dimension, "
+                f"the data has {data.shape[-1]}"
+            )
+        if anchor is not None and tuple(anchor.shape) != tuple(data.shape[:-1]) + (k,):
+            raise ValueError(f"SpikeTensor: anchor shape {tuple(anchor.shape)} is not the spikes' shape")
+        self.data = data
+        self.k = k
+        self.anchor = anchor
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(tuple(self.data.shape[:-1]) + (self.k,))
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.anchor is not None and self.anchor.requires_grad
+
+    def dim(self) -> int:
+        return self.data.dim()
+
+    def unpack(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+        return unpack_spikes(self, dtype, backend)
+
+    def to(self, device) -> "SpikeTensor":
+        return SpikeTensor(self.data.to(device), self.k, self.anchor.to(device) if self.anchor is not None else None)
+
+    def detach(self) -> "SpikeTensor":
+        return SpikeTensor(self.data, self.k)
+
+    def __repr__(self) -> str:
+        return f"SpikeTensor(shape={tuple(self.shape)}, packed={tuple(self.data.shape)}, device={self.device})"
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    """True when every element is exactly 0 or 1 (NaN is not). One pass and a host sync."""
+    if x.dtype == torch.bool:
+        return True
+    return not bool(((x != 0) & (x != 1)).any())
+
+
+def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> SpikeTensor:
+    """Pack a 0/1 tensor ``[..., K]`` (float, bool or uint8) into a :class:`SpikeTensor`.
+
+    ``check=True`` rejects values other than 0 and 1 (packing would silently turn them into 1).
+    A float ``s`` that requires grad stays the anchor: gradients of the packed spikes reach it.
+    """
+    if not isinstance(s, torch.Tensor):
+        raise TypeError(f"pack_spikes: expected a tensor [..., K] of 0/1, got {type(s).__name__}")
+    if s.dim() < 1:
+        raise ValueError("pack_spikes: expected at least one dimension [..., K]")
+    if s.is_complex() or (not s.is_floating_point() and s.dtype not in (torch.bool, torch.uint8)):
+        raise TypeError(f"pack_spikes: spikes must be float, bool or uint8 0/1, got {s.dtype}")
+    if check and not is_binary(s):
+        raise ValueError("pack_spikes: values other than 0 and 1 found; spikes must be binary")
+    if use_triton(backend, s, op="pack_spikes"):
+        data = PK.pack(s)
+    else:
+        data = PT.pack_bits(s)
+    anchor = s if (s.is_floating_point() and s.requires_grad) else None
+    return SpikeTensor(data, s.shape[-1], anchor)
+
+
+def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+    """Inverse of :func:`pack_spikes`: ``[..., k]`` 0/1 in ``dtype`` (no gradient)."""
+    if not isinstance(p, SpikeTensor):
+        raise TypeError(f"unpack_spikes: expected a SpikeTensor, got {type(p).__name__}")
+    if use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES:
+        return PK.unpack(p.data, p.k, dtype)
+    return PT.unpack_bits(p.data, p.k, dtype)
+
+
+# --------------------------------------------------------------------------------------------- #
+# spike_matmul
+# --------------------------------------------------------------------------------------------- #
+
+
+class _TorchSpikeMatmul:
+    """The PyTorch path: BLAS matmul on 0/1 values (exact products; fp32 or dtype accumulation as
+    torch does), packed spikes saved."""
+
+    @staticmethod
+    def fwd(packed, K, weight, bias, dense=None):
+        s = dense.to(weight.dtype) if dense is not None else PT.unpack_bits(packed, K, weight.dtype)
+        return torch.nn.functional.linear(s, weight, bias)
+
+    @staticmethod
+    def dw(grad_out, packed, K):
+        return grad_out.t() @ PT.unpack_bits(packed, K, grad_out.dtype)
+
+
+class _TritonSpikeMatmul:
+    @staticmethod
+    def fwd(packed, K, weight, bias, dense=None):
+        return SM.spike_matmul_fwd(packed, K, weight, bias)
+
+    @staticmethod
+    def dw(grad_out, packed, K):
+        return SM.spike_matmul_dw(grad_out, packed, K)
+
+
+class _SpikeMatmulFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, packed, K, anchor, dense, weight, bias, impl):
+        y = impl.fwd(packed, K, weight, bias, dense)
+        ctx.impl = impl
+        ctx.K = K
+        ctx.has_bias = bias is not None
+        need_ds = anchor is not None and ctx.needs_input_grad[2]
+        ctx.anchor_dtype = anchor.dtype if anchor is not None else None
+        # only the packed spikes (and the weight, for dS) are kept
+        ctx.save_for_backward(packed, weight if need_ds else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        packed, weight = ctx.saved_tensors
+        need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+        gy = gy.contiguous()
+        gw = ctx.impl.dw(gy, packed, ctx.K) if need_w else None
+        gb = gy.sum(0) if (need_b and ctx.has_bias) else None
+        gs = (gy @ weight).to(ctx.anchor_dtype) if weight is not None else None  # dense dS = dY @ W
+        return None, None, gs, None, gw, gb, None
+
+
+def spike_matmul(
+    s: Union[SpikeTensor, torch.Tensor],
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``s @ weight.T + bias`` for binary spikes ``s [..., K]`` (packed, or a 0/1 float/bool tensor).
+
+    ``weight [N, K]`` and ``bias [N]`` in fp32, fp16 or bf16; the result ``[..., N]`` is in the weight's
+    dtype, or in the autocast dtype when autocast is on, and is accumulated in fp32 by the kernels.
+    A float ``s`` is taken as 0/1 (use :func:`is_binary` or SpikeLinear's check to verify it).
+    Gradients: weight, bias, and the spikes (dense ``dY @ W``) when they require grad.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise TypeError("spike_matmul: weight must be a floating tensor [N, K]")
+    K = weight.shape[1]
+    if isinstance(s, SpikeTensor):
+        if s.k != K:
+            raise ValueError(f"spike_matmul: packed spikes have k = {s.k} but weight [N, K] has K = {K}")
+        device = s.device
+    elif isinstance(s, torch.Tensor):
+        if not (s.is_floating_point() or s.dtype == torch.bool):
+            raise TypeError(f"spike_matmul: spikes must be a float/bool 0/1 tensor or a SpikeTensor, got {s.dtype}")
+        if s.dim() < 1 or s.shape[-1] != K:
+            raise ValueError(f"spike_matmul: spikes [..., K] have last dimension {tuple(s.shape)[-1:]} but weight has K = {K}")
+        device = s.device
+    else:
+        raise TypeError(f"spike_matmul: expected a SpikeTensor or a tensor, got {type(s).__name__}")
+    if weight.device != device or (bias is not None and bias.device != device):
+        raise ValueError(f"spike_matmul: spikes are on {device}, weight on {weight.device}"
+                         + (f", bias on {bias.device}" if bias is not None else "") + "; move them to one device")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"spike_matmul: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if torch.is_autocast_enabled(device.type):
+        dt = torch.get_autocast_dtype(device.type)
+        weight = weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    elif bias is not None and bias.dtype != weight.dtype:
+        bias = bias.to(weight.dtype)
+    triton_ok = use_triton(backend, weight, op="spike_matmul") and weight.dtype in _KERNEL_DTYPES
+    if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"spike_matmul: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
+    impl = _TritonSpikeMatmul if triton_ok else _TorchSpikeMatmul
+
+    lead = tuple(s.shape[:-1])
+    M = math.prod(lead)
+    if isinstance(s, SpikeTensor):
+        packed, anchor, dense = s.data.reshape(M, -1), s.anchor, None
+    else:
+        anchor = s if (s.is_floating_point() and s.requires_grad) else None
+        dense = None if triton_ok else s.reshape(M, K)
+        needs_grad = torch.is_grad_enabled() and (
+            weight.requires_grad or anchor is not None or (bias is not None and bias.requires_grad))
+        if not triton_ok and not needs_grad:
+            # inference on the PyTorch path: nothing to save, no packing
+            return torch.nn.functional.linear(s.to(weight.dtype), weight, bias)
+        packed = (PK.pack(s.reshape(M, K)) if triton_ok else PT.pack_bits(s.reshape(M, K)))
+    with torch.autocast(device.type, enabled=False):
+        y = _SpikeMatmulFunction.apply(packed, K, anchor.reshape(M, K) if anchor is not None else None,
+                                       dense, weight, bias, impl)
+    return y.reshape(lead + (weight.shape[0],))
