@@ -6,9 +6,15 @@ reference otherwise. See README.md and DESIGN.md.
 """
 
 from . import functional, surrogate
+from .functional.spikes import SpikeTensor, pack_spikes, spike_matmul, unpack_spikes
+from .layers import SpikeLinear, convert
 from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset
 from .spec import ResetMode
 
 __version__ = "0.1.0"
 
-__all__ = ["IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset", "functional", "surrogate"]
+__all__ = [
+    "IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset",
+    "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "convert",
+    "functional", "surrogate",
+]

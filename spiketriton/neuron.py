@@ -31,9 +31,12 @@ class BaseNeuron(nn.Module):
 
     spec: NeuronSpec
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: str = "auto", packed_output: bool = False):
         super().__init__()
         self.backend = backend
+        #: return spikes as a SpikeTensor (8 per byte) for a following SpikeLinear: the float spike
+        #: tensor is then never materialised, and backward keeps only H and these bits
+        self.packed_output = packed_output
         self.v: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
@@ -45,23 +48,26 @@ class BaseNeuron(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         spikes, self.v, _, _ = run_neuron(
-            x_seq, self.v, None, None, self._params(), self.spec, self.backend, type(self).__name__
+            x_seq, self.v, None, None, self._params(), self.spec, self.backend, type(self).__name__,
+            packed=self.packed_output,
         )
         return spikes
 
     def extra_repr(self) -> str:
         s = self.spec
         reset = f"v_reset={s.v_reset}" if s.reset_mode == 0 else "v_reset=None (soft)"
+        packed = ", packed_output=True" if self.packed_output else ""
         return (f"v_threshold={s.v_threshold}, {reset}, surrogate={s.surrogate}, "
-                f"detach_reset={s.detach_reset}, backend={self.backend!r}")
+                f"detach_reset={s.detach_reset}, backend={self.backend!r}{packed}")
 
 
 class IF(BaseNeuron):
     """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``; fire at ``H >= v_threshold``; reset."""
 
     def __init__(self, v_threshold: float = 1.0, v_reset: Optional[float] = 0.0,
-                 surrogate: Optional[sg.Surrogate] = None, detach_reset: bool = False, backend: str = "auto"):
-        super().__init__(backend)
+                 surrogate: Optional[sg.Surrogate] = None, detach_reset: bool = False, backend: str = "auto",
+                 packed_output: bool = False):
+        super().__init__(backend, packed_output)
         self.spec = family_a_spec("IF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=False)
         self.register_buffer("_k", torch.zeros(1), persistent=False)
@@ -79,8 +85,8 @@ class LIF(BaseNeuron):
 
     def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
-                 detach_reset: bool = False, backend: str = "auto"):
-        super().__init__(backend)
+                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False):
+        super().__init__(backend, packed_output)
         self.tau = check_tau(tau, "LIF")
         self.spec = family_a_spec("LIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=decay_input)
@@ -98,8 +104,8 @@ class PLIF(BaseNeuron):
 
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
-                 detach_reset: bool = False, backend: str = "auto"):
-        super().__init__(backend)
+                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False):
+        super().__init__(backend, packed_output)
         init_tau = check_tau(init_tau, "PLIF", "init_tau")
         self.spec = family_a_spec("PLIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=decay_input)
@@ -129,8 +135,9 @@ class ExtendedLIF(BaseNeuron):
                  v_reset: float = 0.0, v_init: Optional[float] = None, v_l: Optional[float] = None,
                  dv: float = 0.0, ref_len: int = 0, reset_mode="hard", v_th_alpha: float = 1.0,
                  v_th_beta: float = 0.0, v_th_incre: float = 0.0, surrogate: Optional[sg.Surrogate] = None,
-                 detach_reset: bool = False, learnable_leak: bool = False, backend: str = "auto"):
-        super().__init__(backend)
+                 detach_reset: bool = False, learnable_leak: bool = False, backend: str = "auto",
+                 packed_output: bool = False):
+        super().__init__(backend, packed_output)
         self.spec = extended_lif_spec(
             "ExtendedLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
             reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,
@@ -156,7 +163,8 @@ class ExtendedLIF(BaseNeuron):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         spikes, self.v, self.v_th_adpt, self.ref_cnt = run_neuron(
-            x_seq, self.v, self.v_th_adpt, self.ref_cnt, self._params(), self.spec, self.backend, "ExtendedLIF"
+            x_seq, self.v, self.v_th_adpt, self.ref_cnt, self._params(), self.spec, self.backend, "ExtendedLIF",
+            packed=self.packed_output,
         )
         return spikes
 

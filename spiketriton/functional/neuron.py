@@ -22,6 +22,7 @@ from ..kernels import neuron as K
 from ..kernels import neuron_torch as KT
 from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
 from ._backend import use_triton
+from .spikes import SpikeTensor
 
 __all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
 
@@ -90,10 +91,13 @@ def _finite(value, name: str, op: str) -> float:
 
 
 class _NeuronFunction(torch.autograd.Function):
-    """Outputs ``(spikes, v_last, a_last, ref_last)``; ``ref_last`` (an integer counter) has no gradient."""
+    """Outputs ``(spikes, v_last, a_last, ref_last, bits)``; ``ref_last`` (an integer counter) and
+    ``bits`` have no gradient. With ``packed``, no float spikes are written: ``spikes`` is a
+    one-element zero tensor expanded to the spikes' shape (the anchor through which the gradient of
+    the packed spikes arrives) and ``bits`` holds the spikes, the same storage backward reads."""
 
     @staticmethod
-    def forward(ctx, x, v0, a0, params, ref0, spec: NeuronSpec, impl):
+    def forward(ctx, x, v0, a0, params, ref0, spec: NeuronSpec, impl, packed: bool):
         # A learnable decay (PLIF) gets dH/dk = (H - V[t-1]) / k (decay_input) or Vr - V[t-1] from the
         # saved H: the first divides H's rounding error by k, the second sums it over every neuron-step
         # with cancellation (bf16: 8% off, found by tests/test_neuron_property.py). Keep H in fp32 then
@@ -101,10 +105,13 @@ class _NeuronFunction(torch.autograd.Function):
         learn_decay = spec.family == FAMILY_A and ctx.needs_input_grad[3]
         h_dtype = torch.promote_types(x.dtype, torch.float32) if learn_decay else x.dtype
         spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(
-            x, v0, a0, ref0, params, spec, store=True, h_dtype=h_dtype
+            x, v0, a0, ref0, params, spec, store=True, h_dtype=h_dtype, write_spikes=not packed
         )
         a_last, ref_last = _fill_states(a_last, ref_last, v_last, spec)
-        ctx.mark_non_differentiable(ref_last)
+        bits = saved[1]
+        if packed:
+            spikes = _anchor(x)
+        ctx.mark_non_differentiable(ref_last, bits)
         if spec.family == FAMILY_A:
             ctx.mark_non_differentiable(a_last)
         ctx.set_materialize_grads(False)
@@ -115,10 +122,10 @@ class _NeuronFunction(torch.autograd.Function):
         ctx.state_dtypes = (v0.dtype if v0 is not None else None, a0.dtype if a0 is not None else None)
         need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[3] and v0 is not None
         ctx.save_for_backward(*saved, v0 if need_v0_saved else None, params)
-        return spikes, v_last, a_last, ref_last
+        return spikes, v_last, a_last, ref_last, bits
 
     @staticmethod
-    def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref):
+    def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_bits):
         *saved, v0, params = ctx.saved_tensors
         h = saved[0]
         spec = ctx.spec
@@ -131,7 +138,7 @@ class _NeuronFunction(torch.autograd.Function):
             gv0 = (g_v_last if (g_v_last is not None and T == 0) else zeros) if need_v0 else None
             ga0 = (g_a_last if (g_a_last is not None and T == 0) else zeros) if need_a0 else None
             gp = torch.zeros_like(params) if need_p else None
-            return gx if need_x else None, gv0, ga0, gp, None, None, None
+            return gx if need_x else None, gv0, ga0, gp, None, None, None, None
         if g_spikes is None:
             g_spikes = torch.zeros(ctx.shape, dtype=ctx.x_dtype, device=h.device)
         gx, gv0, ga0, gp = ctx.impl.neuron_backward(
@@ -149,6 +156,7 @@ class _NeuronFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -161,11 +169,16 @@ def run_neuron(
     spec: NeuronSpec,
     backend: str = "auto",
     op: str = "neuron",
+    packed: bool = False,
 ):
     """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)``: spikes in the input dtype,
     fp32 states (fp64 for float64 input) and an int32 refractory counter (family A, which has no
     threshold state or counter, gets empty tensors for the last two). Gradients flow to ``x_seq``,
-    ``v0``, ``a0`` and ``params``."""
+    ``v0``, ``a0`` and ``params``.
+
+    ``packed=True`` returns the spikes as a :class:`~spiketriton.functional.spikes.SpikeTensor` instead:
+    the kernels write them 8 per byte only, and their gradient flows back through its anchor.
+    """
     check_sequence(x_seq, op)
     v0 = _check_state(v0, x_seq, "v", op)
     a0 = _check_state(a0, x_seq, "v_th_adpt", op)
@@ -187,10 +200,22 @@ def run_neuron(
         t is not None and t.requires_grad for t in (x_seq, params, v0f, a0f)
     )
     if needs_grad:
-        return _NeuronFunction.apply(x_seq, v0f, a0f, params, ref0i, spec, impl)
-    # inference: nothing is written for backward
-    spikes, v_last, a_last, ref_last, _ = impl.neuron_forward(x_seq, v0f, a0f, ref0i, params, spec, store=False)
-    return (spikes, v_last, *_fill_states(a_last, ref_last, v_last, spec))
+        spikes, v_last, a_last, ref_last, bits = _NeuronFunction.apply(
+            x_seq, v0f, a0f, params, ref0i, spec, impl, packed)
+    else:  # inference: nothing is written for backward
+        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(
+            x_seq, v0f, a0f, ref0i, params, spec, store=False, write_spikes=not packed)
+        a_last, ref_last = _fill_states(a_last, ref_last, v_last, spec)
+        bits = saved[1]
+    if packed:
+        spikes = SpikeTensor(bits.view(tuple(x_seq.shape[:-1]) + (bits.shape[-1],)), x_seq.shape[-1],
+                             spikes if needs_grad else None)
+    return spikes, v_last, a_last, ref_last
+
+
+def _anchor(x: torch.Tensor) -> torch.Tensor:
+    """A zero tensor of x's shape backed by one element: a stand-in output for packed spikes."""
+    return torch.zeros(1, dtype=x.dtype, device=x.device).as_strided(x.shape, (0,) * x.dim())
 
 
 def _fill_states(a_last, ref_last, v_last, spec: NeuronSpec):

@@ -119,9 +119,9 @@ def _neuron_fwd_kernel(
     a0_ptr,       # [R, L] fp32 carried-in adaptive threshold part (read if HAS_A0)
     ref0_ptr,     # [R, L] int32 carried-in refractory counter (read if HAS_REF0)
     p_ptr,        # fp32 learnable scalars: family A [k = 1/tau]; family B [alpha, beta]
-    s_ptr,        # [T, R, L] out: spikes, dtype of x
-    h_ptr,        # [T, R, L] out: H (A) / v' (B), dtype of x (written if STORE)
-    bits_ptr,     # [T, R, LB] out: packed spikes, uint8 (written if STORE)
+    s_ptr,        # [T, R, L] out: spikes, dtype of x (written if WRITE_SPIKES)
+    h_ptr,        # [T, R, L] out: H (A) / v' (B), dtype of x or fp32 (written if STORE)
+    bits_ptr,     # [T, R, LB] out: packed spikes, uint8 (written if WRITE_BITS)
     vth_ptr,      # [T, R, L] out: raw threshold v_th0 + a[t-1], fp32 (written if STORE and ADAPTIVE)
     gate_ptr,     # [T, R, LB] out: packed refractory gate, uint8 (written if STORE and REFRACTORY)
     floor_ptr,    # [T, R, LB] out: packed "leaked v >= v_l", uint8 (written if STORE and HAS_FLOOR)
@@ -141,7 +141,8 @@ def _neuron_fwd_kernel(
     RESET_MODE: tl.constexpr,   # 0 hard, 1 soft (subtract threshold), 2 soft constant (subtract dv)
     ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr, HAS_FLOOR: tl.constexpr,
     HAS_V0: tl.constexpr, HAS_A0: tl.constexpr, HAS_REF0: tl.constexpr,
-    STORE: tl.constexpr,        # write what the backward needs
+    STORE: tl.constexpr,        # write what the backward needs (with the bits)
+    WRITE_SPIKES: tl.constexpr, WRITE_BITS: tl.constexpr,  # float spikes / packed spikes
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_l, rows, cols, mask_r, mask, offs, step, step_b = _tile(R, L, LB, BLOCK_R, BLOCK_L)
@@ -204,12 +205,14 @@ def _neuron_fwd_kernel(
                 a = th_alpha * a + th_beta + tl.where(spike, th_incre, 0.0)
             if REFRACTORY:
                 ref = tl.where(spike, ref_len, tl.maximum(ref - 1, 0))
-        # bool -> float via where: the interpreter cannot cast int1 to bf16 directly
-        tl.store(s_ptr + t64 * step + offs, tl.where(spike, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
-        if STORE:
-            tl.store(h_ptr + t64 * step + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+        if WRITE_SPIKES:
+            # bool -> float via where: the interpreter cannot cast int1 to bf16 directly
+            tl.store(s_ptr + t64 * step + offs, tl.where(spike, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
+        if WRITE_BITS:
             # padding lanes must pack as 0 whatever the threshold
             _store_bits(bits_ptr + t64 * step_b, tl.where(spike & mask, 1, 0), rows, pid_l, LB, mask_r, BLOCK_R, BLOCK_L)
+        if STORE:
+            tl.store(h_ptr + t64 * step + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
             if ADAPTIVE:
                 tl.store(vth_ptr + t64 * step + offs, raw, mask=mask)
             if REFRACTORY:
@@ -420,13 +423,15 @@ def neuron_forward(
     spec: NeuronSpec,
     store: bool,
     h_dtype: Optional[torch.dtype] = None,
+    write_spikes: bool = True,
 ):
     """Launch the forward kernel.
 
     ``x_seq [T, *S]`` float; states ``[*S]`` (v0/a0 fp32, ref0 int32) or None; ``params`` fp32.
     Returns ``(spikes, v_last, a_last, ref_last, saved)`` where ``saved`` is
-    ``(h, bits, vth, gate, floor)`` (None entries where not needed; all None unless ``store``); ``h``
-    is kept in ``h_dtype`` (default: the input dtype). ``a_last``/``ref_last`` are None
+    ``(h, bits, vth, gate, floor)`` (None entries where not needed; all None unless ``store``, except
+    ``bits``, also written when ``write_spikes`` is False: the packed spikes are then the output and
+    ``spikes`` is None); ``h`` is kept in ``h_dtype`` (default: the input dtype). ``a_last``/``ref_last`` are None
     unless the spec is adaptive/refractory.
     """
     T = x_seq.shape[0]
@@ -436,14 +441,16 @@ def neuron_forward(
     LB = triton.cdiv(L, 8)
     dev = x_seq.device
     x = _as_trl(x_seq, R)
-    spikes = torch.empty_like(x)
+    spikes = torch.empty_like(x) if write_spikes else None
+    write_bits = store or not write_spikes
     v_last = torch.empty((R, L), device=dev, dtype=torch.float32)
     a_last = torch.empty((R, L), device=dev, dtype=torch.float32) if spec.adaptive else None
     ref_last = torch.empty((R, L), device=dev, dtype=torch.int32) if spec.refractory else None
     h = bits = vth = gate = floor = None
+    if write_bits:
+        bits = torch.empty((T, R, LB), device=dev, dtype=torch.uint8)
     if store:
         h = torch.empty_like(x, dtype=h_dtype or x.dtype)
-        bits = torch.empty((T, R, LB), device=dev, dtype=torch.uint8)
         if spec.adaptive:
             vth = torch.empty((T, R, L), device=dev, dtype=torch.float32)
         if spec.refractory:
@@ -458,13 +465,13 @@ def neuron_forward(
     if T > 0 and R * L > 0:
         _neuron_fwd_kernel[grid](
             x, _or(v0c, dummy), _or(a0c, dummy), _or(ref0c, dummy), params,
-            spikes, _or(h, dummy), _or(bits, dummy), _or(vth, dummy), _or(gate, dummy), _or(floor, dummy),
+            _or(spikes, dummy), _or(h, dummy), _or(bits, dummy), _or(vth, dummy), _or(gate, dummy), _or(floor, dummy),
             v_last, _or(a_last, dummy), _or(ref_last, dummy),
             T, R, L, LB, **_scalars(spec), ref_len=int(spec.ref_len),
             FAMILY=spec.family, DECAY_INPUT=spec.decay_input, RESET_MODE=spec.reset_mode,
             ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory, HAS_FLOOR=spec.has_floor,
             HAS_V0=v0c is not None, HAS_A0=a0c is not None, HAS_REF0=ref0c is not None,
-            STORE=store, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
+            STORE=store, WRITE_SPIKES=write_spikes, WRITE_BITS=write_bits, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=_NUM_WARPS,
         )
     elif T == 0:  # no step: the state passes through
         v_last = v0c.float().clone() if v0c is not None else torch.full((R, L), spec.v_init, device=dev)
@@ -473,7 +480,7 @@ def neuron_forward(
         if ref_last is not None:
             ref_last = ref0c.clone() if ref0c is not None else torch.zeros((R, L), dtype=torch.int32, device=dev)
     return (
-        spikes.view(x_seq.shape),
+        spikes.view(x_seq.shape) if spikes is not None else None,
         v_last.view(S),
         a_last.view(S) if a_last is not None else None,
         ref_last.view(S) if ref_last is not None else None,

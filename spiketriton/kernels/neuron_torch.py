@@ -20,7 +20,7 @@ def _cdt(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h_dtype=None):
+def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h_dtype=None, write_spikes=True):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_forward`."""
     T, S = x_seq.shape[0], x_seq.shape[1:]
     cdt = _cdt(x_seq.dtype)
@@ -100,11 +100,13 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
         ref_last = ref if spec.refractory else None
     if spec.family != FAMILY_A:
         spikes.copy_(fired)
-    saved = (None, None, None, None, None)
+    saved = (None, pack_bits(spikes, binary=True) if not write_spikes else None, None, None, None)
+    if not write_spikes:
+        spikes = None  # the packed spikes are the output (spikes were a per-call temporary here)
     if store:
         saved = (
             h_seq,
-            pack_bits(spikes, binary=True),
+            saved[1] if saved[1] is not None else pack_bits(spikes, binary=True),
             vth_seq,
             pack_bits(gate_seq) if gate_seq is not None else None,
             pack_bits(floor_seq) if floor_seq is not None else None,
