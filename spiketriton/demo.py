@@ -107,13 +107,20 @@ def make_neuron(kind: str, backend: str) -> spiketriton.BaseNeuron:
 
 
 def build_net(neuron: str = "lif", hidden: int = 256, backend: str = "auto") -> nn.Sequential:
-    """``[T, B, 64] -> Linear -> spikes [T, B, H] -> Linear -> spikes [T, B, 10]``."""
-    return nn.Sequential(
+    """``[T, B, 64] -> Linear -> spikes [T, B, H] -> SpikeLinear -> spikes [T, B, 10]``.
+
+    Written as an ordinary PyTorch model, then ``spiketriton.convert`` swaps the Linear that reads
+    spikes for a ``SpikeLinear`` (the add-only spike matmul, same weights) and lets the neuron in
+    front of it hand over its spikes packed 8 per byte. The first Linear reads pixel intensities,
+    not spikes, and stays an ``nn.Linear``.
+    """
+    net = nn.Sequential(
         nn.Linear(NUM_INPUTS, hidden),
         make_neuron(neuron, backend),
         nn.Linear(hidden, NUM_CLASSES),
         make_neuron(neuron, backend),
     )
+    return spiketriton.convert(net, backend=backend)
 
 
 def firing_rate(net: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:

@@ -101,25 +101,33 @@ _SHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "transpo
                   "movedim", "unflatten"}
 
 
-def convert(model: nn.Module, check_binary: bool = True) -> nn.Module:
+def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, backend: str = "auto") -> nn.Module:
     """Replace every ``nn.Linear`` whose input comes from a spiking neuron (directly, or through
     shape-only modules/ops such as Flatten, Identity, view/reshape, or an nn.Dropout that is folded
     into the new layer) with a :class:`SpikeLinear` sharing the same weights. Other layers are left
     alone. Works in place and returns ``model``; the converted model gives the same outputs.
 
+    With ``packed=True``, a neuron whose only consumer is a converted layer is switched to
+    ``packed_output``: its spikes go to the layer 8 per byte and no float spike tensor is made.
+
     The data flow is read with ``torch.fx`` (neurons and torch modules as leaves); a model fx cannot
     trace is read as nested ``nn.Sequential`` containers in order.
     """
-    targets = _targets_fx(model)
-    if targets is None:
-        targets = _targets_sequential(model)
+    found = _targets_fx(model)
+    if found is None:
+        found = _targets_sequential(model)
+    targets, feeders = found
+    if packed:
+        for neuron_name in feeders:
+            model.get_submodule(neuron_name).packed_output = True
     for name, dropout_name in targets.items():
         linear = model.get_submodule(name)
         p = 0.0
         if dropout_name is not None:
             p = model.get_submodule(dropout_name).p
             _set_submodule(model, dropout_name, nn.Identity())
-        _set_submodule(model, name, SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p))
+        _set_submodule(model, name, SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p,
+                                                            backend=backend))
     return model
 
 
@@ -161,41 +169,56 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
             spiking[node] = True
             via_dropout[node] = via_dropout.get(src)
     uses = {}
+    direct = {}  # linear name -> neuron name, when the neuron's only consumer is that one call
     for node in graph.nodes:
         if node.op == "call_module" and _is_plain_linear(modules.get(node.target)):
             src = node.args[0] if node.args else None
             ok = isinstance(src, fx.Node) and spiking.get(src, False)
             uses.setdefault(node.target, []).append((ok, via_dropout.get(src) if ok else None))
+            if ok and src.op == "call_module" and isinstance(modules.get(src.target), BaseNeuron) \
+                    and len(src.users) == 1:
+                direct.setdefault(node.target, []).append(src.target)
     # a Linear called several times is converted only if every call sees spikes (and no dropout folds)
-    out = {}
+    out, feeders = {}, []
     for name, calls in uses.items():
         if all(ok for ok, _ in calls):
             drops = {d for _, d in calls}
             if len(calls) == 1 or drops == {None}:
                 out[name] = calls[0][1]
-    return out
+                neurons = direct.get(name, [])
+                # a neuron module called once, feeding only this layer, may hand over packed spikes
+                if len(neurons) == len(calls) and all(_calls(graph, n) == 1 for n in neurons):
+                    feeders.extend(neurons)
+    return out, feeders
 
 
-def _targets_sequential(model: nn.Module) -> dict:
-    out = {}
+def _calls(graph, target: str) -> int:
+    return sum(1 for n in graph.nodes if n.op == "call_module" and n.target == target)
+
+
+def _targets_sequential(model: nn.Module):
+    out, feeders = {}, []
     for prefix, mod in model.named_modules():
         if not isinstance(mod, nn.Sequential):
             continue
-        spiking, dropout = False, None
+        spiking, dropout, neuron = False, None, None  # neuron: the name when it is the previous child
         for name, child in mod.named_children():
             full = f"{prefix}.{name}" if prefix else name
             if isinstance(child, BaseNeuron):
-                spiking, dropout = True, None
-            elif spiking and isinstance(child, _SHAPE_MODULES):
-                pass
+                spiking, dropout, neuron = True, None, full
+                continue
+            if spiking and isinstance(child, _SHAPE_MODULES):
+                neuron = None
             elif spiking and type(child) is nn.Dropout and dropout is None:
-                dropout = full
+                dropout, neuron = full, None
             elif spiking and _is_plain_linear(child):
                 out[full] = dropout
-                spiking, dropout = False, None
+                if neuron is not None:
+                    feeders.append(neuron)
+                spiking, dropout, neuron = False, None, None
             else:
-                spiking, dropout = False, None
-    return out
+                spiking, dropout, neuron = False, None, None
+    return out, feeders
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
