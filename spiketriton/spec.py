@@ -78,3 +78,48 @@ class ResetMode:
         raise ValueError(
             f"unknown reset_mode {mode!r}: expected 'hard', 'soft', 'soft_constant' or ResetMode.HARD/SOFT/SOFT_CONSTANT"
         )
+
+
+INT28_MIN = -(1 << 27)
+INT28_MAX = (1 << 27) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class IntNeuronSpec:
+    """The quantized form of family B (DESIGN.md): every quantity an integer, state in int32 with
+    saturation to int28 after every update, leaks as ``floor(x * q / 256)`` with ``q`` in [0, 256]."""
+
+    v_th0: int
+    v_reset: int = 0
+    reset_mode: int = RESET_HARD
+    v_l: int = INT28_MIN            # floor of v and of the threshold (INT28_MIN: none)
+    dv: int = 0
+    alpha_q: int = 256              # leak: v = floor(v'' * alpha_q / 256) + beta_q
+    beta_q: int = 0
+    ref_len: int = 0
+    v_th_alpha_q: int = 256         # adaptive threshold: a = floor(a * v_th_alpha_q / 256) + v_th_beta_q + s * v_th_incre
+    v_th_beta_q: int = 0
+    v_th_incre: int = 0
+    v_init: int = 0
+
+    def __post_init__(self):
+        for name in ("v_th0", "v_reset", "v_l", "dv", "beta_q", "v_th_beta_q", "v_th_incre", "v_init"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not INT28_MIN <= value <= INT28_MAX:
+                raise ValueError(f"IntNeuronSpec: {name} must be an integer in int28 [{INT28_MIN}, {INT28_MAX}], got {value!r}")
+        for name in ("alpha_q", "v_th_alpha_q"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
+                raise ValueError(f"IntNeuronSpec: {name} must be an integer in [0, 256] (the leak is {name}/256), got {value!r}")
+        if isinstance(self.ref_len, bool) or not isinstance(self.ref_len, int) or not 0 <= self.ref_len <= INT28_MAX:
+            raise ValueError(f"IntNeuronSpec: ref_len must be an integer >= 0, got {self.ref_len!r}")
+        if self.reset_mode not in (RESET_HARD, RESET_SOFT, RESET_SOFT_CONSTANT):
+            raise ValueError(f"IntNeuronSpec: unknown reset_mode {self.reset_mode!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.v_th_incre != 0 or self.v_th_beta_q != 0
+
+    @property
+    def refractory(self) -> bool:
+        return self.ref_len > 0

@@ -12,6 +12,9 @@ No GPU has been lent yet, so the constants below are reasonable starting points,
 
 Weight gradient: ``dW = dY.T @ S`` with S read packed in the same way; ``dS = dY @ W`` is a dense
 matmul left to cuBLAS, and ``db = dY.sum(0)``.
+
+Integer mode (quantized inference): int8 weights, int32 bias, exact int32 accumulation
+(``tl.dot`` of 0/1 int8 tiles and int8 weights, int8 tensor cores on a GPU).
 """
 
 from __future__ import annotations
@@ -39,15 +42,16 @@ def _expand_bits(p_ptr, rows, kb0, KB, stride_pm, mask_rows, BLOCK_K: tl.constex
 @triton.jit
 def _spike_matmul_fwd_kernel(
     p_ptr,       # [M, KB] uint8 packed spikes (row stride stride_pm, bytes contiguous)
-    w_ptr,       # [N, K] weight (fp32 / fp16 / bf16)
-    b_ptr,       # [N] bias, dtype of w (read if HAS_BIAS)
-    y_ptr,       # [M, N] out, dtype of w
+    w_ptr,       # [N, K] weight (fp32 / fp16 / bf16; int8 in integer mode)
+    b_ptr,       # [N] bias, dtype of w (int32 in integer mode) (read if HAS_BIAS)
+    y_ptr,       # [M, N] out, dtype of w (int32 in integer mode)
     M, N, K, KB,
     stride_pm, stride_wn, stride_wk, stride_ym,
     HAS_BIAS: tl.constexpr,
     SKIP_ZERO: tl.constexpr,   # skip the dot for an all-zero spike tile (pays off at low firing rates)
     IEEE: tl.constexpr,        # fp32 weights: exact fp32 products, no TF32
     DOT_FP32: tl.constexpr,    # interpreter + bf16: its tl.dot mishandles bf16 operands
+    IS_INT: tl.constexpr,      # int8 weights, int32 accumulation and output
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # grouped ordering of the output tiles so neighbouring programs share weight tiles in L2
@@ -65,7 +69,10 @@ def _spike_matmul_fwd_kernel(
     mask_m = rm < M
     mask_n = rn < N
     dt = w_ptr.dtype.element_ty
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if IS_INT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         bits = _expand_bits(p_ptr, rm, k0 // 8, KB, stride_pm, mask_m, BLOCK_K)
         rk = k0 + tl.arange(0, BLOCK_K)
@@ -74,16 +81,18 @@ def _spike_matmul_fwd_kernel(
             run = tl.max(tl.max(bits, axis=1), axis=0) > 0
         if run:
             w = tl.load(w_ptr + rn[None, :] * stride_wn + rk[:, None] * stride_wk,
-                        mask=(rk < K)[:, None] & mask_n[None, :], other=0.0)
+                        mask=(rk < K)[:, None] & mask_n[None, :], other=0)
             s = bits.to(tl.float32)
-            if DOT_FP32:
+            if IS_INT:
+                acc = tl.dot(bits.to(tl.int8), w, acc, out_dtype=tl.int32)
+            elif DOT_FP32:
                 acc = tl.dot(s, w.to(tl.float32), acc, input_precision="ieee")
             elif IEEE:
                 acc = tl.dot(s, w, acc, input_precision="ieee")
             else:
                 acc = tl.dot(s.to(dt), w, acc)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + rn, mask=mask_n, other=0).to(acc.dtype)[None, :]
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
@@ -125,6 +134,26 @@ def _flags(dtype: torch.dtype):
     return dict(IEEE=ieee, DOT_FP32=(dtype == torch.bfloat16 and interpret_mode()))
 
 
+def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias) -> torch.Tensor:
+    """Integer mode: ``packed [M, KB]``, int8 ``weight [N, K]``, int32 ``bias [N]`` or None ->
+    int32 ``[M, N]`` (exact: |sum| <= K * 128 + |bias| must stay below 2^31)."""
+    M, KB = packed.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), device=weight.device, dtype=torch.int32)
+    if M == 0 or N == 0:
+        return y
+    if K == 0:
+        return y.zero_() if bias is None else y.copy_(bias.expand(M, N))
+    cfg = dict(_FWD)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    _spike_matmul_fwd_kernel[grid](
+        packed, weight, bias if bias is not None else weight, y,
+        M, N, K, KB, packed.stride(0), weight.stride(0), weight.stride(1), y.stride(0),
+        HAS_BIAS=bias is not None, SKIP_ZERO=False, IEEE=False, DOT_FP32=False, IS_INT=True, **cfg,
+    )
+    return y
+
+
 def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, skip_zero: bool = False) -> torch.Tensor:
     """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype."""
     M, KB = packed.shape
@@ -139,7 +168,7 @@ def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, s
     _spike_matmul_fwd_kernel[grid](
         packed, weight, bias if bias is not None else weight, y,
         M, N, K, KB, packed.stride(0), weight.stride(0), weight.stride(1), y.stride(0),
-        HAS_BIAS=bias is not None, SKIP_ZERO=skip_zero, **_flags(weight.dtype), **cfg,
+        HAS_BIAS=bias is not None, SKIP_ZERO=skip_zero, IS_INT=False, **_flags(weight.dtype), **cfg,
     )
     return y
 
