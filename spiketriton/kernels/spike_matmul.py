@@ -134,12 +134,23 @@ def _flags(dtype: torch.dtype):
     return dict(IEEE=ieee, DOT_FP32=(dtype == torch.bfloat16 and interpret_mode()))
 
 
+def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, skip_zero: bool = False) -> torch.Tensor:
+    """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype."""
+    return _launch_fwd(packed, K, weight, bias, weight.dtype,
+                       dict(SKIP_ZERO=skip_zero, IS_INT=False, **_flags(weight.dtype)))
+
+
 def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias) -> torch.Tensor:
     """Integer mode: ``packed [M, KB]``, int8 ``weight [N, K]``, int32 ``bias [N]`` or None ->
     int32 ``[M, N]`` (exact: |sum| <= K * 128 + |bias| must stay below 2^31)."""
+    return _launch_fwd(packed, K, weight, bias, torch.int32,
+                       dict(SKIP_ZERO=False, IS_INT=True, IEEE=False, DOT_FP32=False))
+
+
+def _launch_fwd(packed, K, weight, bias, out_dtype, flags) -> torch.Tensor:
     M, KB = packed.shape
     N = weight.shape[0]
-    y = torch.empty((M, N), device=weight.device, dtype=torch.int32)
+    y = torch.empty((M, N), device=weight.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return y
     if K == 0:
@@ -149,26 +160,7 @@ def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias) -
     _spike_matmul_fwd_kernel[grid](
         packed, weight, bias if bias is not None else weight, y,
         M, N, K, KB, packed.stride(0), weight.stride(0), weight.stride(1), y.stride(0),
-        HAS_BIAS=bias is not None, SKIP_ZERO=False, IEEE=False, DOT_FP32=False, IS_INT=True, **cfg,
-    )
-    return y
-
-
-def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, skip_zero: bool = False) -> torch.Tensor:
-    """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype."""
-    M, KB = packed.shape
-    N = weight.shape[0]
-    y = torch.empty((M, N), device=weight.device, dtype=weight.dtype)
-    if M == 0 or N == 0:
-        return y
-    if K == 0:
-        return y.zero_() if bias is None else y.copy_(bias.expand(M, N))
-    cfg = dict(_FWD)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-    _spike_matmul_fwd_kernel[grid](
-        packed, weight, bias if bias is not None else weight, y,
-        M, N, K, KB, packed.stride(0), weight.stride(0), weight.stride(1), y.stride(0),
-        HAS_BIAS=bias is not None, SKIP_ZERO=skip_zero, IS_INT=False, **_flags(weight.dtype), **cfg,
+        HAS_BIAS=bias is not None, **flags, **cfg,
     )
     return y
 
