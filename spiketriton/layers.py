@@ -77,7 +77,7 @@ class SpikeLinear(nn.Linear):
         p = self.input_dropout
         if p > 0.0 and self.training:
             if isinstance(s, SpikeTensor):
-                s = s.unpack(self.weight.dtype) if s.anchor is None else s.anchor
+                s = s.to_dense(self.weight.dtype, backend=self.backend)
             # the same Bernoulli draws as nn.Dropout(p)(s), kept binary; the 1/(1-p) goes after the matmul
             keep = torch.nn.functional.dropout(torch.ones_like(s), p, True) != 0
             y = spike_matmul(s * keep, self.weight, None, backend=self.backend) / (1.0 - p)
@@ -117,22 +117,32 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     if found is None:
         found = _targets_sequential(model)
     targets, feeders = found
-    if packed:
-        for neuron_name in feeders:
-            model.get_submodule(neuron_name).packed_output = True
+    # build every replacement first, then swap: a failure leaves the model untouched
+    swaps = []
     for name, dropout_name in targets.items():
         linear = model.get_submodule(name)
-        p = 0.0
+        p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
+        new = SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p, backend=backend)
+        swaps.append((name, new, dropout_name))
+    for name, new, dropout_name in swaps:
         if dropout_name is not None:
-            p = model.get_submodule(dropout_name).p
             _set_submodule(model, dropout_name, nn.Identity())
-        _set_submodule(model, name, SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p,
-                                                            backend=backend))
+        _set_submodule(model, name, new)
+    if packed:
+        converted = {name for name, _, _ in swaps}
+        for neuron_name, linear_name in feeders:
+            neuron = model.get_submodule(neuron_name)
+            # a hook on the neuron (e.g. a firing-rate monitor) would be handed packed spikes
+            if linear_name in converted and not neuron._forward_hooks:
+                neuron.packed_output = True
     return model
 
 
+
 def _is_plain_linear(m) -> bool:
-    return isinstance(m, nn.Linear) and not isinstance(m, SpikeLinear)
+    # exactly nn.Linear: a subclass may do more in its forward than the matmul (and a parametrized
+    # Linear, e.g. weight_norm, is a generated subclass whose weight is computed)
+    return type(m) is nn.Linear
 
 
 def _targets_fx(model: nn.Module) -> Optional[dict]:
@@ -140,7 +150,7 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, BaseNeuron) or super().is_leaf_module(m, qualname)
+            return isinstance(m, (BaseNeuron, SpikeLinear)) or super().is_leaf_module(m, qualname)
 
     try:
         graph = _Tracer().trace(model)
@@ -159,7 +169,7 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
                 spiking[node] = True
                 via_dropout[node] = via_dropout.get(src)
             elif type(mod) is nn.Dropout and src is not None and spiking.get(src) and via_dropout.get(src) is None \
-                    and len(node.users) == 1:
+                    and len(node.users) == 1 and _calls(graph, node.target) == 1:  # a shared Dropout stays
                 spiking[node] = True
                 via_dropout[node] = node.target
         elif node.op == "call_function" and node.target in _SHAPE_FUNCS and src is not None and spiking.get(src):
@@ -188,7 +198,7 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
                 neurons = direct.get(name, [])
                 # a neuron module called once, feeding only this layer, may hand over packed spikes
                 if len(neurons) == len(calls) and all(_calls(graph, n) == 1 for n in neurons):
-                    feeders.extend(neurons)
+                    feeders.extend((n, name) for n in neurons)
     return out, feeders
 
 
@@ -197,7 +207,10 @@ def _calls(graph, target: str) -> int:
 
 
 def _targets_sequential(model: nn.Module):
-    out, feeders = {}, []
+    """Fallback reading of a model fx cannot trace: nested Sequentials in order. The model's own
+    forward may use a neuron's output or a Dropout elsewhere, so this path never switches neurons to
+    packed output and never folds a Dropout (a Dropout ends the chain)."""
+    out = {}
     for prefix, mod in model.named_modules():
         if not isinstance(mod, nn.Sequential):
             continue
@@ -209,16 +222,12 @@ def _targets_sequential(model: nn.Module):
                 continue
             if spiking and isinstance(child, _SHAPE_MODULES):
                 neuron = None
-            elif spiking and type(child) is nn.Dropout and dropout is None:
-                dropout, neuron = full, None
             elif spiking and _is_plain_linear(child):
                 out[full] = dropout
-                if neuron is not None:
-                    feeders.append(neuron)
                 spiking, dropout, neuron = False, None, None
             else:
                 spiking, dropout, neuron = False, None, None
-    return out, feeders
+    return out, []
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import surrogate as sg
 from .functional.neuron import (
+    check_sequence,
     check_tau,
     extended_lif_spec,
     family_a_spec,
@@ -43,12 +44,21 @@ class BaseNeuron(nn.Module):
         """Forget the carried state (the next call starts from the initial potential)."""
         self.v = None
 
-    def _params(self) -> torch.Tensor:  # pragma: no cover - abstract
+    def _params(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The learnable/fixed scalars of the spec as an fp32 tensor on x's device."""
         raise NotImplementedError
 
+    def _carry(self, state):
+        # state left by a call under torch.inference_mode() cannot enter autograd: continue from a copy
+        if state is not None and state.is_inference() and not torch.is_inference_mode_enabled():
+            return state.clone()
+        return state
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        check_sequence(x_seq, type(self).__name__)
+        self.v = self._carry(self.v)
         spikes, self.v, _, _ = run_neuron(
-            x_seq, self.v, None, None, self._params(), self.spec, self.backend, type(self).__name__,
+            x_seq, self.v, None, None, self._params(x_seq), self.spec, self.backend, type(self).__name__,
             packed=self.packed_output,
         )
         return spikes
@@ -70,10 +80,9 @@ class IF(BaseNeuron):
         super().__init__(backend, packed_output)
         self.spec = family_a_spec("IF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=False)
-        self.register_buffer("_k", torch.zeros(1), persistent=False)
 
-    def _params(self):
-        return self._k
+    def _params(self, x):
+        return torch.zeros(1, device=x.device)
 
 
 class LIF(BaseNeuron):
@@ -90,10 +99,10 @@ class LIF(BaseNeuron):
         self.tau = check_tau(tau, "LIF")
         self.spec = family_a_spec("LIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=decay_input)
-        self.register_buffer("_k", torch.full((1,), 1.0 / self.tau), persistent=False)
 
-    def _params(self):
-        return self._k
+    def _params(self, x):
+        # a fixed constant, not a buffer: module.to(torch.bfloat16) must not round 1/tau
+        return torch.full((1,), 1.0 / self.tau, device=x.device)
 
     def extra_repr(self):
         return f"tau={self.tau}, decay_input={self.spec.decay_input}, " + super().extra_repr()
@@ -115,7 +124,7 @@ class PLIF(BaseNeuron):
     def tau(self) -> float:
         return 1.0 / torch.sigmoid(self.w.detach().float()).item()
 
-    def _params(self):
+    def _params(self, x):
         return torch.sigmoid(self.w.float())
 
     def extra_repr(self):
@@ -148,8 +157,8 @@ class ExtendedLIF(BaseNeuron):
             self.v_leaky_alpha = nn.Parameter(leak[0:1].clone())
             self.v_leaky_beta = nn.Parameter(leak[1:2].clone())
         else:
-            self.register_buffer("v_leaky_alpha", leak[0:1].clone())
-            self.register_buffer("v_leaky_beta", leak[1:2].clone())
+            # fixed constants, not buffers: module.to(torch.bfloat16) must not round them
+            self.v_leaky_alpha, self.v_leaky_beta = float(leak[0]), float(leak[1])
         self.v_th_adpt: Optional[torch.Tensor] = None
         self.ref_cnt: Optional[torch.Tensor] = None
 
@@ -158,12 +167,16 @@ class ExtendedLIF(BaseNeuron):
         self.v_th_adpt = None
         self.ref_cnt = None
 
-    def _params(self):
-        return torch.cat([self.v_leaky_alpha.float(), self.v_leaky_beta.float()])
+    def _params(self, x):
+        if isinstance(self.v_leaky_alpha, torch.Tensor):
+            return torch.cat([self.v_leaky_alpha.float(), self.v_leaky_beta.float()])
+        return torch.tensor([self.v_leaky_alpha, self.v_leaky_beta], dtype=torch.float32).to(x.device)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        check_sequence(x_seq, "ExtendedLIF")
+        self.v, self.v_th_adpt, self.ref_cnt = (self._carry(t) for t in (self.v, self.v_th_adpt, self.ref_cnt))
         spikes, self.v, self.v_th_adpt, self.ref_cnt = run_neuron(
-            x_seq, self.v, self.v_th_adpt, self.ref_cnt, self._params(), self.spec, self.backend, "ExtendedLIF",
+            x_seq, self.v, self.v_th_adpt, self.ref_cnt, self._params(x_seq), self.spec, self.backend, "ExtendedLIF",
             packed=self.packed_output,
         )
         return spikes

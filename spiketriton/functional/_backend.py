@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import interpret_mode
+from ..kernels import interpret_mode, interpret_set_too_late
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -28,9 +28,13 @@ def use_triton(backend: str, *tensors: torch.Tensor, op: str) -> bool:
     if backend == "auto":
         return runnable
     if not runnable:
-        why = "triton is not installed" if not _triton_available() else (
-            f"the tensors are on {device} (Triton needs CUDA tensors, or CPU tensors with "
-            f"TRITON_INTERPRET=1 set before triton is imported)"
-        )
+        if not _triton_available():
+            why = "triton is not installed"
+        elif interpret_set_too_late() and device.type == "cpu":
+            why = ("TRITON_INTERPRET=1 was set after spiketriton was imported; Triton reads it when the "
+                   "kernels are defined, so set it before the import")
+        else:
+            why = (f"the tensors are on {device} (Triton needs CUDA tensors, or CPU tensors with "
+                   f"TRITON_INTERPRET=1 set before spiketriton is imported)")
         raise RuntimeError(f"{op}: backend='triton' cannot run here: {why}. Use backend='auto' or 'torch'.")
     return True

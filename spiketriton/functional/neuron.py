@@ -22,7 +22,7 @@ from ..kernels import neuron as K
 from ..kernels import neuron_torch as KT
 from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
 from ._backend import use_triton
-from .spikes import SpikeTensor
+from .spikes import SpikeTensor, no_double_backward
 
 __all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
 
@@ -126,6 +126,7 @@ class _NeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_bits):
+        no_double_backward("spiketriton neurons")
         *saved, v0, params = ctx.saved_tensors
         h = saved[0]
         spec = ctx.spec
@@ -363,8 +364,9 @@ def extended_lif(
 def extended_lif_spec(op, *, v_th0, v_reset, v_init, v_l, dv, ref_len, reset_mode, v_th_alpha, v_th_beta,
                       v_th_incre, surrogate, detach_reset) -> NeuronSpec:
     v_reset = _finite(v_reset, "v_reset", op)
-    if isinstance(ref_len, bool) or not isinstance(ref_len, int) or ref_len < 0:
-        raise ValueError(f"{op}: ref_len must be an integer >= 0 (refractory steps), got {ref_len!r}")
+    if isinstance(ref_len, bool) or not isinstance(ref_len, int) or not 0 <= ref_len < 2**31:
+        raise ValueError(f"{op}: ref_len must be an integer in [0, 2^31) (refractory steps, an int32 counter), "
+                         f"got {ref_len!r}")
     return NeuronSpec(
         family=FAMILY_B,
         surrogate=sg.check(sg.Rect() if surrogate is None else surrogate),

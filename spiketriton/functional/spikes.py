@@ -68,7 +68,16 @@ class SpikeTensor:
         return self.data.dim()
 
     def unpack(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+        """The 0/1 values, without gradient (see :meth:`to_dense`)."""
         return unpack_spikes(self, dtype, backend)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+        """The 0/1 values, differentiable: the gradient reaches whatever produced the spikes (through
+        the anchor, whose values never matter: ``anchor - anchor.detach()`` adds an exact 0)."""
+        dense = unpack_spikes(self, dtype, backend)
+        if self.anchor is not None and self.anchor.requires_grad:
+            dense = dense + (self.anchor - self.anchor.detach()).to(dtype)
+        return dense
 
     def to(self, device) -> "SpikeTensor":
         return SpikeTensor(self.data.to(device), self.k, self.anchor.to(device) if self.anchor is not None else None)
@@ -123,6 +132,16 @@ def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: s
 # --------------------------------------------------------------------------------------------- #
 
 
+def no_double_backward(what: str) -> None:
+    """The hand-written backwards are not themselves differentiable: refuse create_graph=True rather
+    than return a gradient whose second-order terms are silently missing."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{what}: double backward (torch.autograd.grad(..., create_graph=True) through these layers) is "
+            f"not supported; their backward is hand-written and not differentiable"
+        )
+
+
 class _TorchSpikeMatmul:
     """The PyTorch path: BLAS matmul on 0/1 values (exact products; fp32 or dtype accumulation as
     torch does), packed spikes saved."""
@@ -162,6 +181,7 @@ class _SpikeMatmulFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        no_double_backward("spike_matmul")
         packed, weight = ctx.saved_tensors
         need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
         gy = gy.contiguous()
@@ -211,6 +231,8 @@ def spike_matmul(
         bias = bias.to(dt) if bias is not None else None
     elif bias is not None and bias.dtype != weight.dtype:
         bias = bias.to(weight.dtype)
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads the bias with unit stride
     triton_ok = use_triton(backend, weight, op="spike_matmul") and weight.dtype in _KERNEL_DTYPES
     if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"spike_matmul: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
@@ -219,7 +241,8 @@ def spike_matmul(
     lead = tuple(s.shape[:-1])
     M = math.prod(lead)
     if isinstance(s, SpikeTensor):
-        packed, anchor, dense = s.data.reshape(M, -1), s.anchor, None
+        # bytes must be contiguous along the last dimension (the kernels read them with unit stride)
+        packed, anchor, dense = s.data.reshape(M, s.data.shape[-1]).contiguous(), s.anchor, None
     else:
         anchor = s if (s.is_floating_point() and s.requires_grad) else None
         dense = None if triton_ok else s.reshape(M, K)

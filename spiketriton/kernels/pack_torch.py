@@ -26,6 +26,8 @@ def pack_bits(s: torch.Tensor, binary: bool = False) -> torch.Tensor:
     if not _LITTLE:  # pragma: no cover - no big-endian CI
         return ref.pack_bits(s)
     K = s.shape[-1]
+    if s.numel() == 0:
+        return torch.zeros(tuple(s.shape[:-1]) + ((K + 7) // 8,), dtype=torch.uint8, device=s.device)
     b = s.to(torch.uint8) if (binary or s.dtype == torch.bool) else (s != 0).to(torch.uint8)
     pad = (-K) % 8
     if pad:
@@ -42,7 +44,9 @@ def unpack_bits(p: torch.Tensor, K: int, dtype=torch.bool) -> torch.Tensor:
     """
     if not _LITTLE:  # pragma: no cover
         return ref.unpack_bits(p, K, dtype)
+    if p.numel() == 0:
+        return torch.zeros(tuple(p.shape[:-1]) + (K,), dtype=dtype, device=p.device)
     w = (p.to(torch.int64) * _SPREAD) & _BIT_OF_BYTE
     w = ((w + _LOW7) >> 7) & _SPREAD
-    out = w.unsqueeze(-1).view(torch.uint8).view(*p.shape[:-1], -1)[..., :K]
+    out = w.unsqueeze(-1).view(torch.uint8).view(*p.shape[:-1], p.shape[-1] * 8)[..., :K]
     return out.to(dtype)
