@@ -1,0 +1,734 @@
+"""GPU benchmark of the spike matmul kernels: ``spike_matmul`` (Triton, packed spikes) vs ``torch.matmul``
+(cuBLAS, spikes as a dense tensor) in fp32 and bf16; ms, TFLOP/s-equivalent, spike-operand bytes;
+a sweep of the kernel tile constants; the weight-gradient kernel vs torch.
+
+    python bench/spike_matmul_gpu.py                         # 32x512x512, 32x1024x1024, 4096^3; 5/10/25/50 %; fp32 + bf16
+    python bench/spike_matmul_gpu.py --sweep                 # + tile sweep of the fwd and dW kernels at 4096^3
+    python bench/spike_matmul_gpu.py --sweep-only --sweep-kernels fwd --sweep-dtypes bf16
+    python bench/spike_matmul_gpu.py --smoke-cpu --sweep     # check the script without a GPU (TRITON_INTERPRET=1, tiny)
+
+Needs a CUDA GPU (exits with a message and status 1 otherwise). Sizes are ``M x K x N``: spikes
+``S [M, K]`` Bernoulli(rate) 0/1 (fixed seed), ``W [N, K] ~ N(0, 1/K)``, ``Y = S @ W.T [M, N]``.
+For every shape, firing rate and dtype (the weight's: fp32 or bf16; spikes as a dense tensor of that
+dtype for torch):
+
+- ``fwd`` (no bias, ``torch.no_grad()``):
+  ``torch.matmul``          ``torch.matmul(S, W.T)``, fp32 at ``torch.set_float32_matmul_precision("highest")``
+                            (no TF32: the kernel's fp32 path is exact fp32 too);
+  ``torch.matmul[tf32]``    fp32 with TF32 allowed, for context only;
+  ``spike_matmul``          the public API on a ``SpikeTensor`` (packed beforehand): what a layer fed by a
+                            neuron writing packed spikes runs;
+  ``spike_matmul(dense)``   the public API on the dense 0/1 tensor (packs with the Triton kernel, then the matmul);
+  ``spike_matmul_fwd``      the launcher ``kernels.spike_matmul.spike_matmul_fwd`` (no Python checks), and
+  ``spike_matmul_fwd[skip_zero]`` the same with the zero-tile skip;
+- ``dw`` (weight gradient ``dW = dY.T @ S``, ``dY ~ N(0, 1)``): ``torch`` = ``dY.t() @ S`` dense vs the
+  launcher ``spike_matmul_dw(dY, packed, K)``;
+- ``fwd+bwd`` (``--no-train`` skips it): ``nn.Linear`` vs ``SpikeLinear`` (default ``check_binary=True``,
+  which syncs with the host) vs ``SpikeLinear(check_binary=False)`` on dense spikes that require grad.
+
+Every result is compared with an fp64 reference (max |error|; a case over tolerance is flagged ``ok=False``
+and never counts as a "best"). TFLOP/s-equivalent = ``2*M*N*K`` per matmul (3 for fwd+bwd) / median
+time, i.e. the dense FLOPs the result replaces. Spike-operand bytes: packed uint8 ``M*ceil(K/8)`` for
+spiketriton, dense ``M*K*element_size`` for torch. Timing: ``triton.testing.do_bench`` (L2 flushed
+before each repetition; median, 20/80 % quantiles of CUDA-event times; Python launch overhead is part
+of the time, which matters at 32 x 512 x 512).
+
+Tile sweep (``--sweep``): monkeypatches ``spiketriton.kernels.spike_matmul._FWD`` (BLOCK_M/N/K x num_warps
+x num_stages, GROUP_M kept, x skip_zero) and ``_DW`` (BLOCK_M/N/K x num_warps x num_stages) between runs,
+times the launchers, checks every result, and reports the best per shape, dtype and rate next to the
+default constants and torch; the constants are restored afterwards. Rows are appended to
+``spike_matmul_gpu_sweep.csv`` as they are measured, so a run cut short keeps what it measured.
+The full default grid (27 tiles x 2 warps x 3 stages, x 2 skip_zero for fwd) is ~320 compilations for
+two dtypes at one shape: several minutes; split it with ``--sweep-kernels`` / ``--sweep-dtypes``.
+
+Goals at 4096 x 4096 x 4096 (printed met/MISSED per rate): spike_matmul >= 8x ``torch.matmul`` fp32
+(spike_matmul with fp32 weights; with bf16 weights shown for information) and >= 1.0x ``torch.matmul``
+bf16 (spike_matmul with bf16 weights).
+
+Writes ``bench/results/<gpu-name-slug>/spike_matmul_gpu.json`` (GPU, versions, git commit, date, config,
+cases, goals, sweep), ``spike_matmul_gpu.csv`` and ``spike_matmul_gpu_sweep.csv`` (with ``--sweep``); with
+``--tag T`` the names are ``spike_matmul_gpu_T.*``, and a ``--sweep-only`` run is tagged with its slice
+(e.g. ``spike_matmul_gpu_sweep-fwd-bf16.json``) unless ``--tag`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import itertools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _matmul_cases import (  # noqa: E402
+    GPU_SHAPES, make_grad, make_linear, make_spikes, make_weight, matmul_flops, parse_rates,
+    parse_shape_list, shape_str, spike_bytes, tflops,
+)
+from _neuron_cases import BENCH_DIR, DTYPES, cpu_description, git_state, now_iso, versions, write_csv  # noqa: E402
+
+GOAL_SHAPE = (4096, 4096, 4096)
+GOAL_VS_FP32 = 8.0
+GOAL_VS_BF16 = 1.0
+SMOKE_SHAPES = "16x64x48,8x40x24"  # odd sizes: K not a multiple of BLOCK_K, N not of BLOCK_N
+TRAIN_IMPLS = ("nn.Linear", "SpikeLinear", "SpikeLinear(check_binary=False)")
+SWEEP_COLS = ["kernel", "shape", "dtype", "rate", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps",
+              "num_stages", "skip_zero", "median_ms", "p20_ms", "p80_ms", "tflops_equiv", "max_abs_err", "tol",
+              "ok", "is_default", "error"]
+
+
+# --------------------------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------------------------- #
+
+
+def _short_error(e: BaseException) -> str:
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return msg if len(msg) < 400 else msg[:400] + "..."
+
+
+def slugify(name: str) -> str:
+    import re
+
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s or "gpu"
+
+
+def _ints(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    for t in out:
+        if t not in allowed:
+            raise SystemExit(f"spike_matmul_gpu.py: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
+    return out
+
+
+def bench_ms(fn, warmup_ms: int, rep_ms: int, device) -> Dict[str, float]:
+    """Median and 20/80 % quantiles in ms: ``triton.testing.do_bench`` on CUDA; on CPU (``--smoke-cpu``,
+    which checks the script itself) a few ``time.perf_counter`` runs."""
+    if torch.device(device).type == "cpu":
+        import statistics
+        import time
+
+        fn()
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        return {"median_ms": statistics.median(ts), "p20_ms": ts[0], "p80_ms": ts[-1]}
+    import triton.testing
+
+    q = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
+
+
+def _empty_cache(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _Fp32Precision:
+    """``torch.set_float32_matmul_precision`` for a block (``highest`` = no TF32)."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __enter__(self):
+        self.old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.value)
+
+    def __exit__(self, *exc):
+        torch.set_float32_matmul_precision(self.old)
+
+
+def tolerance(dname: str, ref: torch.Tensor) -> float:
+    """Max |error| accepted vs the fp64 reference: fp32 accumulation of exact 0/1 products (fp32), plus
+    the rounding of the output to bf16/fp16 (relative 2^-8) for half weights."""
+    scale = max(1.0, float(ref.abs().max()))
+    return (1e-4 if dname == "fp32" else 1e-2) * scale
+
+
+def max_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref).abs().max()) if y.numel() else 0.0
+
+
+class SweepWriter:
+    """Appends sweep rows to a CSV as they come (a run cut short keeps what it measured)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "w", newline="")
+        self.w = csv.DictWriter(self.f, fieldnames=SWEEP_COLS + ["gpu", "date"], extrasaction="ignore")
+        self.w.writeheader()
+        self.f.flush()
+
+    def add(self, row: dict, **extra) -> None:
+        r = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in dict(row, **extra).items()}
+        self.w.writerow(r)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# --------------------------------------------------------------------------------------------- #
+# Main cases
+# --------------------------------------------------------------------------------------------- #
+
+
+def _row(kind, impl, dname, shape, rate, t, nbytes, err, tol, **extra):
+    M, K, N = shape
+    return {"pass": kind, "impl": impl, "dtype": dname, "shape": shape_str(shape), "M": M, "K": K, "N": N,
+            "rate": rate, **t, "tflops_equiv": tflops(matmul_flops(M, K, N, kind), t["median_ms"]),
+            "spike_operand_bytes": nbytes, "max_abs_err": err, "tol": tol,
+            "ok": (err is None) or (err <= tol), **extra}
+
+
+def run_cases(shapes, rates, dtypes, device, args, errors: List[dict]) -> List[dict]:
+    import spiketriton as st
+    import spiketriton.kernels.spike_matmul as SM
+
+    rows: List[dict] = []
+    for shape in shapes:
+        M, K, N = shape
+        w32 = make_weight(N, K, torch.float32, device)
+        for rate in rates:
+            s32 = make_spikes(M, K, rate, torch.float32, device)
+            fr = float(s32.mean())
+            packed = st.pack_spikes(s32, check=False)
+            pbytes = spike_bytes(M, K, "packed")
+            for dname in dtypes:
+                dt = DTYPES[dname]
+                w = w32.to(dt)
+                s = s32.to(dt)
+                ref = s32.double() @ w.double().t()
+                tol = tolerance(dname, ref)
+                dbytes = spike_bytes(M, K, dt)
+                wt = w.t()
+                fwd = [
+                    ("torch.matmul", lambda: torch.matmul(s, wt), dbytes, "highest"),
+                    ("spike_matmul", lambda: st.spike_matmul(packed, w), pbytes, None),
+                    ("spike_matmul(dense)", lambda: st.spike_matmul(s, w), pbytes, None),
+                    ("spike_matmul_fwd", lambda: SM.spike_matmul_fwd(packed.data, K, w, None), pbytes, None),
+                    ("spike_matmul_fwd[skip_zero]",
+                     lambda: SM.spike_matmul_fwd(packed.data, K, w, None, skip_zero=True), pbytes, None),
+                ]
+                if dname == "fp32" and not args.no_tf32:
+                    fwd.insert(1, ("torch.matmul[tf32]", lambda: torch.matmul(s, wt), dbytes, "high"))
+                for impl, fn, nbytes, prec in fwd:
+                    try:
+                        with torch.no_grad(), _Fp32Precision(prec or torch.get_float32_matmul_precision()):
+                            err = max_err(fn(), ref)
+                            t = bench_ms(fn, args.warmup_ms, args.rep_ms, device)
+                    except Exception as e:  # noqa: BLE001 - one failing case must not lose the rest
+                        errors.append({"pass": "fwd", "impl": impl, "dtype": dname, "shape": shape_str(shape),
+                                       "rate": rate, "error": _short_error(e),
+                                       "traceback": traceback.format_exc(limit=4)})
+                        print(f"  fwd {shape_str(shape)} {rate:.0%} {dname} {impl}: failed ({_short_error(e)})", flush=True)
+                        continue
+                    rows.append(_row("fwd", impl, dname, shape, rate, t, nbytes, err,
+                                     tol if "tf32" not in impl else 10 * tol, firing_rate=fr))
+                # weight gradient
+                g = make_grad(M, N, dt, device)
+                dref = g.double().t() @ s32.double()
+                dtol = tolerance(dname, dref)
+                gt = g.t()
+                for impl, fn, nbytes in (("torch", lambda: gt @ s, dbytes),
+                                         ("spike_matmul_dw", lambda: SM.spike_matmul_dw(g, packed.data, K), pbytes)):
+                    try:
+                        with torch.no_grad(), _Fp32Precision("highest"):
+                            err = max_err(fn(), dref)
+                            t = bench_ms(fn, args.warmup_ms, args.rep_ms, device)
+                    except Exception as e:  # noqa: BLE001
+                        errors.append({"pass": "dw", "impl": impl, "dtype": dname, "shape": shape_str(shape),
+                                       "rate": rate, "error": _short_error(e)})
+                        print(f"  dw {shape_str(shape)} {rate:.0%} {dname} {impl}: failed ({_short_error(e)})", flush=True)
+                        continue
+                    rows.append(_row("dw", impl, dname, shape, rate, t, nbytes, err, dtol, firing_rate=fr))
+                del dref
+                # training step (context)
+                if not args.no_train:
+                    lin = make_linear(K, N, dt, device)
+                    gy = make_grad(M, N, dt, device)
+                    base = None
+                    for impl in TRAIN_IMPLS:
+                        layer = lin if impl == "nn.Linear" else st.SpikeLinear.from_linear(
+                            lin, check_binary=(impl == "SpikeLinear"))
+                        sg = s.detach().clone().requires_grad_()
+                        ins = [sg, layer.weight, layer.bias]
+                        fn = lambda layer=layer, sg=sg, ins=ins: torch.autograd.grad(layer(sg), ins, gy)  # noqa: E731
+                        try:
+                            with _Fp32Precision("highest"):
+                                got = fn()
+                                if base is None:
+                                    base = got
+                                err = max(max_err(a, b.double()) for a, b in zip(got, base))
+                                ttol = max(tolerance(dname, b) for b in base)
+                                t = bench_ms(fn, args.warmup_ms, args.rep_ms, device)
+                        except Exception as e:  # noqa: BLE001
+                            errors.append({"pass": "fwd+bwd", "impl": impl, "dtype": dname, "shape": shape_str(shape),
+                                           "rate": rate, "error": _short_error(e)})
+                            print(f"  fwd+bwd {shape_str(shape)} {rate:.0%} {dname} {impl}: failed ({_short_error(e)})",
+                                  flush=True)
+                            continue
+                        nbytes = dbytes if impl == "nn.Linear" else pbytes
+                        rows.append(_row("fwd+bwd", impl, dname, shape, rate, t, nbytes, err, ttol, firing_rate=fr,
+                                         note="max_abs_err: vs nn.Linear's gradients (S, W, b)"))
+                    del lin, base
+                print(f"  {shape_str(shape):16} {rate:4.0%} {dname}: "
+                      + "  ".join(f"{r['impl']} {r['median_ms']:.4f}" for r in rows
+                                  if r["shape"] == shape_str(shape) and r["rate"] == rate and r["dtype"] == dname
+                                  and r["pass"] == "fwd"), flush=True)
+                del w, s, ref, g
+                gc.collect()
+                _empty_cache(device)
+            del s32, packed
+            _empty_cache(device)
+    return rows
+
+
+def add_speedups(rows: List[dict]) -> None:
+    """x torch fp32 / x torch bf16 (fwd, same shape and rate), x torch (dw, same dtype),
+    x nn.Linear (fwd+bwd, same dtype)."""
+    def find(pass_, impl, dname, shape, rate):
+        for o in rows:
+            if o["pass"] == pass_ and o["impl"] == impl and o["dtype"] == dname and o["shape"] == shape and o["rate"] == rate:
+                return o
+        return None
+
+    for r in rows:
+        if r["pass"] == "fwd":
+            for ref_dt in ("fp32", "bf16"):
+                b = find("fwd", "torch.matmul", ref_dt, r["shape"], r["rate"])
+                r[f"x_torch_{ref_dt}"] = b["median_ms"] / r["median_ms"] if b else None
+        elif r["pass"] == "dw":
+            b = find("dw", "torch", r["dtype"], r["shape"], r["rate"])
+            r["x_torch"] = b["median_ms"] / r["median_ms"] if b else None
+        else:
+            b = find("fwd+bwd", "nn.Linear", r["dtype"], r["shape"], r["rate"])
+            r["x_torch"] = b["median_ms"] / r["median_ms"] if b else None
+
+
+# --------------------------------------------------------------------------------------------- #
+# Tile sweep
+# --------------------------------------------------------------------------------------------- #
+
+
+def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, gpu, started) -> List[dict]:
+    """Time the fwd / dW launchers for every tile config; restores _FWD and _DW."""
+    import spiketriton as st
+    import spiketriton.kernels.spike_matmul as SM
+
+    orig_fwd, orig_dw = dict(SM._FWD), dict(SM._DW)
+    rows: List[dict] = []
+    blocks, warps, stages = grid
+    tiles = list(itertools.product(blocks, blocks, blocks, warps, stages))
+    try:
+        for shape in shapes:
+            M, K, N = shape
+            for dname in dtypes:
+                dt = DTYPES[dname]
+                w = make_weight(N, K, dt, device)
+                data = {}
+                for rate in rates:
+                    s32 = make_spikes(M, K, rate, torch.float32, device)
+                    p = st.pack_spikes(s32, check=False).data
+                    ref = s32.double() @ w.double().t()
+                    g = make_grad(M, N, dt, device) if "dw" in kernels else None
+                    dref = g.double().t() @ s32.double() if g is not None else None
+                    data[rate] = (p, ref, g, dref)
+                    del s32
+                # the torch baselines for this shape, dtype and rate
+                for rate in rates:
+                    s = st.unpack_spikes(st.SpikeTensor(data[rate][0], K), dt)
+                    with torch.no_grad(), _Fp32Precision("highest"):
+                        t = bench_ms(lambda: torch.matmul(s, w.t()), args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                        row = {"kernel": "torch.matmul", "shape": shape_str(shape), "dtype": dname, "rate": rate,
+                               **t, "tflops_equiv": tflops(matmul_flops(M, K, N), t["median_ms"]), "ok": True}
+                        rows.append(row)
+                        writer.add(row, gpu=gpu, date=started)
+                        if "dw" in kernels:
+                            g = data[rate][2]
+                            t = bench_ms(lambda: g.t() @ s, args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                            row = {"kernel": "torch dY.T@S", "shape": shape_str(shape), "dtype": dname, "rate": rate,
+                                   **t, "tflops_equiv": tflops(matmul_flops(M, K, N, "dw"), t["median_ms"]), "ok": True}
+                            rows.append(row)
+                            writer.add(row, gpu=gpu, date=started)
+                    del s
+                for kernel in kernels:
+                    sk = skip_values if kernel == "fwd" else (False,)
+                    # dW has no zero skip and does the same work at every rate: one rate is enough
+                    krates = rates if kernel == "fwd" else rates[:1]
+                    for (bm, bn, bk, nw, ns) in tiles:
+                        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": nw, "num_stages": ns}
+                        if kernel == "fwd":
+                            SM._FWD = dict(orig_fwd, **cfg)
+                            is_default = all(orig_fwd.get(k) == v for k, v in cfg.items())
+                        else:
+                            SM._DW = dict(orig_dw, **cfg)
+                            is_default = all(orig_dw.get(k) == v for k, v in cfg.items())
+                        for skip in sk:
+                            failed = None
+                            for rate in krates:
+                                p, ref, g, dref = data[rate]
+                                row = {"kernel": kernel, "shape": shape_str(shape), "dtype": dname, "rate": rate, **cfg,
+                                       "GROUP_M": orig_fwd.get("GROUP_M") if kernel == "fwd" else None,
+                                       "skip_zero": skip if kernel == "fwd" else None, "is_default": is_default}
+                                if failed is not None:  # a config that does not compile fails at every rate
+                                    row.update(error=failed, ok=False)
+                                else:
+                                    try:
+                                        if kernel == "fwd":
+                                            fn = lambda p=p, skip=skip: SM.spike_matmul_fwd(p, K, w, None, skip_zero=skip)  # noqa: E731
+                                            r_ = ref
+                                        else:
+                                            fn = lambda p=p, g=g: SM.spike_matmul_dw(g, p, K)  # noqa: E731
+                                            r_ = dref
+                                        err = max_err(fn(), r_)
+                                        tol = tolerance(dname, r_)
+                                        t = bench_ms(fn, args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                                        row.update(**t, tflops_equiv=tflops(matmul_flops(M, K, N, "dw" if kernel == "dw" else "fwd"),
+                                                                            t["median_ms"]),
+                                                   max_abs_err=err, tol=tol, ok=err <= tol)
+                                    except Exception as e:  # noqa: BLE001 - out of shared memory / registers
+                                        failed = _short_error(e)
+                                        row.update(error=failed, ok=False)
+                                rows.append(row)
+                                writer.add(row, gpu=gpu, date=started)
+                            last = [r for r in rows[-len(krates):]]
+                            desc = " ".join(
+                                (f"{r['rate']:.0%}:{r['median_ms']:.4f}" + ("" if r["ok"] else "(BAD)")) if "median_ms" in r
+                                else f"{r['rate']:.0%}:err" for r in last)
+                            print(f"  sweep {kernel:3} {shape_str(shape)} {dname} BM{bm} BN{bn} BK{bk} w{nw} s{ns}"
+                                  + (f" skip={int(skip)}" if kernel == "fwd" else "") + f"  {desc}"
+                                  + (f"  ({failed[:80]})" if failed else ""), flush=True)
+                del data, w
+                gc.collect()
+                _empty_cache(device)
+    finally:
+        SM._FWD, SM._DW = orig_fwd, orig_dw
+    return rows
+
+
+def sweep_best(rows: List[dict]) -> List[dict]:
+    """Per (kernel, shape, dtype, rate): the fastest correct config, the default config, torch."""
+    out = []
+    keys = []
+    for r in rows:
+        k = (r["kernel"], r["shape"], r["dtype"], r["rate"])
+        if r["kernel"] in ("fwd", "dw") and k not in keys:
+            keys.append(k)
+    for k in keys:
+        cand = [r for r in rows if (r["kernel"], r["shape"], r["dtype"], r["rate"]) == k and r.get("ok")
+                and "median_ms" in r]
+        if not cand:
+            continue
+        best = min(cand, key=lambda r: r["median_ms"])
+        default = [r for r in cand if r.get("is_default")]
+        default_noskip = [r for r in default if not r.get("skip_zero")]
+        torch_kernel = "torch.matmul" if k[0] == "fwd" else "torch dY.T@S"
+        tr = [r for r in rows if r["kernel"] == torch_kernel and r["shape"] == k[1] and r["dtype"] == k[2] and r["rate"] == k[3]]
+        t32 = [r for r in rows if r["kernel"] == "torch.matmul" and r["shape"] == k[1] and r["dtype"] == "fp32" and r["rate"] == k[3]]
+        tbf = [r for r in rows if r["kernel"] == "torch.matmul" and r["shape"] == k[1] and r["dtype"] == "bf16" and r["rate"] == k[3]]
+        e = {"kernel": k[0], "shape": k[1], "dtype": k[2], "rate": k[3],
+             "best": {c: best.get(c) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages",
+                                                "skip_zero")},
+             "best_ms": best["median_ms"], "best_tflops_equiv": best["tflops_equiv"],
+             "default_ms": default_noskip[0]["median_ms"] if default_noskip else None,
+             "torch_ms": tr[0]["median_ms"] if tr else None}
+        e["best_vs_default"] = e["default_ms"] / e["best_ms"] if e["default_ms"] else None
+        e["x_torch_same_dtype"] = e["torch_ms"] / e["best_ms"] if e["torch_ms"] else None
+        if k[0] == "fwd":
+            e["x_torch_fp32"] = t32[0]["median_ms"] / e["best_ms"] if t32 else None
+            e["x_torch_bf16"] = tbf[0]["median_ms"] / e["best_ms"] if tbf else None
+            skip_rows = [r for r in cand if r.get("skip_zero")]
+            noskip_rows = [r for r in cand if not r.get("skip_zero")]
+            e["best_skip_zero_ms"] = min(r["median_ms"] for r in skip_rows) if skip_rows else None
+            e["best_no_skip_ms"] = min(r["median_ms"] for r in noskip_rows) if noskip_rows else None
+        out.append(e)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- #
+# Goals
+# --------------------------------------------------------------------------------------------- #
+
+
+def goals(rows: List[dict], best: List[dict]) -> List[dict]:
+    """At 4096^3 per rate: spike_matmul (public API, default tiles; and the best swept launcher config)
+    vs torch.matmul fp32 (goal 8x, fp32 weights) and bf16 (goal 1.0x, bf16 weights)."""
+    shape = shape_str(GOAL_SHAPE)
+    out = []
+    rates = sorted({r["rate"] for r in rows if r["shape"] == shape} | {b["rate"] for b in best if b["shape"] == shape})
+    for rate in rates:
+        def get(impl, dname):
+            v = [r for r in rows if r["pass"] == "fwd" and r["impl"] == impl and r["dtype"] == dname
+                 and r["shape"] == shape and r["rate"] == rate]
+            return v[0] if v else None
+
+        def best_of(dname):
+            v = [b for b in best if b["kernel"] == "fwd" and b["dtype"] == dname and b["shape"] == shape and b["rate"] == rate]
+            return v[0] if v else None
+
+        g = {"shape": shape, "rate": rate}
+        for wdt, ref_dt, goal in (("fp32", "fp32", GOAL_VS_FP32), ("bf16", "fp32", None), ("bf16", "bf16", GOAL_VS_BF16)):
+            key = f"spike_matmul_{wdt}_vs_torch_{ref_dt}"
+            st_row, tref = get("spike_matmul", wdt), get("torch.matmul", ref_dt)
+            b = best_of(wdt)
+            g[key] = tref["median_ms"] / st_row["median_ms"] if (st_row and tref) else None
+            if b and b.get(f"x_torch_{ref_dt}") is not None:
+                g[key + "_best_swept"] = b[f"x_torch_{ref_dt}"]
+            elif b and tref:
+                g[key + "_best_swept"] = tref["median_ms"] / b["best_ms"]
+            if goal is not None:
+                vals = [v for v in (g.get(key), g.get(key + "_best_swept")) if v is not None]
+                g[key + "_goal"] = goal
+                g[key + "_met"] = (max(vals) >= goal) if vals else None
+        out.append(g)
+    return out
+
+
+def print_goals(gl: List[dict]) -> None:
+    if not gl:
+        print(f"\ngoals: not evaluated ({shape_str(GOAL_SHAPE)} was not measured)")
+        return
+    print(f"\ngoals at {shape_str(GOAL_SHAPE)}: spike_matmul >= {GOAL_VS_FP32:g}x torch.matmul fp32 (fp32 weights), "
+          f">= {GOAL_VS_BF16:g}x torch.matmul bf16 (bf16 weights); 'api' = public spike_matmul, default tiles; "
+          f"'swept' = best launcher config of the sweep")
+
+    def fmt(v):
+        return f"{v:6.2f}x" if v is not None else "    n/a"
+
+    for g in gl:
+        a, b, c = "spike_matmul_fp32_vs_torch_fp32", "spike_matmul_bf16_vs_torch_fp32", "spike_matmul_bf16_vs_torch_bf16"
+
+        def met(k):
+            m = g.get(k + "_met")
+            return "n/a" if m is None else ("met" if m else "MISSED")
+
+        print(f"  rate {g['rate']:4.0%}: fp32 vs torch fp32 api {fmt(g.get(a))} swept {fmt(g.get(a + '_best_swept'))} "
+              f"[{met(a)}] | bf16 vs torch fp32 api {fmt(g.get(b))} swept {fmt(g.get(b + '_best_swept'))} (info) | "
+              f"bf16 vs torch bf16 api {fmt(g.get(c))} swept {fmt(g.get(c + '_best_swept'))} [{met(c)}]")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Main
+# --------------------------------------------------------------------------------------------- #
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="GPU benchmark of spiketriton's spike matmul kernels vs torch.matmul")
+    ap.add_argument("--shapes", default=None, help="comma list of MxKxN (default 32x512x512,32x1024x1024,4096x4096x4096)")
+    ap.add_argument("--rates", default="5,10,25,50", help="firing rates in %% or fractions (default 5,10,25,50)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="weight dtypes: comma list of fp32,bf16,fp16")
+    ap.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
+    ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
+    ap.add_argument("--no-train", action="store_true", help="skip the fwd+bwd (SpikeLinear vs nn.Linear) cases")
+    ap.add_argument("--no-tf32", action="store_true", help="skip the torch.matmul[tf32] context rows")
+    ap.add_argument("--sweep", action="store_true", help="also sweep the kernel tile constants")
+    ap.add_argument("--sweep-only", action="store_true", help="only the tile sweep (with its torch baselines)")
+    ap.add_argument("--sweep-kernels", default="fwd,dw", help="comma list of fwd,dw")
+    ap.add_argument("--sweep-shapes", default=None, help="comma list of MxKxN (default 4096x4096x4096)")
+    ap.add_argument("--sweep-dtypes", default=None, help="default: --dtypes")
+    ap.add_argument("--sweep-rates", default="5,50", help="rates for the fwd sweep (dW uses the first) (default 5,50)")
+    ap.add_argument("--sweep-blocks", default=None, help="values of BLOCK_M, BLOCK_N and BLOCK_K (default 32,64,128)")
+    ap.add_argument("--sweep-warps", default=None, help="values of num_warps (default 4,8)")
+    ap.add_argument("--sweep-stages", default=None, help="values of num_stages (default 2,3,4)")
+    ap.add_argument("--sweep-skip-zero", default="both", choices=("both", "true", "false"), help="fwd skip_zero values")
+    ap.add_argument("--sweep-warmup-ms", type=int, default=10)
+    ap.add_argument("--sweep-rep-ms", type=int, default=50)
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/<gpu-name-slug>)")
+    ap.add_argument("--tag", default=None,
+                    help="suffix of the output file names (spike_matmul_gpu_TAG.json ...); default none, or "
+                         "sweep-<kernels>-<dtypes> for --sweep-only")
+    ap.add_argument("--smoke-cpu", action="store_true",
+                    help="check the script itself without a GPU: sets TRITON_INTERPRET=1 so the real kernels run in "
+                         f"Triton's interpreter on CPU tensors, tiny shapes (default {SMOKE_SHAPES}), a small sweep "
+                         "grid, perf_counter timing, output to a temporary folder unless --out; numbers are meaningless")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.smoke_cpu and not torch.cuda.is_available():
+        print(
+            "spike_matmul_gpu.py: CUDA is not available here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); this benchmark needs an "
+            "NVIDIA GPU and a CUDA build of torch. Nothing was measured. For CPU numbers run "
+            "`python bench/spike_matmul_cpu.py`; to check this script without a GPU, add --smoke-cpu.",
+            file=sys.stderr,
+        )
+        return 1
+    if args.smoke_cpu:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            print("spike_matmul_gpu.py: --smoke-cpu needs TRITON_INTERPRET=1 before triton is imported; "
+                  "run it as `TRITON_INTERPRET=1 python bench/spike_matmul_gpu.py --smoke-cpu`.", file=sys.stderr)
+            return 1
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("spike_matmul_gpu.py: triton is not installed; the spiketriton kernels need it.", file=sys.stderr)
+        return 1
+    import spiketriton.kernels.spike_matmul as SM
+
+    dtypes = _names(args.dtypes, list(DTYPES), "dtype")
+    rates = parse_rates(args.rates)
+    kernels = _names(args.sweep_kernels, ("fwd", "dw"), "sweep kernel")
+    sweep_dtypes = _names(args.sweep_dtypes, list(DTYPES), "dtype") if args.sweep_dtypes else dtypes
+    sweep_rates = parse_rates(args.sweep_rates)
+    if args.smoke_cpu:
+        import tempfile
+
+        device = torch.device("cpu")
+        shapes = parse_shape_list(args.shapes or SMOKE_SHAPES)
+        sweep_shapes = parse_shape_list(args.sweep_shapes or SMOKE_SHAPES.split(",")[0])
+        grid = (_ints(args.sweep_blocks or "32,64"), _ints(args.sweep_warps or "4"), _ints(args.sweep_stages or "2"))
+        gpu = "cpu-smoke-test"
+        device_info = {"gpu": None, "smoke_cpu": True, "triton_interpret": True, "host": cpu_description()}
+        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="spike_matmul_gpu_smoke_"))
+    else:
+        device = torch.device("cuda")
+        shapes = parse_shape_list(args.shapes) if args.shapes else list(GPU_SHAPES)
+        sweep_shapes = parse_shape_list(args.sweep_shapes) if args.sweep_shapes else [GOAL_SHAPE]
+        grid = (_ints(args.sweep_blocks or "32,64,128"), _ints(args.sweep_warps or "4,8"),
+                _ints(args.sweep_stages or "2,3,4"))
+        gpu = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        device_info = {
+            "gpu": gpu, "capability": list(torch.cuda.get_device_capability(device)),
+            "total_memory_GiB": props.total_memory / 2**30, "multiprocessors": props.multi_processor_count,
+            "host": cpu_description(),
+        }
+        out = Path(args.out) if args.out else BENCH_DIR / "results" / slugify(gpu)
+    for b in grid[0]:
+        if b % 8 or b < 16:
+            raise SystemExit(f"spike_matmul_gpu.py: block sizes must be multiples of 8 and >= 16, got {b}")
+    skip_values = {"both": (False, True), "true": (True,), "false": (False,)}[args.sweep_skip_zero]
+    out.mkdir(parents=True, exist_ok=True)
+    started = now_iso()
+    print(f"{gpu}: shapes {[shape_str(s) for s in shapes]}, rates {rates}, dtypes {dtypes}; "
+          f"default tiles fwd {SM._FWD}, dW {SM._DW}", flush=True)
+
+    errors: List[dict] = []
+    result = {
+        "benchmark": "spike_matmul_gpu",
+        "date": started,
+        "command": "python bench/spike_matmul_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": device_info,
+        "versions": versions(),
+        "git": git_state(),
+        "config": {
+            "shapes_MxKxN": [shape_str(s) for s in shapes], "rates": rates, "dtypes": dtypes,
+            "spikes": "Bernoulli(rate) 0/1, fixed seed", "weight": "N(0, 1/K)", "upstream_grad": "fixed N(0, 1)",
+            "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median"
+                     if not args.smoke_cpu else "time.perf_counter (smoke test)",
+            "fp32_matmul_precision": "highest (no TF32) for torch fp32, except the torch.matmul[tf32] rows",
+            "default_fwd_tiles": dict(SM._FWD), "default_dw_tiles": dict(SM._DW),
+            "flops": "2*M*N*K per matmul; fwd+bwd = 3 matmuls",
+        },
+        "partial": True,
+    }
+    # file names: spike_matmul_gpu[_TAG].json / .csv / _sweep.csv; a --sweep-only run without --tag is
+    # tagged with its slice so that slices run one after the other do not overwrite each other
+    tag = args.tag if args.tag is not None else (
+        f"sweep-{'-'.join(kernels)}-{'-'.join(sweep_dtypes)}" if args.sweep_only else "")
+    stem = "spike_matmul_gpu" + (f"_{tag}" if tag else "")
+    json_path = out / f"{stem}.json"
+
+    def dump():
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    rows: List[dict] = []
+    if not args.sweep_only:
+        rows = run_cases(shapes, rates, dtypes, device, args, errors)
+        add_speedups(rows)
+        result.update(cases=rows, errors=errors)
+        dump()
+        write_csv(out / f"{stem}.csv", [dict(r, gpu=gpu, date=started) for r in rows])
+
+    sweep_rows: List[dict] = []
+    best: List[dict] = []
+    if args.sweep or args.sweep_only:
+        n_tiles = len(grid[0]) ** 3 * len(grid[1]) * len(grid[2])
+        n_comp = sum(n_tiles * (len(skip_values) if k == "fwd" else 1) for k in kernels) * len(sweep_dtypes) * len(sweep_shapes)
+        print(f"tile sweep: kernels {kernels}, shapes {[shape_str(s) for s in sweep_shapes]}, dtypes {sweep_dtypes}, "
+              f"rates {sweep_rates}; BLOCK in {grid[0]}, num_warps {grid[1]}, num_stages {grid[2]}, "
+              f"skip_zero {list(skip_values)}: {n_comp} configs to compile", flush=True)
+        writer = SweepWriter(out / f"{stem}_sweep.csv")
+        try:
+            sweep_rows = sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, skip_values, device, args,
+                               writer, gpu, started)
+        finally:
+            writer.close()
+        best = sweep_best(sweep_rows)
+        result.update(sweep=sweep_rows, sweep_best=best,
+                      sweep_config={"kernels": kernels, "shapes": [shape_str(s) for s in sweep_shapes],
+                                    "dtypes": sweep_dtypes, "rates": sweep_rates, "blocks": grid[0], "num_warps": grid[1],
+                                    "num_stages": grid[2], "skip_zero": list(skip_values),
+                                    "timer": f"do_bench(warmup={args.sweep_warmup_ms}, rep={args.sweep_rep_ms})"})
+
+    # report
+    if rows:
+        print()
+        print(f"{'pass':7} {'M x K x N':15} {'rate':>5} {'dtype':5} {'impl':31} {'ms':>9} {'TFLOP/s':>8} "
+              f"{'spike B':>10} {'x t32':>6} {'x tbf16':>7} {'ok':>3}")
+        for r in rows:
+            xs = (f"{r['x_torch_fp32']:6.2f} {r['x_torch_bf16']:7.2f}" if r["pass"] == "fwd" and r.get("x_torch_fp32")
+                  and r.get("x_torch_bf16") else
+                  (f"{r['x_torch']:6.2f} {'':7}" if r.get("x_torch") else f"{'-':>6} {'-':>7}"))
+            print(f"{r['pass']:7} {r['shape']:15} {r['rate']:5.0%} {r['dtype']:5} {r['impl']:31} {r['median_ms']:9.4f} "
+                  f"{r['tflops_equiv']:8.2f} {r['spike_operand_bytes']:10,d} {xs} {'yes' if r['ok'] else 'NO':>3}")
+        print("(x t32 / x tbf16: torch.matmul fp32 / bf16 time over this row's, same shape and rate; for dw and fwd+bwd "
+              "the x column is vs torch in the same dtype)")
+    if best:
+        print("\ntile sweep, best correct config per kernel / shape / dtype / rate:")
+        for b in best:
+            cfg = b["best"]
+            extra = ""
+            if b["kernel"] == "fwd":
+                extra = (f"  x torch fp32 {b['x_torch_fp32']:.2f}" if b.get("x_torch_fp32") else "") + \
+                        (f"  x torch bf16 {b['x_torch_bf16']:.2f}" if b.get("x_torch_bf16") else "") + \
+                        (f"  best skip_zero {b['best_skip_zero_ms']:.4f} / no skip {b['best_no_skip_ms']:.4f} ms"
+                         if b.get("best_skip_zero_ms") and b.get("best_no_skip_ms") else "")
+            dflt = f"{b['default_ms']:.4f}" if b.get("default_ms") else "n/a"
+            same = f"{b['x_torch_same_dtype']:.2f}" if b.get("x_torch_same_dtype") else "n/a"
+            print(f"  {b['kernel']:3} {b['shape']} {b['dtype']} {b['rate']:.0%}: BM{cfg['BLOCK_M']} BN{cfg['BLOCK_N']} "
+                  f"BK{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}"
+                  + (f" skip={cfg['skip_zero']}" if b["kernel"] == "fwd" else "")
+                  + f": {b['best_ms']:.4f} ms ({b['best_tflops_equiv']:.1f} TFLOP/s-eq), default {dflt} ms, "
+                    f"x torch same dtype {same}{extra}")
+    gl = goals(rows, best)
+    print_goals(gl)
+    bad = [r for r in rows if not r["ok"]] + [r for r in sweep_rows if r.get("ok") is False and "error" not in r]
+    if bad:
+        print(f"\nWARNING: {len(bad)} result(s) over tolerance vs the fp64 reference (ok=False in the output)")
+    for e in errors:
+        print(f"  error: {e['pass']} {e['shape']} {e['rate']:.0%} {e['dtype']} {e['impl']}: {e['error']}")
+
+    result.update(goals={"vs_torch_fp32": GOAL_VS_FP32, "vs_torch_bf16": GOAL_VS_BF16, "shape": shape_str(GOAL_SHAPE),
+                         "per_rate": gl},
+                  partial=False)
+    dump()
+    written = [json_path]
+    if rows:
+        written.append(out / f"{stem}.csv")
+    if sweep_rows:
+        written.append(out / f"{stem}_sweep.csv")
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
