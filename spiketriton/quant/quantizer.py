@@ -1,0 +1,118 @@
+"""Quantizer primitives for spiketriton.quant (DESIGN.md, HNN-style).
+
+Convention (the HNN framework's): a *scale* is the multiplier that maps real values to integers,
+``w_int = round(w * scale)``, so real = int / scale. Symmetric ``bits``-bit integers span
+``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` (int8: [-127, 127]).
+
+- ``weight_scale``: ``qmax / max|w|`` per tensor or per output channel (dim 0); with ``pow2`` the
+  largest power of two not above it (a shift on the chip), with ``even_shift`` an even exponent.
+- ``quantize``: round-half-to-even and clamp, as integers.
+- ``fake_quant``: ``quantize(x) / scale`` in floating point with a straight-through gradient
+  (identity where the rounded value was in range, zero where it was clamped, as PyTorch's
+  fake_quantize), for quantization-aware training.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+__all__ = ["qmax", "check_bits", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste"]
+
+
+def check_bits(bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 2..8 (symmetric signed weights), got {bits!r}")
+    return bits
+
+
+def qmax(bits: int) -> int:
+    return (1 << (check_bits(bits) - 1)) - 1
+
+
+def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2: bool = False,
+                 even_shift: bool = False) -> torch.Tensor:
+    """The multiplier ``scale`` with ``max|w * scale| <= qmax(bits)``: a 0-dim tensor, or ``[C]`` for
+    per-channel (one per output channel, dim 0). All-zero weights get scale 1."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError("weight_scale: w must be a floating tensor")
+    if even_shift and not pow2:
+        raise ValueError("weight_scale: even_shift constrains a power-of-two scale; set pow2=True as well")
+    q = qmax(bits)
+    w = w.detach().float()
+    amax = w.abs().flatten(1).amax(1) if (per_channel and w.dim() > 1) else w.abs().amax()
+    if not torch.isfinite(amax).all():
+        raise ValueError("weight_scale: weights contain inf or NaN")
+    scale = torch.where(amax > 0, q / amax.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(amax))
+    if pow2:
+        e = torch.floor(torch.log2(scale))
+        # log2 of a float can land a hair above an exact power: keep max|w| * 2^e <= qmax
+        e = torch.where(amax * torch.exp2(e) > q, e - 1, e)
+        if even_shift:
+            e = e - torch.remainder(e, 2)  # round the exponent down to an even one
+        scale = torch.exp2(e)
+    return scale
+
+
+def _bcast(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return scale.reshape((-1,) + (1,) * (x.dim() - 1)) if scale.dim() == 1 else scale
+
+
+def quantize(x: torch.Tensor, scale: Union[torch.Tensor, float], bits: int = 8) -> torch.Tensor:
+    """``clamp(round(x * scale), -qmax, qmax)`` as int32 (round half to even)."""
+    q = qmax(bits)
+    s = _bcast(torch.as_tensor(scale, dtype=torch.float32, device=x.device), x)
+    return torch.round(x.float() * s).clamp(-q, q).to(torch.int32)
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, q):
+        r = torch.round(x * scale)
+        # PyTorch's fake_quantize convention: the gradient passes where the *rounded* value is in range
+        ctx.save_for_backward((r >= -q) & (r <= q))
+        return r.clamp(-q, q) / scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (inside,) = ctx.saved_tensors
+        return g * inside, None, None
+
+
+def fake_quant(x: torch.Tensor, scale: Union[torch.Tensor, float], bits: int = 8) -> torch.Tensor:
+    """``quantize(x) / scale`` in x's dtype, straight-through gradient (zero where clamped)."""
+    s = _bcast(torch.as_tensor(scale, dtype=x.dtype, device=x.device), x)
+    return _FakeQuant.apply(x, s, float(qmax(bits)))
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _FloorSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round with a straight-through (identity) gradient."""
+    return _RoundSTE.apply(x)
+
+
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor with a straight-through (identity) gradient (the integer leak ``floor(v * q / 256)``)."""
+    return _FloorSTE.apply(x)
+
+
