@@ -19,7 +19,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spiketriton import demo
+pytest.importorskip("sklearn", reason="the demo needs scikit-learn (installed by .ci/run); a bare GPU image lacks it")
+
+from spiketriton import demo  # noqa: E402
 
 QUICK_MIN_TEST_ACCURACY = 0.80
 CPU = ["--backend", "torch", "--device", "cpu", "--no-progress"]

@@ -69,9 +69,9 @@ def test_unknown_backend():
         F.lif(torch.zeros(2, 1, 1), backend="cuda")
 
 
-def test_float64_on_triton():
+def test_float64_on_triton(device):
     with pytest.raises(TypeError, match="Triton kernels take float32, float16 or bfloat16 input, got torch.float64"):
-        F.lif(torch.zeros(2, 1, 3, dtype=torch.float64), backend="triton")
+        F.lif(torch.zeros(2, 1, 3, dtype=torch.float64, device=device), backend="triton")
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from spiketriton import surrogate as sg
+pytest.importorskip("hypothesis", reason="hypothesis is a dev dependency (installed by .ci/run); a bare GPU image lacks it")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from spiketriton import surrogate as sg  # noqa: E402
 from spiketriton.spec import FAMILY_A, FAMILY_B, NeuronSpec
 
-from helpers import Case, check_case
+from helpers import Case, check_case  # noqa: E402
 
 shapes = st.tuples(
     st.integers(1, 6),                                   # T

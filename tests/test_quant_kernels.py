@@ -90,12 +90,12 @@ def test_integer_neuron_bit_exact(impl, name, carry, device):
         assert int(v.max()) == HI  # the bound was reached
 
 
-def test_floor_leak_rounds_down_for_negative_values():
+def test_floor_leak_rounds_down_for_negative_values(device):
     # floor(-3 * 200 / 256) = floor(-2.34) = -3, not -2 (truncation)
     spec = IntNeuronSpec(v_th0=10**6, alpha_q=200)
     _, v, _, _ = int_neuron_reference(torch.tensor([[-3]], dtype=torch.int32), None, None, None, spec)
     assert int(v) == -3
-    _, _, v2, _, _ = neuron_int_forward(torch.tensor([[-3]], dtype=torch.int32), None, None, None, spec)
+    _, _, v2, _, _ = neuron_int_forward(torch.tensor([[-3]], dtype=torch.int32, device=device), None, None, None, spec)
     assert int(v2) == -3
 
 

@@ -51,10 +51,11 @@ def test_pack_unpack_round_trip(K, dtype, device):
         assert torch.equal(st.unpack_spikes(p, out_dtype, backend=backend).cpu(), s.cpu().to(out_dtype)), backend
 
 
-def test_pack_layout_lsb_first_and_zero_padded():
-    s = torch.zeros(1, 10)
+def test_pack_layout_lsb_first_and_zero_padded(device):
+    s = torch.zeros(1, 10, device=device)
     s[0, 0] = s[0, 3] = s[0, 9] = 1.0  # bits 0 and 3 of byte 0, bit 1 of byte 1
     assert st.pack_spikes(s).data.tolist() == [[0b00001001, 0b00000010]]
+    assert st.pack_spikes(s.cpu(), backend="torch").data.tolist() == [[9, 2]]
     assert PK.pack(s).tolist() == [[9, 2]]
 
 
