@@ -1,12 +1,12 @@
-"""Quantization for spiking models (issue 4, in progress).
+"""Quantization for spiking models: post-training quantization and quantization-aware training down
+to integer-exact spiking inference (see model.py for the flow, modules.py for the modes)."""
 
-What exists so far: the quantizer primitives (``quantizer.py``) and, in ``spiketriton.kernels``,
-the integer kernels that quantized inference runs on (``spike_matmul_int``: int8 weights x packed
-spikes -> exact int32; ``neuron_int``: the integer family-B neuron with int28 saturation). The
-QModel / QLinear / QConv2d / QLIF flow (prepare, calibration, quantize, aware, save/load) is not
-built yet.
-"""
-
+from .model import FORMAT, FORMAT_VERSION, QModel, load_quantized_model, prepare
+from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLIF, QLinear, QuantConfig
 from .quantizer import check_bits, fake_quant, floor_ste, qmax, quantize, round_ste, weight_scale
 
-__all__ = ["check_bits", "fake_quant", "floor_ste", "qmax", "quantize", "round_ste", "weight_scale"]
+__all__ = [
+    "QModel", "prepare", "load_quantized_model", "QLinear", "QConv2d", "QLIF", "QuantConfig",
+    "FLOAT", "AWARE", "QUANTIZED", "FORMAT", "FORMAT_VERSION",
+    "check_bits", "fake_quant", "floor_ste", "qmax", "quantize", "round_ste", "weight_scale",
+]

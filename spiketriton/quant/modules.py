@@ -1,0 +1,345 @@
+"""Quantizable layers and neurons: QLinear, QConv2d, QLIF, with three modes.
+
+- ``float``: ordinary float layers; encoding layers (the ones fed by non-spike input) record the
+  largest |input| while collecting calibration statistics.
+- ``quantized``: integer inference. A layer turns its input into integers (spikes are 0/1; an
+  encoding layer rounds ``x * input_scale`` to int8), multiplies by int8 weights ``round(W * s_w)``
+  and adds the int32 bias ``round(b * S)``, ``S = s_w * input_scale``: an exact integer current in
+  units of ``1/S``. The following QLIF runs the integer family-B neuron (int28 state, floor leak)
+  with its constants rounded in the same units (``round(v_th0 * S)``, ..., ``alpha_q = round(256 *
+  alpha)``).
+- ``aware``: quantization-aware training. The same integer arithmetic, carried in float64 so that
+  it is exact, with straight-through gradients for every rounding and the surrogate gradient for
+  the spikes (evaluated at ``(v' - vth) / S``, i.e. in real units). Its forward equals ``quantized``
+  bit for bit, by construction.
+
+A layer's output that feeds no QLIF (e.g. a readout) is returned in real units, ``current / S``.
+Layers and neurons are linked by :class:`~spiketriton.quant.model.QModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import surrogate as sg
+from ..functional.neuron import extended_lif_spec, run_neuron
+from ..functional.spikes import SpikeTensor
+from ..neuron import BaseNeuron
+from ..functional._backend import use_triton
+from ..kernels import pack as PK
+from ..kernels import spike_matmul as SMK
+from ..kernels.neuron_int import neuron_int_forward
+from ..reference.neuron_int import family_b_int_steps, leak
+from ..spec import INT28_MAX, INT28_MIN, IntNeuronSpec
+from .quantizer import check_bits, floor_ste, qmax, quantize, round_ste, weight_scale
+
+__all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
+
+FLOAT, AWARE, QUANTIZED = "float", "aware", "quantized"
+INPUT_BITS = 8  # encoding-layer inputs: calibrated symmetric int8
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Weight quantization: ``bits`` in 2..8, per tensor or per output channel, float scale or a
+    power of two (optionally with an even exponent)."""
+
+    bits: int = 8
+    per_channel: bool = False
+    pow2: bool = False
+    even_shift: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if self.even_shift and not self.pow2:
+            raise ValueError("QuantConfig: even_shift constrains a power-of-two scale; set pow2=True as well")
+
+
+class _QLayer:
+    """Mixin for QLinear / QConv2d (the state and flow shared by both)."""
+
+    def _qinit(self, config: Optional[QuantConfig], backend: str = "auto"):
+        self.qconfig = config or QuantConfig()
+        self.backend = backend
+        self.mode = FLOAT
+        self.is_encoder = False     # fed by non-spike input (set by QModel's linking)
+        self.feeds_neuron = False   # output goes to a QLIF (set by QModel's linking)
+        self.collecting = False
+        self.register_buffer("input_amax", torch.zeros(()))   # calibration: largest |input| seen
+        self.register_buffer("input_scale", torch.zeros(()))  # encoder: int8 input scale (0: not set)
+        self.register_buffer("w_scale", torch.zeros(0))       # s_w (0-dim or [C_out]) once calculated
+        self.register_buffer("weight_int", torch.zeros(0, dtype=torch.int8))
+        self.register_buffer("bias_int", torch.zeros(0, dtype=torch.int32))
+
+    # -- scales ----------------------------------------------------------------------------------
+    def live_weight_scale(self) -> torch.Tensor:
+        c = self.qconfig
+        return weight_scale(self.weight, c.bits, c.per_channel, c.pow2, c.even_shift)
+
+    def current_scale(self) -> torch.Tensor:
+        """``S``: integer current = real current * S (0-dim, or [C_out] per channel)."""
+        s_w = self.w_scale if self.mode == QUANTIZED else self.live_weight_scale()
+        if s_w.numel() == 0:
+            raise RuntimeError(f"{type(self).__name__}: no weight scale yet; call calculate_q_params() first")
+        return s_w * self.input_scale if self.is_encoder else s_w
+
+    def calculate(self):
+        if self.is_encoder:
+            if not self.input_amax > 0:
+                raise RuntimeError(
+                    f"{type(self).__name__} (an encoding layer, fed by non-spike input) saw no calibration data: "
+                    f"call collect_q_params(), run calibration batches through the model, then calculate_q_params()"
+                )
+            self.input_scale = (qmax(INPUT_BITS) / self.input_amax).float()
+        self.w_scale = self.live_weight_scale()
+
+    def freeze_integers(self):
+        """Store the int8 weights and int32 bias of the current float parameters (quantized mode)."""
+        self.weight_int = quantize(self.weight.detach(), _channel(self.w_scale, self.weight), self.qconfig.bits).to(torch.int8)
+        if self.bias is not None:
+            S = self.current_scale()
+            self.bias_int = torch.round(self.bias.detach().float() * S).clamp(INT28_MIN, INT28_MAX).to(torch.int32)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _qforward(self, x):
+        if isinstance(x, SpikeTensor):
+            x = x.to_dense(self.weight.dtype)
+        if self.mode == FLOAT:
+            if self.collecting and self.is_encoder:
+                self.input_amax = torch.maximum(self.input_amax, x.detach().abs().max().float())
+            return self._op(x, self.weight, self.bias)
+        S = self.current_scale()
+        if self.mode == AWARE:
+            s_w = self.live_weight_scale()
+            q = qmax(self.qconfig.bits)
+            w_int = round_ste(self.weight.double() * _channel(s_w, self.weight).double())
+            w_int = _clamp_ste(w_int, q)
+            x_int = self._input_int(x, aware=True)
+            b_int = round_ste(self.bias.double() * S.double()) if self.bias is not None else None
+            u = self._op(x_int, w_int, b_int)          # exact integers in float64
+        elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear"):
+            # spikes x int8 weights on the integer spike-matmul kernel (exact int32)
+            K = self.in_features
+            packed = PK.pack(x.reshape(-1, K))
+            b = self.bias_int if self.bias is not None else None
+            u = SMK.spike_matmul_int(packed, K, self.weight_int.contiguous(), b).reshape(tuple(x.shape[:-1]) + (-1,))
+            u = u.clamp(INT28_MIN, INT28_MAX)
+        else:
+            x_int = self._input_int(x, aware=False)
+            b = self.bias_int.double() if self.bias is not None else None
+            u = self._op(x_int, self.weight_int.double(), b)  # exact: float64 holds these sums exactly
+            u = u.clamp(INT28_MIN, INT28_MAX).to(torch.int32)
+        if self.feeds_neuron:
+            return u
+        return (u.double() / self._bcast(S).double()).to(self.weight.dtype)  # a readout: real units
+
+    def _input_int(self, x, aware):
+        if not self.is_encoder:
+            return x.double()  # spikes: already the integers 0 and 1
+        q = qmax(INPUT_BITS)
+        y = x.double() * self.input_scale.double()
+        return _clamp_ste(round_ste(y), q) if aware else torch.round(y).clamp(-q, q)
+
+
+def _clamp_ste(x, q):
+    """clamp to [-q, q], gradient zero outside (as fake_quant)."""
+    return x.clamp(-q, q)
+
+
+def _channel(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return scale.reshape((-1,) + (1,) * (w.dim() - 1)) if scale.dim() == 1 else scale
+
+
+class QLinear(_QLayer, nn.Linear):
+    """nn.Linear with quantization modes (see the module docstring). Same parameters and init."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None,
+                 config: Optional[QuantConfig] = None, backend: str = "auto"):
+        nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
+        self._qinit(config, backend)
+
+    @classmethod
+    def from_float(cls, m: nn.Linear, config: Optional[QuantConfig] = None) -> "QLinear":
+        q = cls(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype,
+                config=config)
+        q.load_state_dict(m.state_dict(), strict=False)
+        return q
+
+    def _op(self, x, w, b):
+        return F.linear(x, w.to(x.dtype), b.to(x.dtype) if b is not None else None)
+
+    def _bcast(self, S):
+        return S  # [C_out] broadcasts along the last dimension
+
+    def forward(self, x):
+        return self._qforward(x)
+
+
+class QConv2d(_QLayer, nn.Conv2d):
+    """nn.Conv2d with quantization modes. Takes ``[N, C, H, W]`` or a sequence ``[T, B, C, H, W]``
+    (time folded into the batch)."""
+
+    def __init__(self, *args, config: Optional[QuantConfig] = None, backend: str = "auto", **kwargs):
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._qinit(config, backend)
+
+    @classmethod
+    def from_float(cls, m: nn.Conv2d, config: Optional[QuantConfig] = None) -> "QConv2d":
+        q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+                device=m.weight.device, dtype=m.weight.dtype, config=config)
+        q.load_state_dict(m.state_dict(), strict=False)
+        return q
+
+    def _op(self, x, w, b):
+        lead = x.shape[:-3]
+        y = self._conv_forward(x.reshape((-1,) + tuple(x.shape[-3:])), w.to(x.dtype),
+                               b.to(x.dtype) if b is not None else None)
+        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+
+    def _bcast(self, S):
+        return S.reshape(-1, 1, 1) if S.dim() == 1 else S
+
+    def forward(self, x):
+        return self._qforward(x)
+
+
+class QLIF(BaseNeuron):
+    """The quantizable neuron: the HNN Extended LIF (family B) with the parameters of
+    :class:`~spiketriton.ExtendedLIF`. In float mode it is an ExtendedLIF (fused kernels); in aware
+    and quantized modes it consumes the integer current of the layer feeding it (``self.feeder``)."""
+
+    def __init__(self, v_th0: float = 1.0, v_leaky_alpha: float = 1.0, v_leaky_beta: float = 0.0,
+                 v_reset: float = 0.0, v_init: Optional[float] = None, v_l: Optional[float] = None,
+                 dv: float = 0.0, ref_len: int = 0, reset_mode="hard", v_th_alpha: float = 1.0,
+                 v_th_beta: float = 0.0, v_th_incre: float = 0.0, surrogate: Optional[sg.Surrogate] = None,
+                 detach_reset: bool = False, backend: str = "auto"):
+        super().__init__(backend)
+        self.spec = extended_lif_spec(
+            "QLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
+            reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,
+            surrogate=surrogate, detach_reset=detach_reset,
+        )
+        for name, value in (("v_leaky_alpha", v_leaky_alpha), ("v_leaky_beta", v_leaky_beta)):
+            if not math.isfinite(float(value)):
+                raise ValueError(f"QLIF: {name} must be finite, got {value}")
+        if not 0.0 <= float(v_leaky_alpha) <= 1.0 or not 0.0 <= float(v_th_alpha) <= 1.0:
+            raise ValueError("QLIF: v_leaky_alpha and v_th_alpha must lie in [0, 1] (they become q/256 on the chip)")
+        self.v_leaky_alpha = float(v_leaky_alpha)
+        self.v_leaky_beta = float(v_leaky_beta)
+        self.mode = FLOAT
+        self.feeder = None  # the QLinear/QConv2d whose current this neuron integrates (set by QModel)
+        self.reset()
+
+    @property
+    def feeder(self) -> Optional[nn.Module]:
+        return self.__dict__["_feeder"]
+
+    def __setattr__(self, name, value):
+        if name == "feeder":
+            # a plain reference, not a submodule: the layer's parameters belong to the model once
+            self.__dict__["_feeder"] = value
+            return
+        super().__setattr__(name, value)
+
+    def reset(self):
+        self.v = self.v_th_adpt = self.ref_cnt = None
+
+    # -- the integer constants in the feeder's current units ------------------------------------
+    def int_constants(self, S: torch.Tensor, shape) -> dict:
+        """Constants for the integer recurrence, per channel where ``S`` is: ``round(K * S)`` clamped
+        to int28, and the leaks as ``q = round(256 * alpha)``."""
+        s = self.spec
+        S = S.double()
+        if S.dim() == 1:  # per channel: broadcast along the feeder's channel axis of the state
+            S = S.reshape((-1,) + (1,) * (len(shape) - 1 - _channel_axis(self.feeder, shape)))
+
+        def k(value):
+            if value == -math.inf:
+                return torch.full_like(S, INT28_MIN).to(torch.int64)
+            return torch.round(torch.as_tensor(value, dtype=torch.float64) * S).clamp(INT28_MIN, INT28_MAX).to(torch.int64)
+
+        return dict(
+            v_th0=k(s.v_threshold), v_reset=k(s.v_reset), v_init=k(s.v_init), v_l=k(s.v_l), dv=k(s.dv),
+            beta_q=k(self.v_leaky_beta), v_th_beta_q=k(s.v_th_beta), v_th_incre=k(s.v_th_incre),
+            alpha_q=int(round(256 * self.v_leaky_alpha)), v_th_alpha_q=int(round(256 * s.v_th_alpha)),
+            ref_len=s.ref_len,
+        )
+
+    def forward(self, x):
+        if self.mode == FLOAT:
+            params = torch.tensor([self.v_leaky_alpha, self.v_leaky_beta], dtype=torch.float32).to(x.device)
+            spikes, self.v, self.v_th_adpt, self.ref_cnt = run_neuron(
+                x, self.v, self.v_th_adpt, self.ref_cnt, params, self.spec, self.backend, "QLIF")
+            return spikes
+        if self.feeder is None:
+            raise RuntimeError("QLIF: not linked to the layer feeding it; build the model as a QModel "
+                               "(or via spiketriton.quant.prepare) and call collect_q_params()")
+        S = self.feeder.current_scale()
+        c = self.int_constants(S, x.shape[1:])
+        s = self.spec
+        shape = x.shape[1:]
+        aware = self.mode == AWARE
+        dt = torch.float64 if aware else torch.int64
+        v = self.v if self.v is not None else torch.broadcast_to(c["v_init"], shape).to(dt)
+        a = self.v_th_adpt if (self.v_th_adpt is not None and s.adaptive) else torch.zeros(shape, dtype=dt, device=x.device)
+        ref = self.ref_cnt if self.ref_cnt is not None else torch.zeros(shape, dtype=torch.int64, device=x.device)
+        if aware:
+            S_b = _broadcast_scale(S.double(), self.feeder, shape)
+            surrogate = s.surrogate
+            spike_fn = lambda h, vth: surrogate((h - vth) / S_b, strict=True)  # noqa: E731
+            leak_fn = lambda y, q: floor_ste(y * (q / 256.0))  # noqa: E731  exact in float64 (|y| < 2^28)
+            u = x.double()
+        else:
+            if S.dim() == 0 and use_triton(self.backend, x, op="QLIF"):
+                return self._integer_kernel(x, c)
+            spike_fn = lambda h, vth: (h > vth).to(h.dtype)  # noqa: E731
+            leak_fn = leak
+            u = x.to(torch.int64)
+        spikes, self.v, a, self.ref_cnt = family_b_int_steps(
+            u, v.to(device=x.device), a, ref.to(device=x.device), c, reset_mode=s.reset_mode,
+            adaptive=s.adaptive, refractory=s.refractory, spike_fn=spike_fn, leak_fn=leak_fn,
+            detach_reset=s.detach_reset,
+        )
+        self.v_th_adpt = a
+        return spikes.float()
+
+    def _integer_kernel(self, x, c):
+        """Per-tensor constants: the Triton integer neuron (kernels/neuron_int.py)."""
+        s = self.spec
+        spec = IntNeuronSpec(
+            v_th0=int(c["v_th0"]), v_reset=int(c["v_reset"]), reset_mode=s.reset_mode, v_l=int(c["v_l"]),
+            dv=int(c["dv"]), alpha_q=c["alpha_q"], beta_q=int(c["beta_q"]), ref_len=s.ref_len,
+            v_th_alpha_q=c["v_th_alpha_q"], v_th_beta_q=int(c["v_th_beta_q"]), v_th_incre=int(c["v_th_incre"]),
+            v_init=int(c["v_init"]),
+        )
+        spikes, _, v, a, ref = neuron_int_forward(x.to(torch.int32), self.v, self.v_th_adpt, self.ref_cnt, spec)
+        self.v, self.v_th_adpt, self.ref_cnt = v, a, ref
+        return spikes.float()
+
+    def extra_repr(self):
+        s = self.spec
+        mode = ("HARD", "SOFT", "SOFT_CONSTANT")[s.reset_mode]
+        return (f"v_th0={s.v_threshold}, v_leaky_alpha={self.v_leaky_alpha}, v_leaky_beta={self.v_leaky_beta}, "
+                f"reset_mode={mode}, v_reset={s.v_reset}, mode={self.mode!r}")
+
+
+def _channel_axis(feeder, shape) -> int:
+    """Index (in the state shape [B, ...]) of the feeder's output channels."""
+    if isinstance(feeder, QConv2d):
+        return len(shape) - 3
+    return len(shape) - 1
+
+
+def _broadcast_scale(S, feeder, shape):
+    if S.dim() == 0:
+        return S
+    axis = _channel_axis(feeder, shape)
+    return S.reshape((-1,) + (1,) * (len(shape) - 1 - axis))
+
