@@ -187,7 +187,41 @@ def evaluate(net, x, y, T, batch_size) -> float:
 
 
 # --------------------------------------------------------------------------------------------- #
-# 5. Command line
+# 5. Quantization: integer inference, and quantization-aware fine-tuning
+# --------------------------------------------------------------------------------------------- #
+
+
+def quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) -> dict:
+    """PTQ then QAT with spiketriton.quant, measured in integer inference.
+
+    ``prepare`` copies the float network into quantizable layers (the LIFs become the chip's
+    integer neuron); calibration batches fix the int8 scale of the first layer's pixel input;
+    ``quantize()`` switches to integer arithmetic (int8 weights, int32 currents, int28 membrane
+    potentials); ``aware()`` trains with the same integer forward and straight-through gradients.
+    """
+    from . import quant
+
+    qnet = quant.prepare(net, bits=args.bits)
+    qnet.collect_q_params()
+    evaluate(qnet, x_tr, y_tr, args.T, args.batch_size)  # calibration: float forwards record max |input|
+    qnet.calculate_q_params()
+    ptq = evaluate(qnet.quantize(), x_te, y_te, args.T, args.batch_size)
+    log(f"PTQ int{args.bits}: integer TEST accuracy {ptq:.2%}")
+    qat = ptq
+    if args.qat_epochs > 0:
+        qnet.aware()
+        optimizer = torch.optim.Adam(qnet.parameters(), lr=args.lr / 5)
+        for epoch in range(1, args.qat_epochs + 1):
+            loss, running = train_epoch(qnet, optimizer, x_tr, y_tr, args.T, args.batch_size, shuffle)
+            log(f"QAT epoch {epoch}/{args.qat_epochs}: train loss {loss:.4f}, train accuracy {running:.2%}")
+        qnet.calculate_q_params()
+        qat = evaluate(qnet.quantize(), x_te, y_te, args.T, args.batch_size)
+        log(f"QAT int{args.bits}: integer TEST accuracy {qat:.2%}")
+    return {"ptq_accuracy": ptq, "qat_accuracy": qat, "qmodel": qnet}
+
+
+# --------------------------------------------------------------------------------------------- #
+# 6. Command line
 # --------------------------------------------------------------------------------------------- #
 
 
@@ -210,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"a very short run for tests: {QUICK_EPOCHS} epochs unless --epochs is given")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--qat-epochs", type=int, default=2,
+                   help="quantization: epochs of quantization-aware fine-tuning after PTQ; 0 skips QAT, "
+                        "-1 skips quantization altogether (default: 2; --quick: 1)")
+    p.add_argument("--bits", type=int, default=8, help="weight bits for quantization, 2..8 (default: 8)")
     return p
 
 
@@ -224,11 +262,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:  # shorten the run; flags given explicitly still win
-        parser.set_defaults(epochs=QUICK_EPOCHS)
+        parser.set_defaults(epochs=QUICK_EPOCHS, qat_epochs=1)
         args = parser.parse_args(argv)
     for name in ("epochs", "T", "hidden", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 2 <= args.bits <= 8:
+        parser.error(f"--bits must be in 2..8, got {args.bits}")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:  # not a device name
@@ -276,10 +316,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # Final accuracies of the trained network (no weight updates, inference mode).
     train_acc = evaluate(net, x_tr, y_tr, args.T, args.batch_size)
     test_acc = evaluate(net, x_te, y_te, args.T, args.batch_size)
-    seconds = time.perf_counter() - start
     print(f"final train accuracy: {train_acc:.2%}")
-    print(f"TEST accuracy: {test_acc:.2%} ({len(x_te)} images, chance is 10%) in {seconds:.1f} s")
+    print(f"TEST accuracy: {test_acc:.2%} ({len(x_te)} images, chance is 10%) in {time.perf_counter() - start:.1f} s")
+    quant_results = quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) if args.qat_epochs >= 0 else {}
+    seconds = time.perf_counter() - start
     return {
+        **quant_results,
         "test_accuracy": test_acc,
         "train_accuracy": train_acc,
         "train_loss": train_loss,

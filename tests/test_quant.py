@@ -355,3 +355,10 @@ def test_digits_float_ptq_qat_accuracy():
     assert results["ptq8"] >= fp - 0.02, (fp, results)
     assert results["qat8"] >= fp - 0.01, (fp, results)
     assert results["qat4"] >= fp - 0.03, (fp, results)
+
+
+def test_prepare_leaves_the_global_rng_alone():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), st.LIF(), nn.Flatten(2), nn.Linear(2, 3), st.LIF())
+    before = torch.get_rng_state()
+    Q.prepare(net)
+    assert torch.equal(torch.get_rng_state(), before)

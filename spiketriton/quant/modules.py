@@ -147,6 +147,10 @@ class _QLayer:
         return _clamp_ste(round_ste(y), q) if aware else torch.round(y).clamp(-q, q)
 
 
+def _own_rng(device):
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def _clamp_ste(x, q):
     """clamp to [-q, q], gradient zero outside (as fake_quant)."""
     return x.clamp(-q, q)
@@ -166,8 +170,9 @@ class QLinear(_QLayer, nn.Linear):
 
     @classmethod
     def from_float(cls, m: nn.Linear, config: Optional[QuantConfig] = None) -> "QLinear":
-        q = cls(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype,
-                config=config)
+        with _own_rng(m.weight.device):  # the initialisation is overwritten: leave the caller's RNG alone
+            q = cls(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype,
+                    config=config)
         q.load_state_dict(m.state_dict(), strict=False)
         return q
 
@@ -191,9 +196,10 @@ class QConv2d(_QLayer, nn.Conv2d):
 
     @classmethod
     def from_float(cls, m: nn.Conv2d, config: Optional[QuantConfig] = None) -> "QConv2d":
-        q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
-                device=m.weight.device, dtype=m.weight.dtype, config=config)
+        with _own_rng(m.weight.device):
+            q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                    dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+                    device=m.weight.device, dtype=m.weight.dtype, config=config)
         q.load_state_dict(m.state_dict(), strict=False)
         return q
 
