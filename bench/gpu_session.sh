@@ -4,7 +4,7 @@
 #
 #   bash bench/gpu_session.sh tests    # the test suite on CUDA, compiled kernels (no interpreter)
 #   bash bench/gpu_session.sh neuron   # neuron fwd+bwd GB/s vs copy bandwidth and SpikingJelly, block sweep
-#   bash bench/gpu_session.sh matmul   # spike_matmul vs cuBLAS fp32/bf16, dW, memory of a training step
+#   bash bench/gpu_session.sh matmul   # spike_matmul vs cuBLAS fp32/bf16, dW, memory, integer spike matmul
 #   bash bench/gpu_session.sh sweep    # spike_matmul tile / skip_zero sweep (bf16 forward slice)
 #
 # Optional wheels (SpikingJelly for the comparison, matplotlib for plots) travel in .whl/ (carry it).
@@ -51,7 +51,9 @@ case "$stage" in
   matmul)
     python3 bench/spike_matmul_gpu.py 2>&1 | tee "$OUT/spike_matmul_gpu.log" | tail -40
     python3 bench/memory.py 2>&1 | tee "$OUT/memory_gpu.log" | tail -15
+    python3 bench/int_matmul_gpu.py 2>&1 | tee "$OUT/int_matmul_gpu.log" | tail -15
     collect spike_matmul_gpu
+    collect int_matmul_gpu
     ;;
   sweep)
     python3 bench/spike_matmul_gpu.py --sweep-only --sweep-kernels fwd --sweep-dtypes bf16 2>&1 \
