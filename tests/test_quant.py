@@ -206,8 +206,8 @@ def test_conv_batchnorm_folding_and_per_channel(device):
 
 
 def test_saturation_at_int28(device):
-    # a large current drives the integer state to 2^27 - 1, where it saturates instead of wrapping
-    lif = Q.QLIF(v_th0=1e9)  # never fires
+    # a large negative current drives the integer state to -2^27, where it saturates instead of wrapping
+    lif = Q.QLIF(v_th0=1.0)
     lin = Q.QLinear(64, 1)
     with torch.no_grad():
         lin.weight.fill_(1.0)
@@ -223,15 +223,89 @@ def test_saturation_at_int28(device):
 
     q = Net().to(device)
     q.collect_q_params()
-    x = torch.full((300, 1, 64), 100.0, device=device)  # 64 * 127 * 127 per step: past 2^27 in ~130 steps
+    x = torch.full((300, 1, 64), -100.0, device=device)  # -64 * 127 * 127 per step: past -2^27 in ~130 steps
     q(x[:1])
     q.reset()
     q.calculate_q_params()
+    for mode in (q.quantize, q.aware):
+        mode()
+        q(x[:100])
+        assert -(2**27) < float(lif.v.min()) < 0
+        q(x[100:])
+        assert float(lif.v.min()) == -(2**27)  # saturated, not wrapped to a positive value
+        q.reset()
+
+
+def test_linking_uses_the_data_flow():
+    class Plain(nn.Module):  # not a Sequential: linked through torch.fx
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif, self.out, self.lif2 = nn.Linear(8, 8), st.LIF(), nn.Linear(8, 3), st.LIF()
+
+        def forward(self, x):
+            return self.lif2(self.out(self.lif(self.fc(x))))
+
+    q = Q.prepare(Plain())
+    q.collect_q_params()
+    assert q.net.lif.feeder is q.net.fc and q.net.lif2.feeder is q.net.out
+    assert q.net.fc.is_encoder and not q.net.out.is_encoder
+
+    class Residual(nn.Module):  # the neuron integrates layer output + raw input: no integer link exists
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(8, 8), st.IF())
+
+        def forward(self, x):
+            return self.seq[1](self.seq[0](x) + x)
+
+    with pytest.raises(RuntimeError, match="not fed directly by a QLinear/QConv2d"):
+        Q.prepare(Residual()).collect_q_params()
+    nested = nn.Sequential(nn.Sequential(nn.Linear(8, 8), st.LIF()), nn.Sequential(nn.Linear(8, 3), st.LIF()))
+    q = Q.prepare(nested)
+    q.collect_q_params()
+    assert q.net[0][0].is_encoder and not q.net[1][0].is_encoder
+
+
+def test_aware_equals_quantized_at_the_edges():
+    # a readout whose integer current saturates at int28, weights whose float32 products misround,
+    # and quantize() after QAT steps (the scales follow the trained weights)
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(10000, 1))  # an encoder readout: 10000 * 127 * 127 > 2^27
+    with torch.no_grad():
+        big[0].weight.fill_(1.0)
+        big[0].bias.fill_(0.0)
+    x = torch.ones(2, 1, 10000)
+    q = calibrated(big, x)
+    outs = []
+    for mode in (q.quantize, q.aware):
+        mode()
+        outs.append(q(x).detach())
+        q.reset()
+    assert torch.equal(outs[0], outs[1])
+    assert float(outs[0].max()) < 10000  # saturated at int28 (2^27 / 127^2 = 8321.5), in both modes
+    net = mlp(4)
+    xs = torch.rand(5, 3, 20) * 2
+    q = calibrated(net, xs).aware()
+    opt = torch.optim.SGD(q.parameters(), lr=0.5)
+    for _ in range(3):
+        q(xs).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        q.reset()
+    want = record_spikes(q, xs)
     q.quantize()
-    q(x[:100])
-    assert 0 < int(lif.v.max()) < 2**27 - 1
-    q(x[100:])
-    assert int(lif.v.max()) == 2**27 - 1  # saturated, not wrapped to a negative value
+    got = record_spikes(q, xs)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_constants_beyond_int28_are_an_error():
+    net = nn.Sequential(nn.Linear(1000, 16), st.IF())
+    with torch.no_grad():
+        net[0].weight.uniform_(0, 0.01)
+    q = calibrated(net, torch.rand(2, 1, 1000) * 0.01)
+    with pytest.raises(ValueError, match="v_th0 = 1.0 is .* beyond int28"):
+        q.quantize()(torch.rand(2, 1, 1000) * 0.01)
 
 
 # ------------------------------------------------------------------------------------------- #

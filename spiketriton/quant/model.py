@@ -69,7 +69,8 @@ class QModel(nn.Module):
         """Switch to integer inference (int8 weights, int32 currents, integer neurons)."""
         self._require_calculated("quantize()")
         for layer in self._layers():
-            layer.mode = QUANTIZED  # freeze_integers needs the quantized scale
+            layer.w_scale = layer.live_weight_scale()  # the current weights (QAT may have moved them)
+            layer.mode = QUANTIZED
             layer.freeze_integers()
         self._set_mode(QUANTIZED)
         return self
@@ -131,9 +132,16 @@ class QModel(nn.Module):
         self.reset()
 
     def _link(self):
-        links = _links_fx(self)
+        root = self.net if isinstance(self, _Prepared) else self
+        links = _links_fx(root)
         if links is None:
-            links = _links_sequential(self)
+            if not isinstance(root, nn.Sequential):
+                raise RuntimeError(
+                    "QModel: torch.fx cannot trace this model's forward, so the layer feeding each neuron is "
+                    "unknown; make the forward traceable (no data-dependent Python control flow) or build it as "
+                    "an nn.Sequential"
+                )
+            links = _links_sequential(root)
         feeders, fed_by_spikes = links
         for layer in self._layers():
             layer.feeds_neuron = False

@@ -37,7 +37,7 @@ from ..kernels import spike_matmul as SMK
 from ..kernels.neuron_int import neuron_int_forward
 from ..reference.neuron_int import family_b_int_steps, leak
 from ..spec import INT28_MAX, INT28_MIN, IntNeuronSpec
-from .quantizer import check_bits, floor_ste, qmax, quantize, round_ste, weight_scale
+from .quantizer import check_bits, floor_ste, qmax, round_ste, weight_scale
 
 __all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
 
@@ -99,12 +99,33 @@ class _QLayer:
             self.input_scale = (qmax(INPUT_BITS) / self.input_amax).float()
         self.w_scale = self.live_weight_scale()
 
+    def integers(self, s_w: torch.Tensor, ste: bool):
+        """``(w_int, b_int)`` as integer-valued float64 tensors, computed once for both modes: the
+        products in float64 (float32 products misround ~1e-6 of the weights), weights clamped to
+        ``±qmax``, the bias rounded in units of ``1/S``; a bias beyond int28 is an error."""
+        q = qmax(self.qconfig.bits)
+        rnd = round_ste if ste else torch.round
+        w = self.weight if ste else self.weight.detach()
+        w_int = _clamp_ste(rnd(w.double() * _channel(s_w, self.weight).double()), q)
+        b_int = None
+        if self.bias is not None:
+            S = s_w * self.input_scale if self.is_encoder else s_w
+            b = self.bias if ste else self.bias.detach()
+            b_int = rnd(b.double() * S.double())
+            if b_int.detach().abs().max() > INT28_MAX:
+                raise ValueError(
+                    f"{type(self).__name__}: a bias is {float(b.detach().abs().max()):.3g}, which in the layer's integer units "
+                    f"(x {float(S.max()):.3g}) exceeds int28; use fewer weight bits, a smaller encoder input range, or a "
+                    f"smaller bias"
+                )
+        return w_int, b_int
+
     def freeze_integers(self):
         """Store the int8 weights and int32 bias of the current float parameters (quantized mode)."""
-        self.weight_int = quantize(self.weight.detach(), _channel(self.w_scale, self.weight), self.qconfig.bits).to(torch.int8)
-        if self.bias is not None:
-            S = self.current_scale()
-            self.bias_int = torch.round(self.bias.detach().float() * S).clamp(INT28_MIN, INT28_MAX).to(torch.int32)
+        w_int, b_int = self.integers(self.w_scale, ste=False)
+        self.weight_int = w_int.to(torch.int8)
+        if b_int is not None:
+            self.bias_int = b_int.to(torch.int32)
 
     # -- forward ---------------------------------------------------------------------------------
     def _qforward(self, x):
@@ -116,13 +137,9 @@ class _QLayer:
             return self._op(x, self.weight, self.bias)
         S = self.current_scale()
         if self.mode == AWARE:
-            s_w = self.live_weight_scale()
-            q = qmax(self.qconfig.bits)
-            w_int = round_ste(self.weight.double() * _channel(s_w, self.weight).double())
-            w_int = _clamp_ste(w_int, q)
+            w_int, b_int = self.integers(self.live_weight_scale(), ste=True)
             x_int = self._input_int(x, aware=True)
-            b_int = round_ste(self.bias.double() * S.double()) if self.bias is not None else None
-            u = self._op(x_int, w_int, b_int)          # exact integers in float64
+            u = self._op(x_int, w_int, b_int).clamp(INT28_MIN, INT28_MAX)  # exact integers in float64
         elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear"):
             # spikes x int8 weights on the integer spike-matmul kernel (exact int32)
             K = self.in_features
@@ -266,14 +283,22 @@ class QLIF(BaseNeuron):
         if S.dim() == 1:  # per channel: broadcast along the feeder's channel axis of the state
             S = S.reshape((-1,) + (1,) * (len(shape) - 1 - _channel_axis(self.feeder, shape)))
 
-        def k(value):
+        def k(value, name):
             if value == -math.inf:
                 return torch.full_like(S, INT28_MIN).to(torch.int64)
-            return torch.round(torch.as_tensor(value, dtype=torch.float64) * S).clamp(INT28_MIN, INT28_MAX).to(torch.int64)
+            r = torch.round(torch.as_tensor(value, dtype=torch.float64) * S)
+            if r.abs().max() > INT28_MAX:
+                raise ValueError(
+                    f"QLIF: {name} = {value} is {float(r.abs().max()):.3g} in the integer units of the layer feeding it "
+                    f"(x {float(S.max()):.3g}), beyond int28: the quantized neuron could never reach it. Use fewer "
+                    f"weight bits or larger weights in the feeding layer"
+                )
+            return r.to(torch.int64)
 
         return dict(
-            v_th0=k(s.v_threshold), v_reset=k(s.v_reset), v_init=k(s.v_init), v_l=k(s.v_l), dv=k(s.dv),
-            beta_q=k(self.v_leaky_beta), v_th_beta_q=k(s.v_th_beta), v_th_incre=k(s.v_th_incre),
+            v_th0=k(s.v_threshold, "v_th0"), v_reset=k(s.v_reset, "v_reset"), v_init=k(s.v_init, "v_init"),
+            v_l=k(s.v_l, "v_l"), dv=k(s.dv, "dv"), beta_q=k(self.v_leaky_beta, "v_leaky_beta"),
+            v_th_beta_q=k(s.v_th_beta, "v_th_beta"), v_th_incre=k(s.v_th_incre, "v_th_incre"),
             alpha_q=int(round(256 * self.v_leaky_alpha)), v_th_alpha_q=int(round(256 * s.v_th_alpha)),
             ref_len=s.ref_len,
         )
