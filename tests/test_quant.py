@@ -436,3 +436,94 @@ def test_prepare_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     Q.prepare(net)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# ------------------------------------------------------------------------------------------- #
+# regressions from review
+# ------------------------------------------------------------------------------------------- #
+
+
+def _tamper(path, out, tensors=None, meta=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        m = json.loads(f.metadata()["spiketriton"])
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    t.update(tensors or {})
+    m.update(meta or {})
+    save_file(t, str(out), metadata={"spiketriton": json.dumps(m)})
+    return out
+
+
+def test_load_validates_values_and_neurons(tmp_path):
+    x = torch.rand(4, 2, 20) * 2
+    q = calibrated(mlp(), x, bits=4).quantize()
+    path = tmp_path / "q.safetensors"
+    q.save_quantized_model(str(path))
+    cases = [
+        (dict(tensors={"net.0.weight_int": torch.full_like(q.net[0].weight_int, 127)}), "beyond \\+-7 for 4-bit"),
+        (dict(tensors={"net.2.w_scale": torch.tensor(float("nan"))}), "w_scale must be finite and > 0"),
+        (dict(tensors={"net.0.input_scale": torch.tensor(0.0)}), "input_scale must be > 0 for an encoding layer"),
+        (dict(meta={"mode": "bogus"}), "malformed manifest"),
+        (dict(meta={"layers": []}), "malformed manifest"),
+    ]
+    for i, (change, msg) in enumerate(cases):
+        bad = _tamper(path, tmp_path / f"bad{i}.safetensors", **change)
+        with pytest.raises(ValueError, match=msg):
+            Q.load_quantized_model(str(bad), Q.prepare(mlp()))
+    other = nn.Sequential(nn.Linear(20, 48), st.LIF(tau=2.0, v_threshold=3.0), nn.Linear(48, 10),
+                          st.LIF(tau=3.0, v_reset=None))
+    with pytest.raises(ValueError, match="neuron net.1 in the file has other constants"):
+        Q.load_quantized_model(str(path), Q.prepare(other))
+
+
+def test_per_channel_conv_flattened_into_a_neuron(device):
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.flat, self.lif = nn.Conv2d(1, 3, 3, padding=1), nn.Flatten(1), st.LIF()
+
+        def forward(self, x):  # x [T, B, 1, 4, 4] -> conv on [T*B, ...] -> neurons [T, B, 48]
+            T, B = x.shape[:2]
+            return self.lif(self.flat(self.conv(x.flatten(0, 1))).unflatten(0, (T, B)))
+
+    x = torch.rand(3, 2, 1, 4, 4, device=device) * 3
+    q = calibrated(Net().to(device), x, per_channel=True)
+    q.quantize()
+    want = q(x)
+    q.reset()
+    q.aware()
+    assert torch.equal(q(x), want)
+
+
+def test_links_and_state_errors():
+    class Twice(Q.QModel):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.lif = Q.QLinear(4, 4), Q.QLinear(4, 4), Q.QLIF()
+
+        def forward(self, x):
+            return self.lif(self.fc2(self.lif(self.fc1(x))))
+
+    with pytest.raises(RuntimeError, match="called after two different layers"):
+        Twice().collect_q_params()
+    q = calibrated(mlp(), torch.rand(3, 2, 20)).quantize()
+    q(torch.rand(3, 2, 20))
+    with pytest.raises(ValueError, match="reset the model"):
+        q(torch.rand(3, 5, 20))
+
+
+def test_prepare_warnings_tiny_weights_and_state():
+    with pytest.warns(UserWarning, match="PLIF's learnable tau is fixed"):
+        Q.prepare(nn.Sequential(nn.Linear(4, 4), st.PLIF()))
+    w = torch.zeros(2, 3)
+    w[0, 0] = 1e-40  # a denormal: 127 / 1e-40 overflows
+    s = Q.weight_scale(w, per_channel=True)
+    assert torch.isfinite(s).all() and Q.quantize(w, s).abs().max() <= 127
+    net = mlp()
+    net(torch.rand(3, 2, 20))  # state with an autograd graph, no reset
+    Q.prepare(net)  # copies without the state
+    assert net[1].v is not None and net[1].v.grad_fn is not None  # the original keeps its state

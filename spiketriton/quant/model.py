@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import math
 import os
 import tempfile
@@ -28,7 +29,9 @@ from torch import nn
 from ..layers import SpikeLinear
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD, RESET_SOFT
+from ..spec import INT28_MAX
 from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLinear, QLIF, QuantConfig, _QLayer
+from .quantizer import qmax
 
 __all__ = ["QModel", "prepare", "load_quantized_model", "FORMAT", "FORMAT_VERSION"]
 
@@ -105,7 +108,8 @@ class QModel(nn.Module):
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         layers = {name: dict(dataclass_dict(m.qconfig), is_encoder=m.is_encoder, feeds_neuron=m.feeds_neuron)
                   for name, m in self.named_modules() if isinstance(m, _QLayer)}
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "mode": self.q_mode, "layers": layers}
+        neurons = {name: _neuron_manifest(m) for name, m in self.named_modules() if isinstance(m, QLIF)}
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "mode": self.q_mode, "layers": layers, "neurons": neurons}
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
         os.close(fd)
@@ -157,6 +161,14 @@ class QModel(nn.Module):
                                f"(through shape-only modules at most); the integer flow needs that link")
 
 
+def _neuron_manifest(m: QLIF) -> dict:
+    s = m.spec
+    return {"v_th0": s.v_threshold, "v_reset": s.v_reset, "v_init": s.v_init,
+            "v_l": None if s.v_l == -math.inf else s.v_l, "dv": s.dv, "ref_len": s.ref_len,
+            "reset_mode": s.reset_mode, "v_th_alpha": s.v_th_alpha, "v_th_beta": s.v_th_beta,
+            "v_th_incre": s.v_th_incre, "v_leaky_alpha": m.v_leaky_alpha, "v_leaky_beta": m.v_leaky_beta}
+
+
 def dataclass_dict(c):
     return {"bits": c.bits, "per_channel": c.per_channel, "pow2": c.pow2, "even_shift": c.even_shift}
 
@@ -192,16 +204,22 @@ def _links_fx(model):
             return None
         return None
 
-    feeders, fed_by_spikes = {}, set()
+    feeders, fed_by_spikes, fed_by_values = {}, set(), set()
     for node in graph.nodes:
         if node.op != "call_module" or not node.args:
             continue
         m = modules[node.target]
         src = source(node.args[0])
         if isinstance(m, QLIF) and isinstance(src, _QLayer):
+            if feeders.get(m, src) is not src:
+                raise RuntimeError(f"QModel: the QLIF {node.target} is called after two different layers; each call "
+                                   f"needs its own neuron module (its integer constants follow its layer's scale)")
             feeders[m] = src
-        if isinstance(m, _QLayer) and isinstance(src, (QLIF, BaseNeuron)):
-            fed_by_spikes.add(m)
+        if isinstance(m, _QLayer):
+            (fed_by_spikes if isinstance(src, (QLIF, BaseNeuron)) else fed_by_values).add(m)
+    mixed = fed_by_spikes & fed_by_values
+    if mixed:
+        raise RuntimeError("QModel: a layer is applied both to spikes and to other values; use separate modules")
     return feeders, fed_by_spikes
 
 
@@ -245,7 +263,17 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
     strict (``v' > vth`` where LIF fires at ``H >= V_th``: different only when H equals V_th exactly).
     """
     config = config or QuantConfig(**config_kwargs)
-    net = copy.deepcopy(model)
+    # the neurons' carried state may hold an autograd graph, which deepcopy refuses: copy without it
+    stash = {}
+    for m in model.modules():
+        if isinstance(m, BaseNeuron):
+            stash[m] = {k: m.__dict__[k] for k in ("v", "v_th_adpt", "ref_cnt") if k in m.__dict__}
+            m.reset()
+    try:
+        net = copy.deepcopy(model)
+    finally:
+        for m, state in stash.items():
+            m.__dict__.update(state)
     _fold_batchnorm(net)
     feeders_of = {}
     _swap(net, config, feeders_of)
@@ -267,14 +295,22 @@ def _swap(module: nn.Module, config, decay_input_neurons):
     for name, child in list(module.named_children()):
         new = None
         if type(child) in (nn.Linear, SpikeLinear):
+            if getattr(child, "input_dropout", 0.0):
+                warnings.warn("prepare: SpikeLinear's input_dropout is not carried into the QLinear (no dropout "
+                              "during quantization-aware training)")
             new = QLinear.from_float(child, config)
         elif type(child) is nn.Conv2d:
             new = QConv2d.from_float(child, config)
         elif isinstance(child, (IF, LIF, PLIF)):
+            if isinstance(child, PLIF):
+                warnings.warn("prepare: PLIF's learnable tau is fixed at its current value in the QLIF (the chip's "
+                              "leak is a constant)")
             new, k = _qlif_from_family_a(child)
             if k is not None:
                 decay_input_neurons[new] = k
         elif isinstance(child, ExtendedLIF):
+            if isinstance(child.v_leaky_alpha, torch.Tensor):
+                warnings.warn("prepare: ExtendedLIF's learnable leak is fixed at its current value in the QLIF")
             new = _qlif_from_extended(child)
         if new is not None:
             setattr(module, name, new)
@@ -360,6 +396,9 @@ def load_quantized_model(path: str, qmodel: QModel) -> QModel:
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"load_quantized_model: {path} has format version {meta.get('version')!r}; this "
                          f"spiketriton reads version {FORMAT_VERSION}")
+    if meta.get("mode") not in (FLOAT, AWARE, QUANTIZED) or not isinstance(meta.get("layers"), dict) \
+            or not isinstance(meta.get("neurons"), dict):
+        raise ValueError(f"load_quantized_model: {path} has a malformed manifest (mode, layers and neurons expected)")
     own = qmodel.state_dict()
     missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or extra:
@@ -371,11 +410,17 @@ def load_quantized_model(path: str, qmodel: QModel) -> QModel:
                              f"{own[k].dtype}{tuple(own[k].shape)}")
     qmodel.collect_q_params()  # links
     for name, m in qmodel.named_modules():
+        if isinstance(m, QLIF):
+            if meta["neurons"].get(name) != _neuron_manifest(m):
+                raise ValueError(f"load_quantized_model: the neuron {name} in the file has other constants than "
+                                 f"the model's ({meta['neurons'].get(name)} vs {_neuron_manifest(m)})")
         if isinstance(m, _QLayer):
             cfg = meta["layers"].get(name)
-            if cfg is None:
-                raise ValueError(f"load_quantized_model: no configuration for layer {name} in the file")
-            m.qconfig = QuantConfig(cfg["bits"], cfg["per_channel"], cfg["pow2"], cfg["even_shift"])
+            try:
+                m.qconfig = QuantConfig(cfg["bits"], cfg["per_channel"], cfg["pow2"], cfg["even_shift"])
+            except (TypeError, KeyError, ValueError) as e:
+                raise ValueError(f"load_quantized_model: bad or missing configuration for layer {name}: {e}") from None
+            _check_layer_tensors(name, m, tensors, meta["mode"])
             for buf in ("w_scale", "weight_int", "bias_int"):  # sized by the file (empty before quantize)
                 setattr(m, buf, torch.empty_like(tensors[f"{name}.{buf}"]))
     qmodel.load_state_dict(tensors, strict=True)
@@ -383,6 +428,33 @@ def load_quantized_model(path: str, qmodel: QModel) -> QModel:
     mode = meta.get("mode", FLOAT)
     {FLOAT: qmodel.restore_float, AWARE: qmodel.aware, QUANTIZED: qmodel._set_quantized_from_file}[mode]()
     return qmodel
+
+
+def _check_layer_tensors(name, m, tensors, mode):
+    """Value and shape checks of one layer's quantization tensors against its configuration."""
+    def bad(what):
+        raise ValueError(f"load_quantized_model: {name}.{what}")
+
+    c = m.qconfig
+    w_scale, w_int, b_int = (tensors[f"{name}.{k}"] for k in ("w_scale", "weight_int", "bias_int"))
+    s_in = tensors[f"{name}.input_scale"]
+    if w_scale.numel():
+        want = (m.weight.shape[0],) if c.per_channel and m.weight.dim() > 1 else ()
+        if tuple(w_scale.shape) != want:
+            bad(f"w_scale has shape {tuple(w_scale.shape)}, expected {want} for per_channel={c.per_channel}")
+        if not (torch.isfinite(w_scale).all() and (w_scale > 0).all()):
+            bad("w_scale must be finite and > 0")
+    if not torch.isfinite(s_in) or s_in < 0:
+        bad("input_scale must be finite and >= 0")
+    if mode == QUANTIZED:
+        if w_int.shape != m.weight.shape:
+            bad(f"weight_int has shape {tuple(w_int.shape)}, expected {tuple(m.weight.shape)}")
+        if w_int.abs().max() > qmax(c.bits):
+            bad(f"weight_int has values beyond +-{qmax(c.bits)} for {c.bits}-bit weights")
+        if m.bias is not None and (b_int.shape != m.bias.shape or b_int.abs().max() > INT28_MAX):
+            bad("bias_int must have the bias' shape and int28 values")
+        if m.is_encoder and not s_in > 0:
+            bad("input_scale must be > 0 for an encoding layer")
 
 
 def _set_quantized_from_file(self):

@@ -279,9 +279,7 @@ class QLIF(BaseNeuron):
         """Constants for the integer recurrence, per channel where ``S`` is: ``round(K * S)`` clamped
         to int28, and the leaks as ``q = round(256 * alpha)``."""
         s = self.spec
-        S = S.double()
-        if S.dim() == 1:  # per channel: broadcast along the feeder's channel axis of the state
-            S = S.reshape((-1,) + (1,) * (len(shape) - 1 - _channel_axis(self.feeder, shape)))
+        S = _broadcast_scale(S.double(), self.feeder, shape)
 
         def k(value, name):
             if value == -math.inf:
@@ -312,6 +310,11 @@ class QLIF(BaseNeuron):
         if self.feeder is None:
             raise RuntimeError("QLIF: not linked to the layer feeding it; build the model as a QModel "
                                "(or via spiketriton.quant.prepare) and call collect_q_params()")
+        for name in ("v", "v_th_adpt", "ref_cnt"):
+            t = getattr(self, name)
+            if t is not None and tuple(t.shape) != tuple(x.shape[1:]):
+                raise ValueError(f"QLIF: carried-in {name} has shape {tuple(t.shape)} but the input [T, *S] needs "
+                                 f"S = {tuple(x.shape[1:])}; reset the model (qmodel.reset()) before a new batch size")
         S = self.feeder.current_scale()
         c = self.int_constants(S, x.shape[1:])
         s = self.spec
@@ -361,16 +364,22 @@ class QLIF(BaseNeuron):
                 f"reset_mode={mode}, v_reset={s.v_reset}, mode={self.mode!r}")
 
 
-def _channel_axis(feeder, shape) -> int:
-    """Index (in the state shape [B, ...]) of the feeder's output channels."""
-    if isinstance(feeder, QConv2d):
-        return len(shape) - 3
-    return len(shape) - 1
-
-
 def _broadcast_scale(S, feeder, shape):
+    """A per-channel scale ``[C]`` laid out over the neuron state ``[B, *features]``: along the last
+    dimension after a QLinear; along ``C`` of ``[B, C, H, W]`` after a QConv2d, or repeated over each
+    channel's H*W block when the conv output was flattened (channel-major) on the way."""
     if S.dim() == 0:
         return S
-    axis = _channel_axis(feeder, shape)
-    return S.reshape((-1,) + (1,) * (len(shape) - 1 - axis))
+    C = S.shape[0]
+    feats = tuple(shape[1:])
+    if isinstance(feeder, QConv2d):
+        if len(feats) >= 3 and feats[-3] == C:
+            return S.reshape(C, 1, 1)
+        n = math.prod(feats)
+        if n % C:
+            raise RuntimeError(f"QLIF: {n} neurons cannot be split into the {C} channels of the QConv2d feeding them")
+        return S.repeat_interleave(n // C).reshape(feats)
+    if feats[-1] != C:
+        raise RuntimeError(f"QLIF: the last dimension ({feats[-1]}) is not the {C} outputs of the QLinear feeding it")
+    return S
 

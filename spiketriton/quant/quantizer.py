@@ -44,7 +44,9 @@ def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2
     amax = w.abs().flatten(1).amax(1) if (per_channel and w.dim() > 1) else w.abs().amax()
     if not torch.isfinite(amax).all():
         raise ValueError("weight_scale: weights contain inf or NaN")
-    scale = torch.where(amax > 0, q / amax.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(amax))
+    scale = q / amax
+    # all-zero (or denormal-small, whose scale overflows) weights: scale 1, every integer 0
+    scale = torch.where((amax > 0) & torch.isfinite(scale), scale, torch.ones_like(amax))
     if pow2:
         e = torch.floor(torch.log2(scale))
         # log2 of a float can land a hair above an exact power: keep max|w| * 2^e <= qmax
