@@ -273,6 +273,24 @@ def cpu_description() -> Dict[str, object]:
     }
 
 
+def slugify(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the results folder of a device)."""
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s or "gpu"
+
+
+def int_list(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def name_list(text: str, allowed: Sequence[str], what: str, prog: str) -> List[str]:
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    for t in out:
+        if t not in allowed:
+            raise SystemExit(f"{prog}: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
+    return out
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 

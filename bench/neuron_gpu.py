@@ -48,6 +48,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _neuron_cases import (  # noqa: E402
+    int_list,
+    name_list,
+    slugify,
     BENCH_DIR, DTYPES, NEURONS, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs,
     now_iso, parse_shape, saved_bytes, spikingjelly_node, spikingjelly_runner, spiketriton_runner, versions,
     write_csv,
@@ -106,22 +109,12 @@ def gbps(nbytes: int, ms: float) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
 
-def slugify(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return s or "gpu"
-
-
 def _ints(text: str) -> List[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+    return int_list(text)
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
-    out = [t.strip() for t in text.split(",") if t.strip()]
-    for t in out:
-        if t not in allowed:
-            raise SystemExit(f"neuron_gpu.py: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
-    return out
+    return name_list(text, allowed, what, "neuron_gpu.py")
 
 
 def _short_error(e: BaseException) -> str:

@@ -67,6 +67,7 @@ from typing import Dict, List, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _neuron_cases import int_list, name_list, slugify  # noqa: E402
 from _matmul_cases import (  # noqa: E402
     GPU_SHAPES, make_grad, make_linear, make_spikes, make_weight, matmul_flops, parse_rates,
     parse_shape_list, shape_str, spike_bytes, tflops,
@@ -93,23 +94,12 @@ def _short_error(e: BaseException) -> str:
     return msg if len(msg) < 400 else msg[:400] + "..."
 
 
-def slugify(name: str) -> str:
-    import re
-
-    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return s or "gpu"
-
-
 def _ints(text: str) -> List[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+    return int_list(text)
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
-    out = [t.strip() for t in text.split(",") if t.strip()]
-    for t in out:
-        if t not in allowed:
-            raise SystemExit(f"spike_matmul_gpu.py: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
-    return out
+    return name_list(text, allowed, what, "spike_matmul_gpu.py")
 
 
 def bench_ms(fn, warmup_ms: int, rep_ms: int, device) -> Dict[str, float]:
