@@ -27,6 +27,7 @@ QUICK_MIN_TEST_ACCURACY = 0.80
 CPU = ["--backend", "torch", "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.filterwarnings("ignore:prepare. PLIF's learnable tau is fixed")  # expected for --neuron plif
 @pytest.mark.parametrize("neuron", ["lif", "plif", "if"])
 def test_quick_demo_learns(neuron, capsys):
     result = demo.main(["--quick", "--neuron", neuron, "--seed", "0", *CPU])
