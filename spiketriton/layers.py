@@ -150,7 +150,8 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, (BaseNeuron, SpikeLinear)) or super().is_leaf_module(m, qualname)
+            return isinstance(m, (BaseNeuron, SpikeLinear)) or type(m).__module__.startswith("spiketriton.hybrid") \
+                or super().is_leaf_module(m, qualname)
 
     try:
         graph = _Tracer().trace(model)
@@ -163,7 +164,7 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         if node.op == "call_module":
             mod = modules.get(node.target)
-            if isinstance(mod, BaseNeuron):
+            if isinstance(mod, BaseNeuron) or getattr(mod, "emits_spikes", False):  # neurons, A2S hybrid units
                 spiking[node] = True
             elif isinstance(mod, _SHAPE_MODULES) and src is not None and spiking.get(src):
                 spiking[node] = True

@@ -178,7 +178,8 @@ def _links_fx(model):
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, (QLIF, _QLayer, BaseNeuron, SpikeLinear)) or super().is_leaf_module(m, qualname)
+            return isinstance(m, (QLIF, _QLayer, BaseNeuron, SpikeLinear)) or _is_hybrid(m) \
+                or super().is_leaf_module(m, qualname)
 
     try:
         graph = _Tracer().trace(model)
@@ -216,11 +217,16 @@ def _links_fx(model):
                                    f"needs its own neuron module (its integer constants follow its layer's scale)")
             feeders[m] = src
         if isinstance(m, _QLayer):
-            (fed_by_spikes if isinstance(src, (QLIF, BaseNeuron)) else fed_by_values).add(m)
+            spikes = isinstance(src, (QLIF, BaseNeuron)) or getattr(src, "emits_spikes", False)
+            (fed_by_spikes if spikes else fed_by_values).add(m)
     mixed = fed_by_spikes & fed_by_values
     if mixed:
         raise RuntimeError("QModel: a layer is applied both to spikes and to other values; use separate modules")
     return feeders, fed_by_spikes
+
+
+def _is_hybrid(m) -> bool:
+    return type(m).__module__.startswith("spiketriton.hybrid")
 
 
 def _links_sequential(model):
@@ -234,7 +240,7 @@ def _links_sequential(model):
                 continue
             if isinstance(child, QLIF) and isinstance(prev, _QLayer):
                 feeders[child] = prev
-            if isinstance(child, _QLayer) and isinstance(prev, (QLIF, BaseNeuron)):
+            if isinstance(child, _QLayer) and (isinstance(prev, (QLIF, BaseNeuron)) or getattr(prev, "emits_spikes", False)):
                 fed_by_spikes.add(child)
             prev = child
     return feeders, fed_by_spikes

@@ -1,0 +1,288 @@
+"""Hybrid Units (Zhao et al., Nat. Commun. 13, 2022): ``Y = Q(F(H(W(X))))`` between ANN and SNN parts.
+
+- ``W`` (window): aligns time scales. ANN -> SNN repeats a value ``[B, ...]`` over T steps
+  (``[T, B, ...]``); SNN -> ANN splits ``[T, B, ...]`` into windows ``[T_w, window, B, ...]``.
+- ``H`` (temporal filter): a convolution over time, fixed (designed units) or learnable.
+- ``F`` (nonlinearity): any elementwise function.
+- ``Q`` (discretization): to spikes, with a straight-through or surrogate gradient (optional).
+
+``HybridUnit(window=..., temporal_filter=..., nonlinearity=..., discretize=...)`` composes any of them;
+the named units below are ready-made compositions. Every unit is differentiable end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .. import surrogate as sg
+
+__all__ = [
+    "HybridUnit", "RepeatWindow", "SplitWindow", "TemporalFilter",
+    "A2SRate", "A2SPoisson", "A2SLatency", "A2SLearnable",
+    "S2AGlobalRate", "S2AWindowRate", "S2ALearnable",
+]
+
+
+def _check_T(T, name):
+    if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
+        raise ValueError(f"{name}: T (time steps) must be an integer > 0, got {T!r}")
+    return T
+
+
+def _check_seq(x, name, min_dim=2):
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name}: expected at least {min_dim} dimensions ([T, B, ...] time first), got {tuple(x.shape)}")
+
+
+def _check_unit_interval(x, name):
+    """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
+                         f"(normalise it, or put a sigmoid / clamp in front)")
+
+
+# --------------------------------------------------------------------------------------------- #
+# the four stages
+# --------------------------------------------------------------------------------------------- #
+
+
+class RepeatWindow(nn.Module):
+    """W for ANN -> SNN: ``[B, ...]`` -> ``[T, B, ...]`` (the same value at every step)."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.T = _check_T(T, "RepeatWindow")
+
+    def forward(self, x):
+        return x.unsqueeze(0).expand((self.T,) + tuple(x.shape))
+
+
+class SplitWindow(nn.Module):
+    """W for SNN -> ANN: ``[T, B, ...]`` -> ``[T_w, window, B, ...]``, windows of ``window_size`` steps
+    every ``stride`` steps (default: non-overlapping). T that the windows do not tile exactly is an
+    error (no silent padding)."""
+
+    def __init__(self, window_size: int, stride: Optional[int] = None):
+        super().__init__()
+        self.window_size = _check_T(window_size, "SplitWindow window_size")
+        self.stride = _check_T(stride if stride is not None else window_size, "SplitWindow stride")
+
+    def forward(self, x):
+        _check_seq(x, "SplitWindow")
+        T = x.shape[0]
+        if T < self.window_size or (T - self.window_size) % self.stride:
+            raise ValueError(f"SplitWindow: T = {T} is not tiled by windows of {self.window_size} steps every "
+                             f"{self.stride}; choose T = window_size + k * stride")
+        return x.unfold(0, self.window_size, self.stride).movedim(-1, 1)
+
+
+class TemporalFilter(nn.Module):
+    """H: a weighted sum over the window axis (dim 1 of ``[T_w, window, B, ...]``), i.e. a convolution
+    over time with kernel = window and stride = the window's stride. ``learnable`` makes the kernel
+    (and an optional bias) parameters; otherwise the kernel is fixed (default: the mean)."""
+
+    def __init__(self, window_size: int, kernel: Optional[torch.Tensor] = None, learnable: bool = False,
+                 bias: bool = False):
+        super().__init__()
+        k = torch.full((window_size,), 1.0 / window_size) if kernel is None else torch.as_tensor(kernel, dtype=torch.float32)
+        if k.shape != (window_size,):
+            raise ValueError(f"TemporalFilter: kernel must have shape ({window_size},), got {tuple(k.shape)}")
+        if learnable:
+            self.kernel = nn.Parameter(k.clone())
+            self.bias = nn.Parameter(torch.zeros(())) if bias else None
+        else:
+            self.register_buffer("kernel", k.clone())
+            self.bias = None
+
+    def forward(self, xw):
+        k = self.kernel.to(xw.dtype).reshape((1, -1) + (1,) * (xw.dim() - 2))
+        y = (xw * k).sum(1)
+        return y + self.bias if self.bias is not None else y
+
+
+class _STEHeaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+# --------------------------------------------------------------------------------------------- #
+# generic unit
+# --------------------------------------------------------------------------------------------- #
+
+
+class HybridUnit(nn.Module):
+    """``Y = Q(F(H(W(X))))``: each stage a module/callable or None (identity)."""
+
+    emits_spikes = False
+
+    def __init__(self, window: Optional[Callable] = None, temporal_filter: Optional[Callable] = None,
+                 nonlinearity: Optional[Callable] = None, discretize: Optional[Callable] = None):
+        super().__init__()
+        self.window = window
+        self.temporal_filter = temporal_filter
+        self.nonlinearity = nonlinearity
+        self.discretize = discretize
+        self.emits_spikes = discretize is not None
+
+    def forward(self, x):
+        for stage in (self.window, self.temporal_filter, self.nonlinearity, self.discretize):
+            if stage is not None:
+                x = stage(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------- #
+# ANN -> SNN
+# --------------------------------------------------------------------------------------------- #
+
+
+class A2SRate(nn.Module):
+    """Deterministic rate code: a value ``v`` in [0, 1] becomes ``floor(v T)`` evenly spread spikes over
+    T steps: ``s[t] = floor(v (t+1)) - floor(v t)`` (an integrate-and-fire counter: 0.25 over T = 8 gives
+    spikes at t = 3 and 7); values within the input dtype's rounding below a multiple of 1/T count as
+    that multiple. Gradient: straight-through, ``d s[t] / d v = 1``. Input ``[B, ...]``."""
+
+    emits_spikes = True
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.T = _check_T(T, "A2SRate")
+
+    def forward(self, v):
+        _check_seq(v, "A2SRate", min_dim=1)
+        _check_unit_interval(v.detach(), "A2SRate")
+        t = torch.arange(self.T + 1, dtype=torch.float64, device=v.device).reshape((-1,) + (1,) * v.dim())
+        # rates resolve to 1/T: a value within the input dtype's rounding below k/T counts as k/T
+        # (float32 0.7 is 0.69999999, and 0.7 over T = 10 must give 7 spikes, not 6)
+        eps = self.T * torch.finfo(v.dtype).eps * 2
+        counts = torch.floor(v.detach().double() * t + eps).to(v.dtype)
+        spikes = counts[1:] - counts[:-1]
+        return spikes + (v - v.detach())  # value: the spikes; gradient: 1 per step
+
+
+class A2SPoisson(nn.Module):
+    """Poisson (Bernoulli per step) code: ``s[t] ~ Bernoulli(v)``; reproducible with a ``torch.Generator``
+    (passed at construction or per call). Gradient: straight-through, ``d s[t] / d v = 1``."""
+
+    emits_spikes = True
+
+    def __init__(self, T: int, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.T = _check_T(T, "A2SPoisson")
+        self.generator = generator
+
+    def forward(self, v, generator: Optional[torch.Generator] = None):
+        _check_seq(v, "A2SPoisson", min_dim=1)
+        _check_unit_interval(v.detach(), "A2SPoisson")
+        g = generator if generator is not None else self.generator
+        u = torch.rand((self.T,) + tuple(v.shape), generator=g, device=v.device, dtype=v.dtype) if g is not None \
+            else torch.rand((self.T,) + tuple(v.shape), device=v.device, dtype=v.dtype)
+        spikes = (u < v.detach()).to(v.dtype)
+        return spikes + (v - v.detach())
+
+
+class A2SLatency(nn.Module):
+    """Time-to-first-spike: one spike at the first step t with ``v >= 1 - t / (T - 1)`` (v = 1 fires at
+    t = 0, v = 0 at the last step). Gradient: the surrogate of each threshold crossing."""
+
+    emits_spikes = True
+
+    def __init__(self, T: int, surrogate: Optional[sg.Surrogate] = None):
+        super().__init__()
+        self.T = _check_T(T, "A2SLatency")
+        self.surrogate = sg.check(surrogate or sg.Sigmoid(alpha=4.0 * max(T - 1, 1)))
+
+    def forward(self, v):
+        _check_seq(v, "A2SLatency", min_dim=1)
+        _check_unit_interval(v.detach(), "A2SLatency")
+        T = self.T
+        thr = 1 - torch.arange(T, dtype=v.dtype, device=v.device) / max(T - 1, 1)
+        thr = thr.reshape((-1,) + (1,) * v.dim())
+        crossed = self.surrogate(v.unsqueeze(0) - thr)          # 1 from the first crossing on
+        # the last threshold is 0: every v >= 0 has crossed by then, a constant (no surrogate gradient)
+        crossed = torch.cat([crossed[:-1], torch.ones_like(crossed[-1:])])
+        prev = torch.cat([torch.zeros_like(crossed[:1]), crossed[:-1]])
+        return crossed - prev                                    # exactly one spike, at the first crossing
+
+
+class A2SLearnable(nn.Module):
+    """A learnable temporal code: the current ``I[t] = w[t] v + b[t]`` (``w, b`` learnable, one per step)
+    drives integrate-and-fire neurons (threshold 1, soft reset, surrogate gradient)."""
+
+    emits_spikes = True
+
+    def __init__(self, T: int, surrogate: Optional[sg.Surrogate] = None, backend: str = "auto"):
+        super().__init__()
+        self.T = _check_T(T, "A2SLearnable")
+        self.backend = backend
+        self.weight = nn.Parameter(torch.ones(T))
+        self.bias = nn.Parameter(torch.zeros(T))
+        self.surrogate = sg.check(surrogate or sg.Sigmoid())
+
+    def forward(self, v):
+        _check_seq(v, "A2SLearnable", min_dim=1)
+        from ..functional.neuron import if_neuron
+
+        shape = (-1,) + (1,) * v.dim()
+        current = self.weight.to(v.dtype).reshape(shape) * v.unsqueeze(0) + self.bias.to(v.dtype).reshape(shape)
+        if current.dim() < 2:
+            current = current.unsqueeze(1)
+            return if_neuron(current, v_reset=None, surrogate=self.surrogate, backend=self.backend)[0].squeeze(1)
+        return if_neuron(current, v_reset=None, surrogate=self.surrogate, backend=self.backend)[0]
+
+
+# --------------------------------------------------------------------------------------------- #
+# SNN -> ANN
+# --------------------------------------------------------------------------------------------- #
+
+
+class S2AGlobalRate(nn.Module):
+    """Firing rate over all T: ``[T, B, ...]`` -> ``[B, ...]``."""
+
+    def forward(self, s):
+        _check_seq(s, "S2AGlobalRate")
+        return s.mean(0)
+
+
+class S2AWindowRate(HybridUnit):
+    """Firing rate per window: ``[T, B, ...]`` -> ``[T_w, B, ...]`` with windows of ``window_size`` steps
+    every ``stride`` (default: non-overlapping); T must be tiled exactly (else a clear error)."""
+
+    def __init__(self, window_size: int, stride: Optional[int] = None):
+        super().__init__(window=SplitWindow(window_size, stride), temporal_filter=TemporalFilter(window_size))
+
+
+class S2ALearnable(HybridUnit):
+    """A learnable temporal filter per window: ``[T, B, ...]`` -> ``[T_w, B, ...]`` (``[B, ...]`` when
+    one window spans T). The kernel starts as the mean; ``nonlinearity`` is applied after it."""
+
+    def __init__(self, T: int, window_size: Optional[int] = None, stride: Optional[int] = None,
+                 nonlinearity: Optional[Callable] = None, bias: bool = True):
+        T = _check_T(T, "S2ALearnable")
+        w = window_size or T
+        super().__init__(window=SplitWindow(w, stride), temporal_filter=TemporalFilter(w, learnable=True, bias=bias),
+                         nonlinearity=nonlinearity)
+        self.T = T
+        self.single = w == T and (stride is None or stride == w)
+
+    def forward(self, s):
+        _check_seq(s, "S2ALearnable")
+        if s.shape[0] != self.T:
+            raise ValueError(f"S2ALearnable: built for T = {self.T}, got a sequence of {s.shape[0]} steps")
+        y = super().forward(s)
+        return y[0] if self.single else y
+
+
