@@ -26,6 +26,41 @@ def test_rate_code_by_hand():
     assert torch.equal(H.A2SRate(16)(r).sum(0), torch.floor(r * 16))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_rate_and_latency_codes_in_other_dtypes(dtype):
+    # counts are floor(v T) of the value as stored in that dtype, spikes stay 0/1 at any T
+    v = torch.tensor([0.24, 5e-4, 1.0, 0.7, 3e-4]).to(dtype)
+    for T in (8, 300, 1000):
+        s = H.A2SRate(T)(v)
+        assert set(s.unique().tolist()) <= {0.0, 1.0}
+        # the documented rule: a value within half a unit of its dtype's rounding of k/T counts as k/T
+        eps = torch.finfo(dtype).eps
+        want = [k if abs(x * T - k) <= T * abs(x) * eps / 2 + 1e-9 else math.floor(x * T)
+                for x, k in ((x, round(x * T)) for x in v.double().tolist())]
+        assert s.double().sum(0).tolist() == want, (T, want)
+    # the dtype's rounding of every k/T gives k spikes, for a T the dtype resolves (bf16's 8 significant
+    # bits cannot tell 153/300 from 154/300: both round to 0.51171875)
+    T = 64 if dtype == torch.bfloat16 else 300
+    exact = torch.tensor([k / T for k in range(T + 1)], dtype=torch.float64).to(dtype)
+    assert torch.equal(H.A2SRate(T)(exact).double().sum(0), torch.arange(T + 1, dtype=torch.float64))
+    assert H.A2SRate(8)(torch.tensor([0.24], dtype=torch.bfloat16)).sum() == 1  # bf16 0.2402: floor(1.92)
+    # latency: the first t with v >= 1 - t/(T-1), also exactly on thresholds
+    for T in (2, 7, 33):
+        ks = torch.arange(T)
+        v = (1 - ks.double() / (T - 1)).to(dtype)
+        got = H.A2SLatency(T)(v).argmax(0)
+        assert torch.equal(got, ks), (T, got)  # the dtype's rounding of threshold k fires at k
+    assert H.A2SRate(4)(torch.empty(0, dtype=dtype)).shape == (4, 0)
+
+
+def test_poisson_small_rates_in_half_precision():
+    g = torch.Generator().manual_seed(0)
+    for dtype, v in ((torch.bfloat16, 0.001), (torch.float16, 1e-4)):
+        rate = H.A2SPoisson(200000, g)(torch.tensor([v], dtype=dtype)).float().mean().item()
+        vv = float(torch.tensor(v, dtype=dtype))
+        assert abs(rate - vv) <= 5 * (vv / 200000) ** 0.5, (dtype, rate, vv)
+
+
 def test_rate_code_straight_through_gradient():
     v = torch.tensor([0.3, 0.6], requires_grad=True)
     H.A2SRate(5)(v).sum().backward()
@@ -134,6 +169,9 @@ def test_time_steps_must_be_positive(T):
             cls(T)
     with pytest.raises(ValueError, match="must be an integer > 0"):
         H.S2AWindowRate(T)
+    if T == 0:
+        with pytest.raises(ValueError, match=r"window_size: T \(time steps\) must be an integer > 0"):
+            H.S2ALearnable(8, window_size=0)
 
 
 def test_wrong_rank():

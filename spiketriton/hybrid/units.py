@@ -41,6 +41,8 @@ def _check_seq(x, name, min_dim=2):
 
 def _check_unit_interval(x, name):
     """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp."""
+    if x.numel() == 0:
+        return
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
@@ -152,8 +154,8 @@ class HybridUnit(nn.Module):
 class A2SRate(nn.Module):
     """Deterministic rate code: a value ``v`` in [0, 1] becomes ``floor(v T)`` evenly spread spikes over
     T steps: ``s[t] = floor(v (t+1)) - floor(v t)`` (an integrate-and-fire counter: 0.25 over T = 8 gives
-    spikes at t = 3 and 7); values within the input dtype's rounding below a multiple of 1/T count as
-    that multiple. Gradient: straight-through, ``d s[t] / d v = 1``. Input ``[B, ...]``."""
+    spikes at t = 3 and 7); a value within its dtype's rounding of a multiple of 1/T counts as that
+    multiple. Gradient: straight-through, ``d s[t] / d v = 1``. Input ``[B, ...]``."""
 
     emits_spikes = True
 
@@ -165,11 +167,14 @@ class A2SRate(nn.Module):
         _check_seq(v, "A2SRate", min_dim=1)
         _check_unit_interval(v.detach(), "A2SRate")
         t = torch.arange(self.T + 1, dtype=torch.float64, device=v.device).reshape((-1,) + (1,) * v.dim())
-        # rates resolve to 1/T: a value within the input dtype's rounding below k/T counts as k/T
-        # (float32 0.7 is 0.69999999, and 0.7 over T = 10 must give 7 spikes, not 6)
-        eps = self.T * torch.finfo(v.dtype).eps * 2
-        counts = torch.floor(v.detach().double() * t + eps).to(v.dtype)
-        spikes = counts[1:] - counts[:-1]
+        # a value within half a unit of its dtype's rounding of a multiple k/T is taken as k/T (float32 0.7
+        # is 0.69999999, and 0.7 over T = 10 must give 7 spikes); then exact counts in float64
+        v64 = v.detach().double()
+        k = torch.round(v64 * self.T)
+        snap = (v64 * self.T - k).abs() <= self.T * v64.abs() * torch.finfo(v.dtype).eps / 2 + 1e-9
+        rate = torch.where(snap, k / self.T, v64)
+        counts = torch.floor(rate * t + 1e-9)  # 1e-9: (k/T) * t in float64 may land a hair below an integer
+        spikes = (counts[1:] - counts[:-1]).to(v.dtype)
         return spikes + (v - v.detach())  # value: the spikes; gradient: 1 per step
 
 
@@ -188,9 +193,10 @@ class A2SPoisson(nn.Module):
         _check_seq(v, "A2SPoisson", min_dim=1)
         _check_unit_interval(v.detach(), "A2SPoisson")
         g = generator if generator is not None else self.generator
-        u = torch.rand((self.T,) + tuple(v.shape), generator=g, device=v.device, dtype=v.dtype) if g is not None \
-            else torch.rand((self.T,) + tuple(v.shape), device=v.device, dtype=v.dtype)
-        spikes = (u < v.detach()).to(v.dtype)
+        # uniform draws in fp32 (fp64 for fp64 input): bf16/fp16 draws are too coarse near 0 (a 3x rate bias)
+        dt = torch.float64 if v.dtype == torch.float64 else torch.float32
+        u = torch.rand((self.T,) + tuple(v.shape), generator=g, device=v.device, dtype=dt)
+        spikes = (u < v.detach().to(dt)).to(v.dtype)
         return spikes + (v - v.detach())
 
 
@@ -209,13 +215,19 @@ class A2SLatency(nn.Module):
         _check_seq(v, "A2SLatency", min_dim=1)
         _check_unit_interval(v.detach(), "A2SLatency")
         T = self.T
-        thr = 1 - torch.arange(T, dtype=v.dtype, device=v.device) / max(T - 1, 1)
+        n = max(T - 1, 1)
+        # values: the first t >= (1 - v)(T - 1), exactly in float64 (a value within one unit of its
+        # dtype's rounding of a threshold counts as on it)
+        v64 = v.detach().double()
+        first = torch.ceil((1 - v64) * n - n * v64.abs() * torch.finfo(v.dtype).eps).clamp(0, T - 1).long()
+        exact = torch.nn.functional.one_hot(first, T).movedim(-1, 0).to(v.dtype)
+        # gradient: the surrogate of each threshold crossing (the last threshold, 0, is always crossed)
+        thr = (1 - torch.arange(T, dtype=torch.float64, device=v.device) / n).to(v.dtype)
         thr = thr.reshape((-1,) + (1,) * v.dim())
-        crossed = self.surrogate(v.unsqueeze(0) - thr)          # 1 from the first crossing on
-        # the last threshold is 0: every v >= 0 has crossed by then, a constant (no surrogate gradient)
+        crossed = self.surrogate(v.unsqueeze(0) - thr)
         crossed = torch.cat([crossed[:-1], torch.ones_like(crossed[-1:])])
-        prev = torch.cat([torch.zeros_like(crossed[:1]), crossed[:-1]])
-        return crossed - prev                                    # exactly one spike, at the first crossing
+        soft = crossed - torch.cat([torch.zeros_like(crossed[:1]), crossed[:-1]])
+        return exact + (soft - soft.detach())                    # exactly one spike, at the first crossing
 
 
 class A2SLearnable(nn.Module):
@@ -272,11 +284,11 @@ class S2ALearnable(HybridUnit):
     def __init__(self, T: int, window_size: Optional[int] = None, stride: Optional[int] = None,
                  nonlinearity: Optional[Callable] = None, bias: bool = True):
         T = _check_T(T, "S2ALearnable")
-        w = window_size or T
+        w = T if window_size is None else _check_T(window_size, "S2ALearnable window_size")
         super().__init__(window=SplitWindow(w, stride), temporal_filter=TemporalFilter(w, learnable=True, bias=bias),
                          nonlinearity=nonlinearity)
         self.T = T
-        self.single = w == T and (stride is None or stride == w)
+        self.single = w == T  # one window spans T: [B, ...] out
 
     def forward(self, s):
         _check_seq(s, "S2ALearnable")
