@@ -38,7 +38,6 @@ import gc
 import json
 import math
 import os
-import re
 import sys
 import traceback
 from pathlib import Path

@@ -215,19 +215,18 @@ def _targets_sequential(model: nn.Module):
     for prefix, mod in model.named_modules():
         if not isinstance(mod, nn.Sequential):
             continue
-        spiking, dropout, neuron = False, None, None  # neuron: the name when it is the previous child
+        spiking = False
         for name, child in mod.named_children():
             full = f"{prefix}.{name}" if prefix else name
             if isinstance(child, BaseNeuron):
-                spiking, dropout, neuron = True, None, full
+                spiking = True
+            elif spiking and isinstance(child, _SHAPE_MODULES):
                 continue
-            if spiking and isinstance(child, _SHAPE_MODULES):
-                neuron = None
             elif spiking and _is_plain_linear(child):
-                out[full] = dropout
-                spiking, dropout, neuron = False, None, None
+                out[full] = None
+                spiking = False
             else:
-                spiking, dropout, neuron = False, None, None
+                spiking = False
     return out, []
 
 

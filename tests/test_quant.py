@@ -4,9 +4,7 @@ BatchNorm folding, save/load, bad input, and the load_digits accuracy acceptance
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 
 import pytest
 import torch

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..spec import FAMILY_A, RESET_HARD, RESET_SOFT, NeuronSpec
+from ..spec import RESET_HARD, NeuronSpec
 
 # Neurons per program. Each program walks all T steps for its tile, so the grid is small for small
 # layers; 1024 keeps 8 fp32 values per thread at 4 warps. Not yet tuned on a GPU (no device was
@@ -270,8 +270,7 @@ def _neuron_bwd_kernel(
         # H of family A is compared with a constant threshold
         vth = v_th
     else:
-        alpha = tl.load(p_ptr).to(tl.float32)
-        beta = tl.load(p_ptr + 1).to(tl.float32)
+        alpha = tl.load(p_ptr).to(tl.float32)  # (beta's gradient needs no beta: the floor decision is saved)
         if HAS_GAT:
             ga = tl.load(gaT_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         else:

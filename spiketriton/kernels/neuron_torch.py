@@ -8,7 +8,6 @@ Each step works in fp32 (fp64 for fp64 input) on whole ``[*S]`` slices, in place
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -177,7 +176,7 @@ def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, sp
             torch.mul(gh, keep, out=gvb)
         gv = gvb
     else:
-        alpha, beta = p[0], p[1]
+        alpha = p[0]
         fired = unpack_bits(bits, L, torch.bool)
         above = unpack_bits(floor_bits, L, torch.bool) if floor_bits is not None else None
         gx = torch.empty_like(h_seq, dtype=grad_spikes.dtype)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..layers import SpikeLinear
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
-from ..spec import RESET_HARD, RESET_SOFT
+from ..spec import RESET_HARD
 from ..spec import INT28_MAX
 from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLinear, QLIF, QuantConfig, _QLayer
 from .quantizer import qmax

@@ -88,33 +88,25 @@ def fake_quant(x: torch.Tensor, scale: Union[torch.Tensor, float], bits: int = 8
     return _FakeQuant.apply(x, s, float(qmax(bits)))
 
 
-class _RoundSTE(torch.autograd.Function):
+class _STE(torch.autograd.Function):
+    """``op(x)`` exactly in the forward (x + (op(x) - x).detach() can round), identity gradient."""
+
     @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
+    def forward(ctx, x, op):
+        return op(x)
 
     @staticmethod
     def backward(ctx, g):
-        return g
-
-
-class _FloorSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.floor(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
+        return g, None
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round with a straight-through (identity) gradient."""
-    return _RoundSTE.apply(x)
+    return _STE.apply(x, torch.round)
 
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:
     """floor with a straight-through (identity) gradient (the integer leak ``floor(v * q / 256)``)."""
-    return _FloorSTE.apply(x)
+    return _STE.apply(x, torch.floor)
 
 
