@@ -1,0 +1,14 @@
+"""Leaving the package: NIR (the field's interchange format) and the integer chip format.
+
+- :func:`to_nir` / :func:`save_nir` / :func:`from_nir`: a float (or quantized) spiketriton model to
+  and from a ``nir.NIRGraph`` (needs ``pip install spiketriton[export]``, i.e. the ``nir`` package).
+- :func:`save_chip` / :func:`load_chip`: a quantized model to one file (JSON manifest + safetensors,
+  integers only), and back as a :class:`ChipProgram` whose ``run`` is an integer simulator
+  independent of the Triton kernels.
+"""
+
+from .chip import CHIP_FORMAT, CHIP_FORMAT_VERSION, ChipFormatError, ChipProgram, load_chip, save_chip
+from .nir_format import from_nir, save_nir, to_nir
+
+__all__ = ["to_nir", "save_nir", "from_nir", "save_chip", "load_chip", "ChipProgram", "ChipFormatError",
+           "CHIP_FORMAT", "CHIP_FORMAT_VERSION"]
