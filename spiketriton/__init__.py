@@ -7,7 +7,7 @@ reference otherwise. See README.md and DESIGN.md.
 
 from . import functional, surrogate
 from .functional.spikes import SpikeTensor, pack_spikes, spike_matmul, unpack_spikes
-from .layers import SpikeLinear, convert
+from .layers import SpikeLinear, StepWise, convert
 from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset
 from .spec import ResetMode
 
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset",
-    "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "convert",
+    "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "StepWise", "convert",
     "functional", "surrogate",
 ]

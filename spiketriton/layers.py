@@ -101,6 +101,21 @@ _SHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "transpo
                   "movedim", "unflatten"}
 
 
+class StepWise(nn.Sequential):
+    """Apply per-step (stateless) modules, e.g. ``nn.Conv2d`` or pooling, to a sequence
+    ``[T, B, *features]`` by folding time into the batch: ``m(x.flatten(0, 1)).unflatten(0, (T, B))``.
+
+    ``StepWise(nn.Conv2d(2, 8, 3), nn.AvgPool2d(2))`` is an ``nn.Sequential`` (same state_dict keys
+    ``0.weight``, ...), so quantization and export see its layers as usual.
+    """
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if isinstance(x_seq, torch.Tensor) and x_seq.dim() < 3:  # (an fx Proxy passes: traced, not run)
+            raise ValueError(f"StepWise: expected a sequence [T, B, *features], got shape {tuple(x_seq.shape)}")
+        y = super().forward(x_seq.flatten(0, 1))
+        return y.unflatten(0, (x_seq.shape[0], x_seq.shape[1]))
+
+
 def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, backend: str = "auto") -> nn.Module:
     """Replace every ``nn.Linear`` whose input comes from a spiking neuron (directly, or through
     shape-only modules/ops such as Flatten, Identity, view/reshape, or an nn.Dropout that is folded
