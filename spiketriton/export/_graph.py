@@ -94,6 +94,10 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
         raise ValueError(f"{what}: sample_input must be a sequence [T, B, *features] (a tensor with at least 3 "
                          f"dimensions), got {getattr(sample_input, 'shape', type(sample_input).__name__)}")
     net = _copy_without_state(model)
+    from ..quant.model import _Prepared
+
+    if isinstance(net, _Prepared):  # prepare()'s wrapper forwards *args: export the wrapped network
+        net = net.net
     net.eval()
 
     class _Tracer(fx.Tracer):
@@ -108,8 +112,13 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
     param = next(net.parameters(), None)
     x = torch.zeros((_T, _B) + tuple(sample_input.shape[2:]), dtype=sample_input.dtype,
                     device=param.device if param is not None else sample_input.device)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise ExportError(f"{what}: running the model on an input of shape {tuple(x.shape)} failed "
+                          f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})") from None
     modules = dict(gm.named_modules())
 
     def shape_of(node):
