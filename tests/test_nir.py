@@ -8,7 +8,6 @@ lie well inside (0, 1) so that an all-silent (or all-firing) network cannot pass
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
