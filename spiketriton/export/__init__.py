@@ -7,6 +7,9 @@
   independent of the Triton kernels.
 """
 
+from ._graph import ExportError
+from .chip import CHIP_FORMAT, CHIP_FORMAT_VERSION, ChipFormatError, ChipProgram, load_chip, save_chip
 from .nir_format import from_nir, save_nir, to_nir
 
-__all__ = ["to_nir", "save_nir", "from_nir"]
+__all__ = ["to_nir", "save_nir", "from_nir", "save_chip", "load_chip", "ChipProgram", "ChipFormatError",
+           "CHIP_FORMAT", "CHIP_FORMAT_VERSION", "ExportError"]
