@@ -8,22 +8,20 @@ A "runner" is a callable ``x_seq -> spikes`` that starts from the initial state 
 spiketriton functions are stateless; the SpikingJelly modules are reset before every call), plus
 the tensors that get gradients (``x`` and, for PLIF, the learnable logit ``w``).
 
-Nothing here times anything: the pytest-benchmark file and the two scripts own the timing.
+Also: the bytes the fused kernels must move (``kernel_bytes``, for GB/s) and SpikingJelly's variants
+on a device (``sj_variants``). Nothing here times anything: the pytest-benchmark file and the scripts
+own the timing.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata
 import math
-import os
-import platform
 import re
-import subprocess
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+
+from _common import short_error
 
 TAU = 2.0
 V_THRESHOLD = 1.0
@@ -32,9 +30,6 @@ SG_ALPHA = 4.0
 
 NEURONS = ("lif", "if", "plif")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -212,107 +207,84 @@ def saved_bytes(runner: Runner, x: torch.Tensor) -> Dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Environment description
+# SpikingJelly's variants on a device
 # --------------------------------------------------------------------------------------------- #
 
 
-def _version(dist: str) -> Optional[str]:
+def sj_variants(neuron: str, dname: str, device):
+    """``(name, runner or None, error or None)`` for SpikingJelly's default node and, on CUDA, its
+    explicit-precision Triton path (neuron state stored in fp32 and, for half input, in the input
+    dtype): SpikingJelly 2.0 has no ``backend`` argument; on CUDA the default node runs its native
+    CUDA op if built from source, else its Triton kernels (for half input with state in the input
+    dtype its Torch reference). The caller keeps the fastest that runs."""
+    out = []
     try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> Dict[str, Optional[str]]:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        out["triton"] = None
-    try:
-        import spiketriton
-
-        out["spiketriton"] = spiketriton.__version__
-    except ImportError:
-        out["spiketriton"] = None
-    out["spikingjelly"] = _version("spikingjelly")
-    out["numpy"] = _version("numpy")
+        out.append(("spikingjelly", spikingjelly_runner(neuron, device), None))
+    except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
+        out.append(("spikingjelly", None, short_error(e)))
+    if torch.device(device).type != "cuda":
+        return out
+    for storage in dict.fromkeys(("fp32", dname)):
+        name = f"spikingjelly[neuron_storage={storage}]"
+        try:
+            node = sj_precision_node(spikingjelly_node(neuron), device, storage)
+            out.append((name, spikingjelly_runner(neuron, device, node=node, name=name), None))
+        except Exception as e:  # noqa: BLE001
+            out.append((name, None, short_error(e)))
     return out
 
 
-def git_state() -> Dict[str, object]:
+def sj_precision_node(node, device, storage: str):
+    """``node`` through SpikingJelly's ``prepare_model_for_precision`` with ``neuron_storage=storage``."""
+    from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
+
+    return prepare_model_for_precision(node.to(device), device, PrecisionConfig(neuron_storage=storage)).model
+
+
+def sj_implementation(neuron: str, device) -> Optional[dict]:
+    """Which implementation SpikingJelly binds for ``neuron`` on ``device`` (its own report)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spiketriton"], cwd=REPO_DIR,
-                               capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return {"commit": None}
-        return {"commit": head.stdout.strip(), "spiketriton_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None}
+        from spikingjelly.activation_based.functional import neuron_implementation
+
+        return dict(neuron_implementation(neuron, torch.device(device)))
+    except Exception as e:  # noqa: BLE001
+        return {"error": short_error(e)}
 
 
-def cpu_description() -> Dict[str, object]:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "processor": platform.processor(),
-        "cpu_model": model,
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-    }
+# --------------------------------------------------------------------------------------------- #
+# Bytes the fused kernels must move (the numerator of effective GB/s)
+# --------------------------------------------------------------------------------------------- #
 
 
-def slugify(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the results folder of a device)."""
-    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return s or "gpu"
+def element_size(dtype) -> int:
+    return torch.empty((), dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype).element_size()
 
 
-def int_list(text: str) -> List[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype=None) -> int:
+    """Bytes the fused kernels must move for ``x [T, *S]`` of ``dtype`` (IF, LIF and PLIF alike).
 
-
-def name_list(text: str, allowed: Sequence[str], what: str, prog: str) -> List[str]:
-    out = [t.strip() for t in text.split(",") if t.strip()]
-    for t in out:
-        if t not in allowed:
-            raise SystemExit(f"{prog}: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
-    return out
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def write_csv(path: Path, rows: List[Dict[str, object]]) -> None:
-    import csv
-
-    cols: List[str] = []
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, (dict, list, tuple)):
-        return str(v)
-    return v
+    - ``infer`` (no_grad forward): read x, write spikes (dtype of x) and v_last (fp32);
+    - ``fwd`` (forward storing for backward): read x; write spikes, H (dtype of x), the spikes
+      packed 8 per byte along the last dimension ([T, R, ceil(L/8)] uint8) and v_last (fp32);
+    - ``bwd``: read grad_spikes (``grad_dtype``, default the dtype of x), H and the packed bits;
+      write grad_x (dtype of x). PLIF's per-program partial sums (8 bytes a program) are ignored;
+    - ``fwd+bwd``: the sum.
+    What is not needed is not counted (e.g. the zero-filled a_last/ref_last the autograd Function
+    allocates for family A).
+    """
+    T = int(shape[0])
+    S = [int(s) for s in shape[1:]]
+    L = S[-1]
+    R = math.prod(S[:-1])
+    M = R * L
+    e = element_size(dtype)
+    eg = element_size(grad_dtype if grad_dtype is not None else dtype)
+    bits = T * R * ((L + 7) // 8)
+    seq = T * M
+    infer = seq * e + seq * e + M * 4
+    fwd = seq * e + 2 * seq * e + bits + M * 4
+    bwd = seq * eg + seq * e + bits + seq * e
+    table = {"infer": infer, "fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}
+    if pass_ not in table:
+        raise ValueError(f"pass_ must be one of {sorted(table)}, got {pass_!r}")
+    return table[pass_]

@@ -14,7 +14,7 @@ if _BENCH not in sys.path:  # the shared cases module, whatever pytest's import 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Record the library versions and the thread count with the saved benchmark results."""
     import torch
-    from _neuron_cases import versions
+    from _common import versions
 
     machine_info["versions"] = versions()
     machine_info["torch_num_threads"] = torch.get_num_threads()

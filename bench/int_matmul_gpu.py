@@ -1,34 +1,40 @@
-"""Integer spike matmul (int8 weights x packed spikes -> exact int32) vs torch.matmul bf16 and
+"""Integer spike matmul (int8 weights x packed spikes -> exact int32) vs torch.matmul bf16 / fp32 and
 torch._int_mm (int8 x int8 -> int32) at 4096^3 and smaller shapes, on a lent GPU.
 
-Goal (issue 4): >= 1.5x torch.matmul bf16 at 4096^3. Reports ms, TOP/s-equivalent (2*M*N*K / time)
-and the spike operand's bytes; every result is checked exactly against torch._int_mm (or an int64
-matmul where _int_mm does not take the shape).
+Goal (issue 4): >= 1.5x torch.matmul bf16 at 4096^3. Reports ms and TOP/s-equivalent (2*M*N*K / time)
+per implementation, firing rate and shape, and the spike operand's bytes; every result of the integer
+kernel is checked exactly against torch._int_mm (or an int64 matmul where _int_mm does not take the shape).
 
     python bench/int_matmul_gpu.py                 # on a GPU; writes bench/results/<gpu>/int_matmul_gpu.{json,csv}
     TRITON_INTERPRET=1 python bench/int_matmul_gpu.py --smoke-cpu   # tiny shapes on the CPU, checks only
+
+Timing: ``triton.testing.do_bench`` (median of CUDA-event times, L2 flushed before each repetition).
+``torch.matmul fp32`` runs at ``set_float32_matmul_precision("highest")`` (no TF32).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import json
 import os
-import re
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, bench_ms, device_slug, header, save_result  # noqa: E402
+
+GOAL_SHAPE = "4096x4096x4096"
+GOAL_VS_BF16 = 1.5
+IMPLS = ("spike_matmul_int", "torch.matmul bf16", "torch.matmul fp32", "torch._int_mm")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="4096x4096x4096,32x1024x1024,1024x4096x4096", help="MxKxN list")
     ap.add_argument("--rates", default="5,10,25,50", help="firing rates in %%")
+    ap.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
+    ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1), checks only")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/<gpu-name-slug>)")
     args = ap.parse_args(argv)
 
     import torch
@@ -46,8 +52,6 @@ def main(argv=None) -> int:
         device = "cuda"
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 
-    import triton
-
     from spiketriton.kernels import pack as PK
     from spiketriton.kernels import spike_matmul as SM
 
@@ -55,50 +59,73 @@ def main(argv=None) -> int:
         if device == "cpu":
             fn()
             return float("nan")
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        return bench_ms(fn, args.warmup_ms, args.rep_ms, device)["median_ms"]
 
+    result = header("int_matmul_gpu", "int_matmul_gpu.py", argv, device)
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
-    for M, K, N in shapes:
-        w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device, generator=g)
-        wbf = torch.randn(N, K, dtype=torch.bfloat16, device=device, generator=g)
-        for rate in (float(r) / 100 for r in args.rates.split(",")):
-            s = (torch.rand(M, K, device=device, generator=g) < rate)
-            packed = PK.pack(s)
-            y = SM.spike_matmul_int(packed, K, w8, None)
-            try:
-                want = torch._int_mm(s.to(torch.int8), w8.t().contiguous())
-                int_mm = lambda: torch._int_mm(s8, w8t)  # noqa: E731
-                s8, w8t = s.to(torch.int8), w8.t().contiguous()
-            except RuntimeError:
-                want = (s.long() @ w8.long().t()).to(torch.int32)
-                int_mm = None
-            assert torch.equal(y, want), f"integer spike matmul differs at {M}x{K}x{N}, rate {rate}"
-            sbf = s.to(torch.bfloat16)
-            t_ours = bench(lambda: SM.spike_matmul_int(packed, K, w8, None))
-            t_bf16 = bench(lambda: sbf @ wbf.t())
-            t_int = bench(int_mm) if int_mm is not None else float("nan")
-            flop = 2 * M * N * K
-            rows.append(dict(M=M, K=K, N=N, rate=rate, ms_spike_int=t_ours, ms_bf16=t_bf16, ms_int_mm=t_int,
-                             tops_spike_int=flop / t_ours / 1e9, speedup_vs_bf16=t_bf16 / t_ours,
-                             speedup_vs_int_mm=t_int / t_ours, spike_bytes_packed=packed.numel(),
-                             spike_bytes_bf16=sbf.numel() * 2))
-            print(f"{M}x{K}x{N} rate {rate:.0%}: spike_int {t_ours:.3f} ms | bf16 {t_bf16:.3f} | _int_mm {t_int:.3f} "
-                  f"| x bf16 {t_bf16 / t_ours:.2f} (goal >= 1.5 at 4096^3)")
+    old_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        for M, K, N in shapes:
+            w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device, generator=g)
+            wbf = torch.randn(N, K, dtype=torch.bfloat16, device=device, generator=g)
+            w32 = wbf.float()
+            w8t = w8.t().contiguous()
+            for rate in (float(r) / 100 for r in args.rates.split(",")):
+                s = (torch.rand(M, K, device=device, generator=g) < rate)
+                packed = PK.pack(s)
+                y = SM.spike_matmul_int(packed, K, w8, None)
+                s8 = s.to(torch.int8)
+                try:
+                    want = torch._int_mm(s8, w8t)
+                    int_mm = lambda: torch._int_mm(s8, w8t)  # noqa: E731
+                except RuntimeError:
+                    want = (s.long() @ w8.long().t()).to(torch.int32)
+                    int_mm = None
+                assert torch.equal(y, want), f"integer spike matmul differs at {M}x{K}x{N}, rate {rate}"
+                sbf, s32 = s.to(torch.bfloat16), s.float()
+                fns = {"spike_matmul_int": lambda: SM.spike_matmul_int(packed, K, w8, None),
+                       "torch.matmul bf16": lambda: sbf @ wbf.t(),
+                       "torch.matmul fp32": lambda: s32 @ w32.t(),
+                       "torch._int_mm": int_mm}
+                spike_bytes = {"spike_matmul_int": packed.numel(), "torch.matmul bf16": sbf.numel() * 2,
+                               "torch.matmul fp32": s32.numel() * 4, "torch._int_mm": s8.numel()}
+                ms = {impl: (bench(fn) if fn is not None else None) for impl, fn in fns.items()}
+                flop = 2 * M * N * K
+                for impl in IMPLS:
+                    if ms[impl] is None:
+                        continue
+                    rows.append(dict(shape=f"{M}x{K}x{N}", M=M, K=K, N=N, rate=rate, impl=impl, median_ms=ms[impl],
+                                     tflops_equiv=flop / ms[impl] / 1e9, spike_operand_bytes=spike_bytes[impl],
+                                     x_torch_bf16=ms["torch.matmul bf16"] / ms[impl],
+                                     exact=True if impl == "spike_matmul_int" else None))
+                t_int = ms["torch._int_mm"] if ms["torch._int_mm"] is not None else float("nan")
+                print(f"{M}x{K}x{N} rate {rate:.0%}: spike_int {ms['spike_matmul_int']:.3f} ms | "
+                      f"bf16 {ms['torch.matmul bf16']:.3f} | fp32 {ms['torch.matmul fp32']:.3f} | _int_mm {t_int:.3f} "
+                      f"| x bf16 {ms['torch.matmul bf16'] / ms['spike_matmul_int']:.2f} (goal >= {GOAL_VS_BF16} at "
+                      f"{GOAL_SHAPE})", flush=True)
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
     if device == "cpu":
-        print(f"smoke check passed: {len(rows)} cases exact against the integer reference")
+        print(f"smoke check passed: {len(rows) // len(IMPLS) or len(shapes)} shapes x rates exact against the "
+              "integer reference")
         return 0
-    gpu = torch.cuda.get_device_name(0)
-    out = Path(args.out) if args.out else BENCH_DIR / "results" / re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    (out / "int_matmul_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    with open(out / "int_matmul_gpu.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}/int_matmul_gpu.json and .csv")
+    goal_rows = [r for r in rows if r["shape"] == GOAL_SHAPE and r["impl"] == "spike_matmul_int"]
+    result.update(
+        config={"shapes_MxKxN": [f"{M}x{K}x{N}" for M, K, N in shapes], "rates": args.rates,
+                "weights": "int8 uniform in [-127, 127] (integer impls); N(0, 1) bf16 / its fp32 copy (float impls)",
+                "spikes": "Bernoulli(rate) bool, packed 8 per byte for spike_matmul_int",
+                "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median",
+                "flops": "2*M*N*K / time (TOP/s-equivalent)",
+                "fp32_matmul_precision": "highest (no TF32)"},
+        goals={"vs_torch_bf16": GOAL_VS_BF16, "shape": GOAL_SHAPE,
+               "per_rate": [{"rate": r["rate"], "x_torch_bf16": r["x_torch_bf16"],
+                             "met": r["x_torch_bf16"] >= GOAL_VS_BF16} for r in goal_rows]},
+        cases=rows,
+    )
+    save_result(Path(args.out) if args.out else RESULTS_DIR / device_slug(device), "int_matmul_gpu", result,
+                {"int_matmul_gpu": rows})
     return 0
 
 

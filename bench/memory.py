@@ -47,11 +47,9 @@ from typing import Callable, Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, header, save_result  # noqa: E402
 from _matmul_cases import saved_bytes_excluding  # noqa: E402
-from _neuron_cases import (  # noqa: E402
-    BENCH_DIR, DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs, now_iso,
-    parse_shape, versions, write_csv,
-)
+from _neuron_cases import DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, make_inputs, parse_shape  # noqa: E402
 
 GOALS = {"fp32": 4.125, "bf16": 2.125}
 VARIANTS = ("spiketriton", "spiketriton packed_output", "spikingjelly", "spiketriton LIF + nn.Linear")
@@ -170,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1024, help="out_features N of the linear layer (default 1024)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16,fp16 (default fp32,bf16)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
-    ap.add_argument("--out", default=str(BENCH_DIR / "results" / "cpu"), help="output folder")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
     args = ap.parse_args(argv)
 
     shape = parse_shape(args.shape)
@@ -186,13 +184,16 @@ def main(argv=None) -> int:
     for v in variants:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; expected some of {VARIANTS}")
+    skipped = []
     try:
         import spikingjelly  # noqa: F401
     except ImportError:
         print("memory.py: spikingjelly is not installed (`pip install --no-deps spikingjelly==2.0.0 loguru`); "
               "measuring spiketriton only.", file=sys.stderr)
+        if "spikingjelly" in variants:
+            skipped.append({"variant": "spikingjelly", "reason": "spikingjelly is not installed"})
         variants = [v for v in variants if v != "spikingjelly"]
-    started = now_iso()
+    result = header("memory", "memory.py", argv, "cuda" if torch.cuda.is_available() else "cpu")
     n_steps = T * B * K
     print(f"block: x [T, B, K] = {list(shape)} -> LIF -> linear({K}, {N}); dtypes {dtypes}; "
           f"{n_steps:,d} input neuron-steps", flush=True)
@@ -283,16 +284,7 @@ def main(argv=None) -> int:
                 print(f"{r['dtype']:5} {r['variant']:28} {r['peak_extra_MiB']:20.2f} "
                       f"{r['peak_extra_B_per_neuron_step']:14.3f} {r['after_fwd_MiB']:14.2f}")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "benchmark": "memory",
-        "date": started,
-        "command": "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": {"kind": "cpu", **cpu_description(),
-                   "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "versions": versions(),
-        "git": git_state(),
+    result.update({
         "config": {
             "shape_TBK": list(shape), "out_features": N, "dtypes": dtypes, "variants": variants,
             "cpu_path": "Triton interpreter (TRITON_INTERPRET=1)" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -301,20 +293,16 @@ def main(argv=None) -> int:
                       f"Sigmoid(alpha={SG_ALPHA}), detach_reset=False", "input": "x ~ N(1, 1), requires grad",
             "measure": "saved_tensors_hooks pack hook, dedup by untyped_storage().data_ptr(), numel*element_size; "
                        "x, parameters and buffers excluded; / (T*B*K)",
+            "saved_bytes_measured_on": "cpu (the graph's saved tensors do not depend on the device)",
         },
         "goals_B_per_neuron_step": GOALS,
         "saved_bytes": rows,
         "unavailable": unavailable,
         "agreement_vs_spikingjelly_fp32": agree,
         "cuda_peak": cuda_rows or "skipped: CUDA not available",
-    }
-    (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv(out / "memory.csv", [dict(r, date=started) for r in rows])
-    written = [out / "memory.json", out / "memory.csv"]
-    if cuda_rows:
-        write_csv(out / "memory_cuda.csv", [dict(r, date=started) for r in cuda_rows])
-        written.append(out / "memory_cuda.csv")
-    print("wrote " + ", ".join(str(w) for w in written))
+        "skipped": skipped + ([] if cuda_rows else [{"part": "cuda_peak", "reason": "CUDA is not available"}]),
+    })
+    save_result(args.out, "memory", result, {"memory": rows, "memory_cuda": cuda_rows})
     return 0
 
 

@@ -15,38 +15,36 @@ each as ``fwd+bwd`` (forward, then ``torch.autograd.grad`` with a fixed random u
 (interleaved, so a change in machine load hits all cases alike); the table shows the median (and
 the minimum). Speedup = SpikingJelly's median / the case's median (> 1: faster than SpikingJelly).
 
+Effective GB/s = the bytes the fused kernels must move (``_neuron_cases.kernel_bytes``, as on the GPU)
+/ the median time, next to the machine's copy bandwidth (a ``--copy-mib`` fp32 tensor copy,
+2 * bytes / time). Without SpikingJelly the script times spiketriton and the reference and records
+SpikingJelly as skipped.
+
 Bytes saved for backward: a ``torch.autograd.graph.saved_tensors_hooks`` pack hook records every
 tensor the graph keeps (deduplicated by storage; the input itself excluded and reported apart),
 divided by T*B*N neuron-steps, for fp32 and bf16 input.
 
 Writes ``bench/results/cpu/neuron_cpu.json``, ``neuron_cpu.csv`` (timings) and
-``neuron_cpu_saved_bytes.csv``.
+``neuron_cpu_saved_bytes.csv`` (or under ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _neuron_cases import (  # noqa: E402
-    BENCH_DIR, DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs,
-    now_iso, parse_shape, reference_runner, saved_bytes, spikingjelly_runner, spiketriton_runner,
-    versions, write_csv,
+from _common import (  # noqa: E402
+    RESULTS_DIR, copy_bandwidth, gbps, header, interleaved_rounds, loadavg, progress, save_result, time_stats,
 )
-
-try:
-    from tqdm import tqdm
-except ImportError:  # tqdm is optional
-    tqdm = None
+from _neuron_cases import (  # noqa: E402
+    DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, kernel_bytes, make_inputs, parse_shape, reference_runner,
+    saved_bytes, spikingjelly_runner, spiketriton_runner,
+)
 
 IMPLS = ("spiketriton", "spikingjelly", "reference")
 PASSES = ("fwd+bwd", "infer")
@@ -58,13 +56,6 @@ def _runner(impl: str):
     if impl == "spikingjelly":
         return spikingjelly_runner("lif")
     return reference_runner("lif")
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 def build_cases(shape, dtypes, impls):
@@ -108,15 +99,20 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-reference", action="store_true", help="skip the autograd reference cases")
-    ap.add_argument("--out", default=str(BENCH_DIR / "results" / "cpu"), help="output folder")
+    ap.add_argument("--copy-mib", type=float, default=256, help="copy-bandwidth buffer in MiB (default 256)")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
     args = ap.parse_args(argv)
 
+    skipped = []
     try:
         import spikingjelly  # noqa: F401
+        have_sj = True
     except ImportError:
-        print("neuron_cpu.py: spikingjelly is not installed; install it with "
-              "`pip install --no-deps spikingjelly==2.0.0 loguru` to compare.", file=sys.stderr)
-        return 1
+        have_sj = False
+        skipped.append({"impl": "spikingjelly", "reason": "spikingjelly is not installed "
+                        "(`pip install --no-deps spikingjelly==2.0.0 loguru` to compare)"})
+        print("neuron_cpu.py: spikingjelly is not installed; timing spiketriton and the reference only.",
+              file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = parse_shape(args.shape)
@@ -124,16 +120,19 @@ def main(argv=None) -> int:
     for d in dtypes:
         if d not in DTYPES:
             ap.error(f"unknown dtype {d!r}; expected some of {sorted(DTYPES)}")
-    impls = [i for i in IMPLS if not (args.no_reference and i == "reference")]
+    impls = [i for i in IMPLS if not (args.no_reference and i == "reference") and (have_sj or i != "spikingjelly")]
     n_steps = shape[0] * int(torch.tensor(shape[1:]).prod())
 
-    load_before = _loadavg()
-    started = now_iso()
+    load_before = loadavg()
+    result = header("neuron_cpu", "neuron_cpu.py", argv, "cpu")
     print(f"shape [T, B, N] = {list(shape)}, dtypes {dtypes}, torch threads {torch.get_num_threads()}, "
           f"load average {load_before}")
 
+    copy = copy_bandwidth(int(args.copy_mib * 2**20), "cpu")
+    print(f"copy bandwidth ({args.copy_mib:g} MiB fp32 dst.copy_(src)): {copy['gbps']:.1f} GB/s", flush=True)
+
     # correctness first
-    agreement = check_agreement(shape)
+    agreement = check_agreement(shape) if have_sj else None
     print(f"agreement (fp32): {agreement}")
 
     # bytes saved for backward
@@ -148,47 +147,32 @@ def main(argv=None) -> int:
 
     # timing, interleaved rounds
     cases = build_cases(shape, dtypes, impls)
-    for c in cases:
-        c["times"] = []
-    total = len(cases) * (args.warmup + args.repeats)
-    bar = tqdm(total=total, desc="neuron_cpu", unit="call") if tqdm is not None else None
-    for c in cases:
-        for _ in range(args.warmup):
-            c["fn"]()
-            if bar:
-                bar.update(1)
-    for _ in range(args.repeats):
-        for c in cases:
-            t0 = time.perf_counter()
-            c["fn"]()
-            c["times"].append(time.perf_counter() - t0)
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    load_after = _loadavg()
+    bar = progress(len(cases) * (args.warmup + args.repeats), "neuron_cpu")
+    interleaved_rounds([cases], args.warmup, args.repeats, bar)
+    bar.close()
+    load_after = loadavg()
 
     rows = []
     for c in cases:
-        ts = sorted(c["times"])
-        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
-        rows.append({
-            "neuron": "lif", "dtype": c["dtype"], "pass": c["pass_"], "impl": c["impl"],
-            "median_ms": statistics.median(ts) * 1e3, "min_ms": ts[0] * 1e3, "iqr_ms": (q3 - q1) * 1e3,
-            "repeats": len(ts),
-        })
+        t = time_stats(c["times"])
+        nbytes = kernel_bytes(shape, c["dtype"], c["pass_"])
+        rows.append({"neuron": "lif", "dtype": c["dtype"], "pass": c["pass_"], "impl": c["impl"], **t,
+                     "kernel_bytes": nbytes, "gbps": gbps(nbytes, t["median_ms"]),
+                     "pct_copy_bw": 100.0 * gbps(nbytes, t["median_ms"]) / copy["gbps"]})
     for r in rows:
-        sj = next(o for o in rows if o["dtype"] == r["dtype"] and o["pass"] == r["pass"] and o["impl"] == "spikingjelly")
-        r["speedup_vs_spikingjelly"] = sj["median_ms"] / r["median_ms"]
-        r["speedup_vs_spikingjelly_min"] = sj["min_ms"] / r["min_ms"]
+        sj = [o for o in rows if o["dtype"] == r["dtype"] and o["pass"] == r["pass"] and o["impl"] == "spikingjelly"]
+        r["speedup_vs_spikingjelly"] = sj[0]["median_ms"] / r["median_ms"] if sj else None
+        r["speedup_vs_spikingjelly_min"] = sj[0]["min_ms"] / r["min_ms"] if sj else None
         r["ns_per_neuron_step"] = r["median_ms"] * 1e6 / n_steps
 
     # report
     print()
-    print(f"{'dtype':5} {'pass':8} {'impl':13} {'median ms':>10} {'min ms':>8} {'IQR ms':>7} {'x SJ':>6}")
+    print(f"{'dtype':5} {'pass':8} {'impl':13} {'median ms':>10} {'min ms':>8} {'IQR ms':>7} {'GB/s':>6} "
+          f"{'%copy':>6} {'x SJ':>6}")
     for r in rows:
+        spd = f"{r['speedup_vs_spikingjelly']:6.2f}" if r["speedup_vs_spikingjelly"] else f"{'-':>6}"
         print(f"{r['dtype']:5} {r['pass']:8} {r['impl']:13} {r['median_ms']:10.2f} {r['min_ms']:8.2f} "
-              f"{r['iqr_ms']:7.2f} {r['speedup_vs_spikingjelly']:6.2f}")
+              f"{r['iqr_ms']:7.2f} {r['gbps']:6.1f} {r['pct_copy_bw']:6.1f} {spd}")
     print()
     print(f"{'dtype':5} {'impl':13} {'saved B/neuron-step':>20} {'tensors':>8} {'(input, excluded)':>18}")
     for s in saved_rows:
@@ -196,30 +180,25 @@ def main(argv=None) -> int:
               f"{s['input_bytes_per_neuron_step']:18.3f}")
     print(f"\nload average before {load_before}, after {load_after} (2-core machines shared with other work are noisy)")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = dict(
-        benchmark="neuron_cpu",
-        date=started,
-        command="python bench/neuron_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        device=dict(kind="cpu", **cpu_description(), load_average_before=load_before, load_average_after=load_after),
-        versions=versions(),
-        git=git_state(),
+    result["device"].update(load_average_before=load_before, load_average_after=load_after)
+    result.update(
         config=dict(
             shape_TBN=list(shape), neuron="lif", tau=TAU, decay_input=True, v_threshold=V_THRESHOLD, v_reset=V_RESET,
             surrogate=f"Sigmoid(alpha={SG_ALPHA})", detach_reset=False, input="x ~ N(1, 1)",
             upstream_grad="fixed N(0, 1)", warmup=args.warmup, repeats=args.repeats, timer="time.perf_counter",
             spiketriton_call='spiketriton.functional.lif(x, backend="torch")',
             spikingjelly_call="spikingjelly.activation_based.neuron.LIFNode(tau=2.0, step_mode='m'); reset() each call",
+            gbps="kernel_bytes (what the fused kernels must move, as on the GPU) / median time",
         ),
+        copy_bandwidth=copy,
         agreement_fp32=agreement,
+        skipped=skipped,
         cases=rows,
         saved_bytes=saved_rows,
     )
-    (out / "neuron_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv(out / "neuron_cpu.csv", [dict(r, date=started) for r in rows])
-    write_csv(out / "neuron_cpu_saved_bytes.csv", [{k: v for k, v in s.items() if k != "tensors"} for s in saved_rows])
-    print(f"wrote {out / 'neuron_cpu.json'}, {out / 'neuron_cpu.csv'}, {out / 'neuron_cpu_saved_bytes.csv'}")
+    save_result(args.out, "neuron_cpu", result, {
+        "neuron_cpu": rows,
+        "neuron_cpu_saved_bytes": [{k: v for k, v in s.items() if k != "tensors"} for s in saved_rows]})
     return 0
 
 

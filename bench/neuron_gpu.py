@@ -41,18 +41,18 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS_DIR, bench_ms, copy_bandwidth, device_slug, gbps, header, int_list, name_list, progress, short_error,
+    stamp, write_csv, write_json,
+)
 from _neuron_cases import (  # noqa: E402
-    int_list,
-    name_list,
-    slugify,
-    BENCH_DIR, DTYPES, NEURONS, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, cpu_description, git_state, make_inputs,
-    now_iso, parse_shape, saved_bytes, spikingjelly_node, spikingjelly_runner, spiketriton_runner, versions,
-    write_csv,
+    DTYPES, NEURONS, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, kernel_bytes, make_inputs, parse_shape,
+    reference_runner, saved_bytes, sj_implementation, sj_variants, spiketriton_runner,
 )
 
 PASSES = ("infer", "fwd", "bwd", "fwd+bwd")
@@ -66,48 +66,6 @@ SJ_ENV = {"lif": "SJ_LIF_CUDA_IMPLEMENTATION", "if": "SJ_IF_CUDA_IMPLEMENTATION"
 # --------------------------------------------------------------------------------------------- #
 
 
-def _dtype(d) -> torch.dtype:
-    return DTYPES[d] if isinstance(d, str) else d
-
-
-def element_size(dtype) -> int:
-    return torch.empty((), dtype=_dtype(dtype)).element_size()
-
-
-def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype=None) -> int:
-    """Bytes the fused kernels must move for ``x [T, *S]`` of ``dtype`` (IF, LIF and PLIF alike).
-
-    - ``infer`` (no_grad forward): read x, write spikes (dtype of x) and v_last (fp32);
-    - ``fwd`` (forward storing for backward): read x; write spikes, H (dtype of x), the spikes
-      packed 8 per byte along the last dimension ([T, R, ceil(L/8)] uint8) and v_last (fp32);
-    - ``bwd``: read grad_spikes (``grad_dtype``, default the dtype of x), H and the packed bits;
-      write grad_x (dtype of x). PLIF's per-program partial sums (8 bytes a program) are ignored;
-    - ``fwd+bwd``: the sum.
-    What is not needed is not counted (e.g. the zero-filled a_last/ref_last the autograd Function
-    allocates for family A).
-    """
-    T = int(shape[0])
-    S = [int(s) for s in shape[1:]]
-    L = S[-1]
-    R = math.prod(S[:-1])
-    M = R * L
-    e = element_size(dtype)
-    eg = element_size(grad_dtype if grad_dtype is not None else dtype)
-    bits = T * R * ((L + 7) // 8)
-    seq = T * M
-    infer = seq * e + seq * e + M * 4
-    fwd = seq * e + 2 * seq * e + bits + M * 4
-    bwd = seq * eg + seq * e + bits + seq * e
-    table = {"infer": infer, "fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}
-    if pass_ not in table:
-        raise ValueError(f"pass_ must be one of {sorted(table)}, got {pass_!r}")
-    return table[pass_]
-
-
-def gbps(nbytes: int, ms: float) -> float:
-    return nbytes / (ms * 1e-3) / 1e9
-
-
 def _ints(text: str) -> List[int]:
     return int_list(text)
 
@@ -116,9 +74,7 @@ def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
     return name_list(text, allowed, what, "neuron_gpu.py")
 
 
-def _short_error(e: BaseException) -> str:
-    msg = f"{type(e).__name__}: {e}"
-    return msg if len(msg) < 500 else msg[:500] + "..."
+_short_error = short_error
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -126,41 +82,9 @@ def _short_error(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- #
 
 
-def bench_ms(fn, warmup_ms: int, rep_ms: int, device=None) -> Dict[str, float]:
-    """Median and 20/80 % quantiles in ms: ``triton.testing.do_bench`` on CUDA; on CPU (only for
-    ``--smoke-cpu``, which checks the script itself) a few ``time.perf_counter`` runs."""
-    if device is not None and torch.device(device).type == "cpu":
-        import statistics
-        import time
-
-        fn()
-        ts = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        ts.sort()
-        return {"median_ms": statistics.median(ts), "p20_ms": ts[1], "p80_ms": ts[3]}
-    import triton.testing
-
-    q = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
-
-
 def _empty_cache(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-
-
-def copy_bandwidth(gib: float, warmup_ms: int, rep_ms: int, device="cuda") -> Dict[str, float]:
-    n = int(gib * 2**30) // 4
-    src = torch.ones(n, device=device, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    t = bench_ms(lambda: dst.copy_(src), warmup_ms, rep_ms, device)
-    nbytes = 2 * n * 4
-    del src, dst
-    _empty_cache(device)
-    return {"buffer_bytes": n * 4, **t, "gbps": gbps(nbytes, t["median_ms"])}
 
 
 def time_passes(runner, x0, g, warmup_ms, rep_ms, passes=PASSES) -> Dict[str, Dict[str, float]]:
@@ -188,41 +112,6 @@ def time_passes(runner, x0, g, warmup_ms, rep_ms, passes=PASSES) -> Dict[str, Di
             out["fwd+bwd"]["peak_extra_MiB"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     del xg
     return out
-
-
-# --------------------------------------------------------------------------------------------- #
-# SpikingJelly variants
-# --------------------------------------------------------------------------------------------- #
-
-
-def sj_variants(neuron: str, dname: str, device):
-    """(name, runner or None, error or None) for SpikingJelly's default node and its explicit-precision
-    Triton path (neuron state stored in fp32 and, for half input, in the input dtype)."""
-    out = []
-    try:
-        out.append(("spikingjelly", spikingjelly_runner(neuron, device), None))
-    except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
-        out.append(("spikingjelly", None, _short_error(e)))
-    for storage in dict.fromkeys(("fp32", dname)):
-        name = f"spikingjelly[neuron_storage={storage}]"
-        try:
-            from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
-
-            node = spikingjelly_node(neuron).to(device)
-            node = prepare_model_for_precision(node, device, PrecisionConfig(neuron_storage=storage)).model
-            out.append((name, spikingjelly_runner(neuron, device, node=node, name=name), None))
-        except Exception as e:  # noqa: BLE001
-            out.append((name, None, _short_error(e)))
-    return out
-
-
-def sj_implementation(neuron: str, device) -> Optional[dict]:
-    try:
-        from spikingjelly.activation_based.functional import neuron_implementation
-
-        return dict(neuron_implementation(neuron, device))
-    except Exception as e:  # noqa: BLE001
-        return {"error": _short_error(e)}
 
 
 def agreement(st, other, x0, g) -> Dict[str, float]:
@@ -293,63 +182,6 @@ def sweep_best(rows: List[dict]) -> List[dict]:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Plot
-# --------------------------------------------------------------------------------------------- #
-
-
-def plot(path: Path, rows: List[dict], copy_gbps: float, title: str) -> Optional[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    keys = []
-    for r in rows:
-        k = (r["neuron"], r["dtype"])
-        if k not in keys:
-            keys.append(k)
-    labels = [f"{n} {d}" for n, d in keys]
-
-    def get(neuron, dname, impl_pred, pass_, field):
-        vals = [r[field] for r in rows if r["neuron"] == neuron and r["dtype"] == dname and r["pass"] == pass_
-                and impl_pred(r["impl"]) and r.get(field) is not None]
-        return min(vals) if vals else float("nan")
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    xs = range(len(keys))
-    w = 0.38
-    st = [get(n, d, lambda i: i == "spiketriton", "fwd+bwd", "median_ms") for n, d in keys]
-    sj = [get(n, d, lambda i: i.startswith("spikingjelly"), "fwd+bwd", "median_ms") for n, d in keys]
-    a1.bar([x - w / 2 for x in xs], st, w, label="spiketriton")
-    a1.bar([x + w / 2 for x in xs], sj, w, label="SpikingJelly 2.0 (best variant)")
-    a1.set_xticks(list(xs), labels)
-    a1.set_ylabel("fwd+bwd time (ms, lower is better)")
-    a1.legend()
-    a1.set_title("forward + backward")
-    w3 = 0.2
-    for j, p in enumerate(("fwd", "bwd", "fwd+bwd")):
-        vals = [get(n, d, lambda i: i == "spiketriton", p, "gbps") for n, d in keys]
-        a2.bar([x + (j - 1.5) * w3 for x in xs], vals, w3, label=f"spiketriton {p}")
-    # gbps is kernel_bytes / time for every implementation: the SpikingJelly bar is "as if it moved only our bytes"
-    vals = [max((r["gbps"] for r in rows if r["neuron"] == n and r["dtype"] == d and r["pass"] == "fwd+bwd"
-                 and r["impl"].startswith("spikingjelly")), default=float("nan")) for n, d in keys]
-    a2.bar([x + 1.5 * w3 for x in xs], vals, w3, label="SpikingJelly best fwd+bwd", hatch="//")
-    a2.axhline(copy_gbps, color="k", lw=1, label=f"copy {copy_gbps:.0f} GB/s")
-    a2.axhline(GOAL_COPY_FRACTION * copy_gbps, color="k", ls="--", lw=1, label=f"{GOAL_COPY_FRACTION:.0%} of copy")
-    a2.set_xticks(list(xs), labels)
-    a2.set_ylabel("effective GB/s (kernel_bytes / time)")
-    a2.legend(fontsize=8)
-    a2.set_title("bandwidth")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
-
-
-# --------------------------------------------------------------------------------------------- #
 # Main
 # --------------------------------------------------------------------------------------------- #
 
@@ -366,6 +198,8 @@ def parse_args(argv=None):
     ap.add_argument("--sj-impl", default=None, choices=("auto", "cuda", "triton", "torch"),
                     help="force SpikingJelly's CUDA implementation (sets SJ_{LIF,IF,PLIF}_CUDA_IMPLEMENTATION)")
     ap.add_argument("--no-check", action="store_true", help="skip the spiketriton/SpikingJelly agreement check")
+    ap.add_argument("--no-context", action="store_true",
+                    help="skip the context rows: spiketriton's PyTorch path (backend='torch') and the autograd reference")
     ap.add_argument("--sweep", action="store_true", help="also sweep the kernel block size and warps")
     ap.add_argument("--sweep-only", action="store_true", help="only the block-size sweep (and copy bandwidth)")
     ap.add_argument("--sweep-blocks", default="256,512,1024,2048", help="values of kernels.neuron._BLOCK")
@@ -399,6 +233,7 @@ def main(argv=None) -> int:
         for var in SJ_ENV.values():
             os.environ[var] = args.sj_impl  # read when SpikingJelly's ops are first imported
     have_sj = not args.no_sj
+    skipped: List[dict] = [] if have_sj else [{"impl": "spikingjelly", "reason": "--no-sj"}]
     if have_sj:
         try:
             import spikingjelly  # noqa: F401
@@ -406,6 +241,7 @@ def main(argv=None) -> int:
             print("neuron_gpu.py: spikingjelly is not installed; timing spiketriton only "
                   "(`pip install --no-deps spikingjelly==2.0.0 loguru` to compare).", file=sys.stderr)
             have_sj = False
+            skipped.append({"impl": "spikingjelly", "reason": "spikingjelly is not installed"})
 
     import spiketriton.kernels.neuron as K
 
@@ -417,27 +253,22 @@ def main(argv=None) -> int:
         device = torch.device("cpu")
         shape = parse_shape(args.shape if args.shape != "32,64,65536" else "4,2,64")
         gpu = "cpu-smoke-test"
-        device_info = {"gpu": None, "smoke_cpu": True, "host": cpu_description()}
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="neuron_gpu_smoke_"))
         args.copy_gib = min(args.copy_gib, 1 / 64)
     else:
         device = torch.device("cuda")
         shape = parse_shape(args.shape)
         gpu = torch.cuda.get_device_name(device)
-        props = torch.cuda.get_device_properties(device)
-        device_info = {
-            "gpu": gpu, "capability": list(torch.cuda.get_device_capability(device)),
-            "total_memory_GiB": props.total_memory / 2**30, "multiprocessors": props.multi_processor_count,
-            "host": cpu_description(),
-        }
-        out = Path(args.out) if args.out else BENCH_DIR / "results" / slugify(gpu)
+        out = Path(args.out) if args.out else RESULTS_DIR / device_slug(device)
+    result = header("neuron_gpu", "neuron_gpu.py", argv, device)
+    if args.smoke_cpu:
+        result["device"].update(smoke_cpu=True, name="cpu-smoke-test (numbers meaningless)")
     out.mkdir(parents=True, exist_ok=True)
-    started = now_iso()
     n_steps = math.prod(shape)
     print(f"{gpu}: shape [T, B, N] = {list(shape)}, neurons {neurons}, dtypes {dtypes}, "
           f"kernel BLOCK={K._BLOCK} num_warps={K._NUM_WARPS}", flush=True)
 
-    copy = copy_bandwidth(args.copy_gib, args.warmup_ms, args.rep_ms, device)
+    copy = copy_bandwidth(int(args.copy_gib * 2**30), device, args.warmup_ms, args.rep_ms)
     print(f"copy bandwidth ({args.copy_gib:g} GiB dst.copy_(src)): {copy['gbps']:.0f} GB/s", flush=True)
 
     rows: List[dict] = []
@@ -446,13 +277,18 @@ def main(argv=None) -> int:
     sj_impl: Dict[str, object] = {}
     errors: List[dict] = []
     if not args.sweep_only:
+        bar = progress(len(dtypes) * len(neurons), "neuron_gpu")
         for dname in dtypes:
             x0, g = make_inputs(shape, DTYPES[dname], device=device)
             for neuron in neurons:
+                bar.set_postfix_str(f"{neuron} {dname}")
                 runners = [("spiketriton", spiketriton_runner(neuron, device=device), None)]
                 if have_sj:
                     sj_impl[neuron] = sj_implementation(neuron, device)
                     runners += sj_variants(neuron, dname, device)
+                if not args.no_context:  # context: the same algorithm in torch ops, and the autograd oracle
+                    runners += [("spiketriton[torch path]", spiketriton_runner(neuron, backend="torch", device=device), None),
+                                ("reference", reference_runner(neuron, device=device), None)]
                 for impl, run, err in runners:
                     if run is None:
                         errors.append({"neuron": neuron, "dtype": dname, "impl": impl, "error": err})
@@ -488,8 +324,10 @@ def main(argv=None) -> int:
                           f"infer {t['infer']['median_ms']:7.3f}  ({grad_fn})", flush=True)
                     gc.collect()
                     _empty_cache(device)
+                bar.update(1)
             del x0, g
             _empty_cache(device)
+        bar.close()
 
     # speedups vs SpikingJelly's fastest variant, per pass
     for r in rows:
@@ -540,19 +378,15 @@ def main(argv=None) -> int:
         print(f"  check {c['neuron']} {c['dtype']} vs {c['vs']}: {c['spike_mismatches']} spike mismatches, "
               f"max |d grad x| {c['grad_x_max_abs_diff']:.3g}")
 
-    result = {
-        "benchmark": "neuron_gpu",
-        "date": started,
-        "command": "python bench/neuron_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": device_info,
-        "versions": versions(),
-        "git": git_state(),
+    result.update({
         "config": {
             "shape_TBN": list(shape), "neurons": neurons, "dtypes": dtypes, "tau": TAU, "decay_input": True,
             "v_threshold": V_THRESHOLD, "v_reset": V_RESET, "surrogate": f"Sigmoid(alpha={SG_ALPHA})",
             "input": "x ~ N(1, 1)", "upstream_grad": "fixed N(0, 1)",
             "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median",
             "kernel_BLOCK": K._BLOCK, "kernel_NUM_WARPS": K._NUM_WARPS, "sj_impl_forced": args.sj_impl,
+            "gbps": "kernel_bytes (what the fused kernels must move) / median time, for every impl",
+            "context_impls": "spiketriton[torch path] = functional API with backend='torch'; reference = autograd oracle",
         },
         "copy_bandwidth": copy,
         "spikingjelly_implementation": sj_impl,
@@ -563,20 +397,24 @@ def main(argv=None) -> int:
         "errors": errors,
         "sweep": sweep_rows,
         "sweep_best": best,
-    }
-    (out / "neuron_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        "skipped": skipped,
+    })
+    write_json(out / "neuron_gpu.json", result)
     written = [out / "neuron_gpu.json"]
+    meta = stamp(result)
     if rows:
-        write_csv(out / "neuron_gpu.csv", [dict(r, gpu=gpu, date=started) for r in rows])
+        write_csv(out / "neuron_gpu.csv", rows, meta)
         written.append(out / "neuron_gpu.csv")
     if saved_rows:
-        write_csv(out / "neuron_gpu_saved_bytes.csv", saved_rows)
+        write_csv(out / "neuron_gpu_saved_bytes.csv", saved_rows, meta)
         written.append(out / "neuron_gpu_saved_bytes.csv")
     if sweep_rows:
-        write_csv(out / "neuron_gpu_sweep.csv", [dict(r, gpu=gpu, date=started) for r in sweep_rows])
+        write_csv(out / "neuron_gpu_sweep.csv", sweep_rows, meta)
         written.append(out / "neuron_gpu_sweep.csv")
     if rows and not args.no_plot:
-        p = plot(out / "neuron_gpu.png", rows, copy["gbps"], f"{gpu}, [T, B, N] = {list(shape)}")
+        import plots
+
+        p = plots.plot_neuron(result, out / "neuron_gpu.png")
         if p:
             written.append(Path(p))
         else:

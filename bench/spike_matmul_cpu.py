@@ -32,37 +32,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS_DIR, header, interleaved_rounds, loadavg, progress, save_result, time_stats,
+)
 from _matmul_cases import (  # noqa: E402
-    CPU_SHAPES, FWD_IMPLS, TRAIN_IMPLS, forward_agreement, forward_runner, make_grad, make_linear,
+    CPU_SHAPES, DTYPES, FWD_IMPLS, TRAIN_IMPLS, forward_agreement, forward_runner, make_grad, make_linear,
     make_spikes, make_weight, matmul_flops, parse_rates, parse_shape_list, shape_str, spike_bytes, tflops,
     train_agreement, train_runner,
 )
-from _neuron_cases import BENCH_DIR, DTYPES, cpu_description, git_state, now_iso, versions, write_csv  # noqa: E402
-
-try:
-    from tqdm import tqdm
-except ImportError:  # optional
-    tqdm = None
 
 BASELINE = {"fwd": "torch.matmul", "fwd+bwd": "nn.Linear"}
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 def build_cases(shapes, rates, dtypes, passes):
@@ -111,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds per case (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per case first (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--out", default=str(BENCH_DIR / "results" / "cpu"), help="output folder")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -127,8 +113,8 @@ def main(argv=None) -> int:
         if p not in BASELINE:
             ap.error(f"unknown pass {p!r}; expected some of {sorted(BASELINE)}")
 
-    load_before = _loadavg()
-    started = now_iso()
+    load_before = loadavg()
+    result = header("spike_matmul_cpu", "spike_matmul_cpu.py", argv, "cpu")
     print(f"shapes {[shape_str(s) for s in shapes]}, rates {rates}, dtypes {dtypes}, passes {passes}, "
           f"torch threads {torch.get_num_threads()}, load average {load_before}", flush=True)
 
@@ -138,45 +124,26 @@ def main(argv=None) -> int:
               f"fwd+bwd max|diff| vs nn.Linear {a['train_max_abs_diff_vs_nn_linear']}", flush=True)
 
     cases = build_cases(shapes, rates, dtypes, passes)
-    for c in cases:
-        c["times"] = []
-    bar = tqdm(total=len(cases) * (args.warmup + args.repeats), desc="spike_matmul_cpu", unit="call") if tqdm else None
+    bar = progress(len(cases) * (args.warmup + args.repeats), "spike_matmul_cpu")
     # groups of like cases (dtype, shape, pass: the impls and rates to compare), one group after the
     # other; within a group, warm-up then interleaved rounds in a new random order each round
     groups: dict = {}
     for c in cases:
         groups.setdefault((c["dtype"], c["M"], c["K"], c["N"], c["pass_"]), []).append(c)
-    rng = random.Random(0)
-    for group in groups.values():
-        for c in group:
-            for _ in range(args.warmup):
-                c["fn"]()
-                if bar:
-                    bar.update(1)
-        order = list(group)
-        for _ in range(args.repeats):
-            rng.shuffle(order)
-            for c in order:
-                t0 = time.perf_counter()
-                c["fn"]()
-                c["times"].append(time.perf_counter() - t0)
-                if bar:
-                    bar.update(1)
-    if bar:
-        bar.close()
-    load_after = _loadavg()
+    interleaved_rounds(groups.values(), args.warmup, args.repeats, bar, rng=random.Random(0))
+    bar.close()
+    load_after = loadavg()
 
     rows = []
     for c in cases:
-        ts = sorted(c["times"])
-        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+        t = time_stats(c["times"])
         M, K, N = c["M"], c["K"], c["N"]
-        med = statistics.median(ts) * 1e3
+        med = t["median_ms"]
         packed_in = c["impl"] == "spike_matmul(packed)" or c["impl"].startswith("SpikeLinear")
         rows.append({
             "dtype": c["dtype"], "pass": c["pass_"], "shape": shape_str((M, K, N)), "M": M, "K": K, "N": N,
             "rate": c["rate"], "firing_rate": c["firing_rate"], "impl": c["impl"],
-            "median_ms": med, "min_ms": ts[0] * 1e3, "iqr_ms": (q3 - q1) * 1e3, "repeats": len(ts),
+            **t,
             "tflops_equiv": tflops(matmul_flops(M, K, N, c["pass_"]), med),
             "spike_bytes_dense": spike_bytes(M, K, c["dtype"]), "spike_bytes_packed": spike_bytes(M, K, "packed"),
             # what the impl takes as its spike operand / keeps of it for backward
@@ -204,15 +171,8 @@ def main(argv=None) -> int:
               f"{spike_bytes(M, K, 'bf16'):11,d}")
     print(f"\nload average before {load_before}, after {load_after} (a 2-core machine shared with other work is noisy)")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = dict(
-        benchmark="spike_matmul_cpu",
-        date=started,
-        command="python bench/spike_matmul_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        device=dict(kind="cpu", **cpu_description(), load_average_before=load_before, load_average_after=load_after),
-        versions=versions(),
-        git=git_state(),
+    result["device"].update(load_average_before=load_before, load_average_after=load_after)
+    result.update(
         config=dict(
             shapes_MxKxN=[shape_str(s) for s in shapes], rates=rates, dtypes=dtypes, passes=passes,
             spikes="Bernoulli(rate) 0/1, fixed seed", weight="N(0, 1/K)", upstream_grad="fixed N(0, 1)",
@@ -224,9 +184,7 @@ def main(argv=None) -> int:
         agreement=agreement,
         cases=rows,
     )
-    (out / "spike_matmul_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv(out / "spike_matmul_cpu.csv", [dict(r, date=started) for r in rows])
-    print(f"wrote {out / 'spike_matmul_cpu.json'}, {out / 'spike_matmul_cpu.csv'}")
+    save_result(args.out, "spike_matmul_cpu", result, {"spike_matmul_cpu": rows})
     gc.collect()
     return 0
 

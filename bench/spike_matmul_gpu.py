@@ -57,22 +57,23 @@ import argparse
 import csv
 import gc
 import itertools
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _neuron_cases import int_list, name_list, slugify  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR, bench_ms, device_slug, header, int_list, name_list, progress, short_error, stamp, write_csv,
+    write_json,
+)
 from _matmul_cases import (  # noqa: E402
-    GPU_SHAPES, make_grad, make_linear, make_spikes, make_weight, matmul_flops, parse_rates,
+    DTYPES, GPU_SHAPES, make_grad, make_linear, make_spikes, make_weight, matmul_flops, parse_rates,
     parse_shape_list, shape_str, spike_bytes, tflops,
 )
-from _neuron_cases import BENCH_DIR, DTYPES, cpu_description, git_state, now_iso, versions, write_csv  # noqa: E402
 
 GOAL_SHAPE = (4096, 4096, 4096)
 GOAL_VS_FP32 = 8.0
@@ -90,8 +91,7 @@ SWEEP_COLS = ["kernel", "shape", "dtype", "rate", "BLOCK_M", "BLOCK_N", "BLOCK_K
 
 
 def _short_error(e: BaseException) -> str:
-    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return msg if len(msg) < 400 else msg[:400] + "..."
+    return short_error(e, 400)
 
 
 def _ints(text: str) -> List[int]:
@@ -100,27 +100,6 @@ def _ints(text: str) -> List[int]:
 
 def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
     return name_list(text, allowed, what, "spike_matmul_gpu.py")
-
-
-def bench_ms(fn, warmup_ms: int, rep_ms: int, device) -> Dict[str, float]:
-    """Median and 20/80 % quantiles in ms: ``triton.testing.do_bench`` on CUDA; on CPU (``--smoke-cpu``,
-    which checks the script itself) a few ``time.perf_counter`` runs."""
-    if torch.device(device).type == "cpu":
-        import statistics
-        import time
-
-        fn()
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        ts.sort()
-        return {"median_ms": statistics.median(ts), "p20_ms": ts[0], "p80_ms": ts[-1]}
-    import triton.testing
-
-    q = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
 
 
 def _empty_cache(device) -> None:
@@ -159,7 +138,7 @@ class SweepWriter:
     def __init__(self, path: Path):
         self.path = path
         self.f = open(path, "w", newline="")
-        self.w = csv.DictWriter(self.f, fieldnames=SWEEP_COLS + ["gpu", "date"], extrasaction="ignore")
+        self.w = csv.DictWriter(self.f, fieldnames=SWEEP_COLS + ["device", "date", "versions"], extrasaction="ignore")
         self.w.writeheader()
         self.f.flush()
 
@@ -190,6 +169,7 @@ def run_cases(shapes, rates, dtypes, device, args, errors: List[dict]) -> List[d
     import spiketriton.kernels.spike_matmul as SM
 
     rows: List[dict] = []
+    bar = progress(len(shapes) * len(rates) * len(dtypes), "spike_matmul_gpu")
     for shape in shapes:
         M, K, N = shape
         w32 = make_weight(N, K, torch.float32, device)
@@ -283,8 +263,10 @@ def run_cases(shapes, rates, dtypes, device, args, errors: List[dict]) -> List[d
                 del w, s, ref, g
                 gc.collect()
                 _empty_cache(device)
+                bar.update(1)
             del s32, packed
             _empty_cache(device)
+    bar.close()
     return rows
 
 
@@ -315,7 +297,7 @@ def add_speedups(rows: List[dict]) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, gpu, started) -> List[dict]:
+def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, meta: dict) -> List[dict]:
     """Time the fwd / dW launchers for every tile config; restores _FWD and _DW."""
     import spiketriton as st
     import spiketriton.kernels.spike_matmul as SM
@@ -347,14 +329,14 @@ def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, write
                         row = {"kernel": "torch.matmul", "shape": shape_str(shape), "dtype": dname, "rate": rate,
                                **t, "tflops_equiv": tflops(matmul_flops(M, K, N), t["median_ms"]), "ok": True}
                         rows.append(row)
-                        writer.add(row, gpu=gpu, date=started)
+                        writer.add(row, **meta)
                         if "dw" in kernels:
                             g = data[rate][2]
                             t = bench_ms(lambda: g.t() @ s, args.sweep_warmup_ms, args.sweep_rep_ms, device)
                             row = {"kernel": "torch dY.T@S", "shape": shape_str(shape), "dtype": dname, "rate": rate,
                                    **t, "tflops_equiv": tflops(matmul_flops(M, K, N, "dw"), t["median_ms"]), "ok": True}
                             rows.append(row)
-                            writer.add(row, gpu=gpu, date=started)
+                            writer.add(row, **meta)
                     del s
                 for kernel in kernels:
                     sk = skip_values if kernel == "fwd" else (False,)
@@ -395,7 +377,7 @@ def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, write
                                         failed = _short_error(e)
                                         row.update(error=failed, ok=False)
                                 rows.append(row)
-                                writer.add(row, gpu=gpu, date=started)
+                                writer.add(row, **meta)
                             last = [r for r in rows[-len(krates):]]
                             desc = " ".join(
                                 (f"{r['rate']:.0%}:{r['median_ms']:.4f}" + ("" if r["ok"] else "(BAD)")) if "median_ms" in r
@@ -586,7 +568,6 @@ def main(argv=None) -> int:
         sweep_shapes = parse_shape_list(args.sweep_shapes or SMOKE_SHAPES.split(",")[0])
         grid = (_ints(args.sweep_blocks or "32,64"), _ints(args.sweep_warps or "4"), _ints(args.sweep_stages or "2"))
         gpu = "cpu-smoke-test"
-        device_info = {"gpu": None, "smoke_cpu": True, "triton_interpret": True, "host": cpu_description()}
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="spike_matmul_gpu_smoke_"))
     else:
         device = torch.device("cuda")
@@ -595,30 +576,21 @@ def main(argv=None) -> int:
         grid = (_ints(args.sweep_blocks or "32,64,128"), _ints(args.sweep_warps or "4,8"),
                 _ints(args.sweep_stages or "2,3,4"))
         gpu = torch.cuda.get_device_name(device)
-        props = torch.cuda.get_device_properties(device)
-        device_info = {
-            "gpu": gpu, "capability": list(torch.cuda.get_device_capability(device)),
-            "total_memory_GiB": props.total_memory / 2**30, "multiprocessors": props.multi_processor_count,
-            "host": cpu_description(),
-        }
-        out = Path(args.out) if args.out else BENCH_DIR / "results" / slugify(gpu)
+        out = Path(args.out) if args.out else RESULTS_DIR / device_slug(device)
     for b in grid[0]:
         if b % 8 or b < 16:
             raise SystemExit(f"spike_matmul_gpu.py: block sizes must be multiples of 8 and >= 16, got {b}")
     skip_values = {"both": (False, True), "true": (True,), "false": (False,)}[args.sweep_skip_zero]
     out.mkdir(parents=True, exist_ok=True)
-    started = now_iso()
     print(f"{gpu}: shapes {[shape_str(s) for s in shapes]}, rates {rates}, dtypes {dtypes}; "
           f"default tiles fwd {SM._FWD}, dW {SM._DW}", flush=True)
 
     errors: List[dict] = []
-    result = {
-        "benchmark": "spike_matmul_gpu",
-        "date": started,
-        "command": "python bench/spike_matmul_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": device_info,
-        "versions": versions(),
-        "git": git_state(),
+    result = header("spike_matmul_gpu", "spike_matmul_gpu.py", argv, device)
+    if args.smoke_cpu:
+        result["device"].update(smoke_cpu=True, triton_interpret=True, name="cpu-smoke-test (numbers meaningless)")
+    meta = stamp(result)
+    result.update({
         "config": {
             "shapes_MxKxN": [shape_str(s) for s in shapes], "rates": rates, "dtypes": dtypes,
             "spikes": "Bernoulli(rate) 0/1, fixed seed", "weight": "N(0, 1/K)", "upstream_grad": "fixed N(0, 1)",
@@ -629,7 +601,7 @@ def main(argv=None) -> int:
             "flops": "2*M*N*K per matmul; fwd+bwd = 3 matmuls",
         },
         "partial": True,
-    }
+    })
     # file names: spike_matmul_gpu[_TAG].json / .csv / _sweep.csv; a --sweep-only run without --tag is
     # tagged with its slice so that slices run one after the other do not overwrite each other
     tag = args.tag if args.tag is not None else (
@@ -638,7 +610,7 @@ def main(argv=None) -> int:
     json_path = out / f"{stem}.json"
 
     def dump():
-        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        write_json(json_path, result)
 
     rows: List[dict] = []
     if not args.sweep_only:
@@ -646,7 +618,7 @@ def main(argv=None) -> int:
         add_speedups(rows)
         result.update(cases=rows, errors=errors)
         dump()
-        write_csv(out / f"{stem}.csv", [dict(r, gpu=gpu, date=started) for r in rows])
+        write_csv(out / f"{stem}.csv", rows, meta)
 
     sweep_rows: List[dict] = []
     best: List[dict] = []
@@ -659,7 +631,7 @@ def main(argv=None) -> int:
         writer = SweepWriter(out / f"{stem}_sweep.csv")
         try:
             sweep_rows = sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, skip_values, device, args,
-                               writer, gpu, started)
+                               writer, meta)
         finally:
             writer.close()
         best = sweep_best(sweep_rows)

@@ -1,0 +1,388 @@
+"""What every benchmark in bench/ shares: the description of the machine and the library versions,
+the output files (JSON header, CSV stamped with device / date / versions), timing and the copy
+bandwidth, progress bars and small argument parsers.
+
+Nothing here knows a benchmark case; ``_neuron_cases.py`` and ``_matmul_cases.py`` hold those.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+#: the libraries compared against, recorded with every result (distribution names)
+PEERS = ("spikingjelly", "snntorch", "norse")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Machine and versions
+# --------------------------------------------------------------------------------------------- #
+
+
+def _dist_version(dist: str) -> Optional[str]:
+    """Installed version of a distribution, or None. A source install without version metadata
+    (norse 1.1.0 built from its sdist reports 0.0.0) also names the archive it came from."""
+    try:
+        v = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if v == "0.0.0":
+        try:
+            url = json.loads(importlib.metadata.distribution(dist).read_text("direct_url.json") or "{}").get("url", "")
+        except (OSError, ValueError):
+            url = ""
+        if url:
+            return f"0.0.0 (metadata; installed from {url.rsplit('/', 1)[-1]})"
+    return v
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """python, torch (+ its CUDA), triton, spiketriton and the peers' versions (None: not installed)."""
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = None
+    try:
+        import spiketriton
+
+        out["spiketriton"] = spiketriton.__version__
+    except ImportError:
+        out["spiketriton"] = None
+    for dist in PEERS + ("numpy", "matplotlib"):
+        out[dist] = _dist_version(dist)
+    return out
+
+
+def versions_line(v: Dict[str, Optional[str]]) -> str:
+    """'torch 2.13.0+cpu, triton 3.9.0, spiketriton 0.1.0, spikingjelly 2.0.0, ...' (installed ones)."""
+    keys = ("torch", "triton", "spiketriton") + PEERS
+    return ", ".join(f"{k} {v[k]}" for k in keys if v.get(k))
+
+
+def git_state() -> Dict[str, object]:
+    """The repository's commit, where spiketriton was imported from, and whether that is this checkout
+    with uncommitted changes under spiketriton/ (``spiketriton_dirty``). A run against a clean export
+    (``git archive HEAD spiketriton | tar -x -C DIR`` and ``PYTHONPATH=DIR``) says so through the path."""
+    out: Dict[str, object] = {"commit": None}
+    try:
+        import spiketriton
+
+        pkg = Path(spiketriton.__file__).resolve().parent
+        out["spiketriton_imported_from"] = str(pkg)
+    except ImportError:
+        pkg = None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return out
+        out["commit"] = head.stdout.strip()
+        if pkg is not None and pkg == (REPO_DIR / "spiketriton").resolve():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "spiketriton"], cwd=REPO_DIR,
+                                   capture_output=True, text=True, timeout=10)
+            out["spiketriton_dirty"] = bool(dirty.stdout.strip())
+        else:
+            out["spiketriton_dirty"] = None  # not this checkout's source: see spiketriton_imported_from
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def cpu_description() -> Dict[str, object]:
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "processor": platform.processor(),
+        "cpu_model": model,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+    }
+
+
+def device_info(device) -> Dict[str, object]:
+    """``{"kind": "cpu"|"cuda", "name": ..., ...}``: the GPU's name, capability, memory and SM count
+    on CUDA (plus the host), the processor on CPU."""
+    device = torch.device(device)
+    host = cpu_description()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(device), "gpu": torch.cuda.get_device_name(device),
+                "capability": list(torch.cuda.get_device_capability(device)),
+                "total_memory_GiB": props.total_memory / 2**30, "multiprocessors": props.multi_processor_count,
+                "host": host}
+    name = f"CPU: {host['cpu_model'] or host['processor'] or host['machine']}, {host['torch_num_threads']} threads"
+    return {"kind": "cpu", "name": name, **host}
+
+
+def slugify(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the results folder of a device)."""
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s or "gpu"
+
+
+def device_slug(device) -> str:
+    """The results folder name: 'cpu' for any CPU, the slugified GPU name on CUDA."""
+    device = torch.device(device)
+    return slugify(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def header(benchmark: str, script: str, argv: Optional[Sequence[str]], device) -> Dict[str, object]:
+    """The fields every result JSON starts with: benchmark, date, command, device, versions, git."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return {"benchmark": benchmark, "date": now_iso(), "command": " ".join(["python", f"bench/{script}"] + args),
+            "device": device_info(device), "versions": versions(), "git": git_state()}
+
+
+def stamp(result: Dict[str, object]) -> Dict[str, str]:
+    """The columns every CSV row carries: device name, date, versions (one string)."""
+    dev = result.get("device") or {}
+    return {"device": dev.get("name") or dev.get("gpu") or "?", "date": str(result.get("date")),
+            "versions": versions_line(result.get("versions") or {})}
+
+
+# --------------------------------------------------------------------------------------------- #
+# Output files
+# --------------------------------------------------------------------------------------------- #
+
+
+def write_json(path: Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, rows: List[Dict[str, object]], meta: Optional[Dict[str, object]] = None) -> None:
+    """Rows as CSV (columns in order of first appearance); ``meta`` (see :func:`stamp`) is appended to
+    every row so that each CSV says on which device, when and with which versions it was measured."""
+    import csv
+
+    rows = [dict(r, **meta) if meta else r for r in rows]
+    cols: List[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(v) for k, v in r.items()})
+
+
+def save_result(out, stem: str, result: Dict[str, object], csvs: Dict[str, List[Dict[str, object]]]) -> List[Path]:
+    """``out/stem.json`` and one stamped CSV per non-empty entry of ``csvs`` (name -> rows); prints and
+    returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", result)
+    written = [out / f"{stem}.json"]
+    for name, rows in csvs.items():
+        if rows:
+            write_csv(out / f"{name}.csv", rows, stamp(result))
+            written.append(out / f"{name}.csv")
+    print("wrote " + ", ".join(str(w) for w in written), flush=True)
+    return written
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=str)
+    return v
+
+
+# --------------------------------------------------------------------------------------------- #
+# Argument helpers
+# --------------------------------------------------------------------------------------------- #
+
+
+def int_list(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def name_list(text: str, allowed: Sequence[str], what: str, prog: str) -> List[str]:
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    for t in out:
+        if t not in allowed:
+            raise SystemExit(f"{prog}: unknown {what} {t!r}; expected some of {', '.join(allowed)}")
+    return out
+
+
+def short_error(e: BaseException, limit: int = 500) -> str:
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return msg if len(msg) < limit else msg[:limit] + "..."
+
+
+# --------------------------------------------------------------------------------------------- #
+# Progress bars (tqdm when it is installed; BENCH_PROGRESS=1/0 forces them on/off, else only on a tty)
+# --------------------------------------------------------------------------------------------- #
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str):
+    """A tqdm bar (``update``, ``set_postfix_str``, ``close``), or a silent stand-in."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    forced = os.environ.get("BENCH_PROGRESS", "")
+    disable = {"1": False, "0": True}.get(forced)  # None: tqdm shows it on a tty only
+    return tqdm(total=total, desc=desc, unit="case", disable=disable, dynamic_ncols=True,
+                mininterval=0.5 if disable is None else 5.0)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Timing
+# --------------------------------------------------------------------------------------------- #
+
+
+def time_stats(times_s: Sequence[float]) -> Dict[str, float]:
+    """median, min and IQR in ms of a list of seconds."""
+    ts = sorted(times_s)
+    q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+    return {"median_ms": statistics.median(ts) * 1e3, "min_ms": ts[0] * 1e3, "iqr_ms": (q3 - q1) * 1e3,
+            "repeats": len(ts)}
+
+
+def interleaved_rounds(groups: Iterable[List[dict]], warmup: int, repeats: int, bar=None, rng=None) -> None:
+    """CPU timing with ``time.perf_counter``: for each group of cases (dicts with a zero-argument
+    ``fn``), ``warmup`` untimed calls per case, then ``repeats`` rounds in which every case of the
+    group runs once (in a new random order each round when ``rng`` is given), so that a change in
+    machine load hits the compared cases alike. Appends seconds to each case's ``times``."""
+    for group in groups:
+        for c in group:
+            c.setdefault("times", [])
+            for _ in range(warmup):
+                c["fn"]()
+                if bar is not None:
+                    bar.update(1)
+        order = list(group)
+        for _ in range(repeats):
+            if rng is not None:
+                rng.shuffle(order)
+            for c in order:
+                t0 = time.perf_counter()
+                c["fn"]()
+                c["times"].append(time.perf_counter() - t0)
+                if bar is not None:
+                    bar.update(1)
+
+
+def bench_ms(fn: Callable[[], object], warmup_ms: int, rep_ms: int, device) -> Dict[str, float]:
+    """Median and 20/80 % quantiles in ms: ``triton.testing.do_bench`` on CUDA (CUDA events, L2 flushed
+    before each repetition); on CPU (the GPU scripts' ``--smoke-cpu``) a few ``perf_counter`` runs."""
+    if torch.device(device).type == "cpu":
+        fn()
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        return {"median_ms": statistics.median(ts), "p20_ms": ts[1], "p80_ms": ts[3]}
+    import triton.testing
+
+    q = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, reps: int, device) -> Dict[str, float]:
+    """For calls long enough that their count matters more than a time budget (hundreds of ms): ``warmup``
+    untimed calls, then ``reps`` timed ones (CUDA events around each call on CUDA, ``perf_counter`` on
+    CPU); median, min and max in ms."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    ts = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
+
+
+def gbps(nbytes: int, ms: float) -> float:
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def copy_bandwidth(nbytes: int, device, warmup_ms: int = 25, rep_ms: int = 200, cpu_reps: int = 20) -> Dict[str, float]:
+    """The machine's measured copy bandwidth: ``dst.copy_(src)`` of an fp32 buffer of ``nbytes``;
+    GB/s = 2 * bytes (read + written) / median time. CUDA: a device-to-device copy timed by
+    ``do_bench``; CPU: a large tensor copy, ``cpu_reps`` ``perf_counter`` runs after two warm-ups."""
+    device = torch.device(device)
+    n = max(1, int(nbytes) // 4)
+    src = torch.ones(n, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    if device.type == "cuda":
+        t = bench_ms(lambda: dst.copy_(src), warmup_ms, rep_ms, device)
+        how = f"torch dst.copy_(src) on {device}, triton.testing.do_bench median"
+    else:
+        for _ in range(2):
+            dst.copy_(src)
+        ts = []
+        for _ in range(cpu_reps):
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            ts.append(time.perf_counter() - t0)
+        t = time_stats(ts)
+        how = f"torch dst.copy_(src) on the CPU ({torch.get_num_threads()} threads), median of {cpu_reps}"
+    del src, dst
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"buffer_bytes": n * 4, **t, "gbps": gbps(2 * n * 4, t["median_ms"]), "how": how}
