@@ -1,0 +1,392 @@
+"""The report of a results folder: the issue's goals (met / unmet / not-measured), a headline table,
+the suites' status and the plots, all drawn from the JSON files in the folder.
+
+    python bench/report.py bench/results/cpu          # (python -m bench --report-only does the same)
+
+Writes ``summary.json`` (suites, goals, headline), ``summary.csv`` (the goals), ``summary.md`` (the tables,
+ready to paste) and one PNG per suite (``plots.py``). Results measured in separate calls (a GPU session's
+stages) merge here: every suite leaves its own files, and this reads whatever is in the folder.
+Speed goals are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plots  # noqa: E402
+from _common import header, stamp, versions_line, write_csv, write_json  # noqa: E402
+
+MET, UNMET, NOT_MEASURED = "met", "unmet", "not-measured"
+GPU_ONLY = "a GPU goal: needs results measured on a CUDA GPU (bench/README.md, 'GPU session')"
+
+
+def load_results(folder: Path) -> Dict[str, dict]:
+    """Every result JSON of the folder by file stem (the suites' status files and our own summary aside)."""
+    out = {}
+    for f in sorted(Path(folder).glob("*.json")):
+        if f.name == "summary.json" or f.name.startswith("suite-"):
+            continue
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "benchmark" in r:
+            out[f.stem] = r
+    return out
+
+
+def load_suites(folder: Path) -> Dict[str, dict]:
+    out = {}
+    for f in sorted(Path(folder).glob("suite-*.json")):
+        try:
+            s = json.loads(f.read_text())
+        except ValueError:
+            continue
+        out[s.get("suite", f.stem[6:])] = s
+    return out
+
+
+def _goal(gid, suite, statement, target, device="cuda"):
+    return {"id": gid, "suite": suite, "goal": statement, "target": target, "device": device,
+            "status": NOT_MEASURED, "value": None, "reason": None, "source": None, "detail": None}
+
+
+def _status(values: List[bool]) -> str:
+    return MET if values and all(values) else UNMET
+
+
+def _on_cuda(r: Optional[dict]) -> bool:
+    return bool(r) and (r.get("device") or {}).get("kind") == "cuda" and not (r.get("device") or {}).get("smoke_cpu")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Goals (issue 7, plus the CPU and memory goals of bench/README.md)
+# --------------------------------------------------------------------------------------------- #
+
+
+def goals(results: Dict[str, dict]) -> List[dict]:
+    out = []
+    ng = results.get("neuron_gpu")
+    cases = [r for r in (ng or {}).get("cases", []) if r["impl"] == "spiketriton" and r["pass"] == "fwd+bwd"]
+
+    g = _goal("neuron_copy_bandwidth", "neuron", "neuron kernels fwd+bwd >= 85% of the measured copy bandwidth "
+              "(LIF, IF, PLIF; fp32, bf16)", ">= 85 %")
+    if _on_cuda(ng) and cases:
+        vals = {f"{r['neuron']} {r['dtype']}": round(r["pct_copy_bw"], 1) for r in cases}
+        g.update(status=_status([v >= 85.0 for v in vals.values()]), value=min(vals.values()), detail=vals,
+                 source="neuron_gpu.json", reason="value: the lowest case, % of copy bandwidth")
+    else:
+        g["reason"] = GPU_ONLY
+    out.append(g)
+
+    g = _goal("neuron_vs_spikingjelly", "neuron", "neuron kernels fwd+bwd >= 1.3x SpikingJelly's fastest variant",
+              ">= 1.3x")
+    sj = [r for r in cases if r.get("speedup_vs_sj_best")]
+    if _on_cuda(ng) and sj:
+        vals = {f"{r['neuron']} {r['dtype']}": round(r["speedup_vs_sj_best"], 2) for r in sj}
+        g.update(status=_status([v >= 1.3 for v in vals.values()]), value=min(vals.values()), detail=vals,
+                 source="neuron_gpu.json", reason="value: the lowest case")
+    elif _on_cuda(ng):
+        g["reason"] = "SpikingJelly did not run on the GPU (see skipped / errors in neuron_gpu.json)"
+    else:
+        g["reason"] = GPU_ONLY
+    out.append(g)
+
+    for wdt, ref, target in (("fp32", "fp32", 8.0), ("bf16", "bf16", 1.0)):
+        g = _goal(f"spike_matmul_vs_torch_{ref}", "spike_matmul",
+                  f"spike_matmul ({wdt} weights) >= {target:g}x torch.matmul {ref} at 4096x4096x4096 (forward)",
+                  f">= {target:g}x")
+        per_rate = _matmul_goal(results, wdt, ref)
+        if per_rate:
+            g.update(status=_status([v >= target for v in per_rate.values()]), value=min(per_rate.values()),
+                     detail={f"{100 * k:g}%": round(v, 2) for k, v in per_rate.items()},
+                     source="spike_matmul_gpu*.json",
+                     reason="value: the lowest firing rate's speedup; public API with default tiles or the best "
+                            "swept tile config, whichever is faster")
+        else:
+            g["reason"] = GPU_ONLY if not _on_cuda(results.get("spike_matmul_gpu")) else "4096^3 was not measured"
+        out.append(g)
+
+    im = results.get("int_matmul_gpu")
+    g = _goal("int_matmul_vs_torch_bf16", "int_matmul",
+              "integer spike matmul >= 1.5x torch.matmul bf16 at 4096x4096x4096 (issue 4)", ">= 1.5x")
+    per = [p for p in ((im or {}).get("goals") or {}).get("per_rate", [])] if _on_cuda(im) else []
+    if per:
+        g.update(status=_status([p["met"] for p in per]), value=min(p["x_torch_bf16"] for p in per),
+                 detail={f"{100 * p['rate']:g}%": round(p["x_torch_bf16"], 2) for p in per}, source="int_matmul_gpu.json")
+    else:
+        g["reason"] = GPU_ONLY if not _on_cuda(im) else "4096^3 was not measured"
+    out.append(g)
+
+    on = results.get("open_neuromorphic")
+    best = _on_best(on, 16384) if on else {}
+    g = _goal("open_neuromorphic_fastest", "open_neuromorphic",
+              "Open Neuromorphic benchmark at n = 16384: spiketriton the fastest of the four libraries", "fastest")
+    peers = ("spikingjelly", "snntorch", "norse")
+    if _on_cuda(on) and "spiketriton" in best:
+        measured = [p for p in peers if p in best]
+        faster = {p: round(best[p]["median_ms"] / best["spiketriton"]["median_ms"], 2) for p in measured}
+        if len(measured) == len(peers):
+            g.update(status=_status([v > 1.0 for v in faster.values()]), value=min(faster.values()),
+                     reason="value: the fastest peer's time / spiketriton's")
+        else:
+            g["reason"] = (f"not all four measured ({', '.join(p for p in peers if p not in best)} missing); "
+                           f"fastest of those measured: {all(v > 1.0 for v in faster.values())}")
+        g.update(detail={"peer_time_over_spiketriton": faster}, source="open_neuromorphic.json")
+    else:
+        g["reason"] = GPU_ONLY if not _on_cuda(on) else "n = 16384 was not measured"
+    out.append(g)
+
+    g = _goal("open_neuromorphic_vs_3_gemms", "open_neuromorphic",
+              "Open Neuromorphic benchmark at n = 16384: spiketriton within 1.25x of its three bf16 GEMMs done by "
+              "torch alone", "<= 1.25x")
+    if _on_cuda(on) and "spiketriton" in best and "torch (3 GEMMs)" in best:
+        ratio = best["spiketriton"]["median_ms"] / best["torch (3 GEMMs)"]["median_ms"]
+        if best["spiketriton"]["dtype"] == "bf16" and best["torch (3 GEMMs)"]["dtype"] == "bf16":
+            g.update(status=MET if ratio <= 1.25 else UNMET, value=round(ratio, 3), source="open_neuromorphic.json")
+        else:
+            g.update(value=round(ratio, 3), reason="not measured in bf16")
+    else:
+        g["reason"] = GPU_ONLY if not _on_cuda(on) else "n = 16384 was not measured"
+    out.append(g)
+
+    # CPU and memory goals (bench/README.md)
+    nc = results.get("neuron_cpu")
+    g = _goal("neuron_cpu_vs_spikingjelly", "neuron", "CPU: LIF fwd+bwd (fp32, [T, B, N] = [16, 32, 4096]) at least "
+              "as fast as SpikingJelly 2.0's CPU op", ">= 1.0x", device="cpu")
+    rows = [r for r in (nc or {}).get("cases", []) if r["impl"] == "spiketriton" and r["pass"] == "fwd+bwd"
+            and r["dtype"] == "fp32" and r.get("speedup_vs_spikingjelly")]
+    if nc and (nc.get("config") or {}).get("shape_TBN") == [16, 32, 4096] and rows:
+        v = rows[0]["speedup_vs_spikingjelly"]
+        g.update(status=MET if v >= 1.0 else UNMET, value=round(v, 2), source="neuron_cpu.json")
+    else:
+        g["reason"] = ("needs neuron_cpu.json at [16, 32, 4096] with SpikingJelly installed (the full CPU run)"
+                       if not rows else "measured at another shape (quick mode)")
+    out.append(g)
+
+    mem = results.get("memory")
+    for dname, target in (("fp32", 4.125), ("bf16", 2.125)):
+        g = _goal(f"memory_saved_{dname}", "memory", f"LIF -> SpikeLinear keeps <= {target} bytes per input "
+                  f"neuron-step for backward ({dname}; with packed_output=True)", f"<= {target} B", device="any")
+        rows = {r["variant"]: r for r in (mem or {}).get("saved_bytes", []) if r["dtype"] == dname}
+        if "spiketriton packed_output" in rows:
+            v = rows["spiketriton packed_output"]["marginal_B_per_neuron_step"]
+            g.update(status=MET if v <= target + 1e-9 else UNMET, value=round(v, 4), source="memory.json",
+                     detail={k: round(r["marginal_B_per_neuron_step"], 4) for k, r in rows.items()})
+        else:
+            g["reason"] = "memory.json has no packed_output row for this dtype"
+        out.append(g)
+    return out
+
+
+def _matmul_goal(results: Dict[str, dict], wdt: str, ref: str) -> Dict[float, float]:
+    """Per rate at 4096^3: the best speedup of spike_matmul (wdt weights) over torch.matmul (ref), from the
+    main GPU run (public API) and any sweep run (best correct launcher config vs the sweep's own torch)."""
+    shape = "4096x4096x4096"
+    per: Dict[float, float] = {}
+    for name, r in results.items():
+        if not name.startswith("spike_matmul_gpu") or not _on_cuda(r):
+            continue
+        for c in r.get("cases", []):
+            if (c["pass"], c["impl"], c["dtype"], c["shape"]) == ("fwd", "spike_matmul", wdt, shape) and c.get("ok") \
+                    and c.get(f"x_torch_{ref}"):
+                per[c["rate"]] = max(per.get(c["rate"], 0.0), c[f"x_torch_{ref}"])
+        for b in r.get("sweep_best", []):
+            if (b["kernel"], b["dtype"], b["shape"]) == ("fwd", wdt, shape) and b.get(f"x_torch_{ref}"):
+                per[b["rate"]] = max(per.get(b["rate"], 0.0), b[f"x_torch_{ref}"])
+    return dict(sorted(per.items()))
+
+
+def _on_best(on: dict, n: int) -> Dict[str, dict]:
+    best: Dict[str, dict] = {}
+    for r in on.get("cases", []):
+        if r["n"] == n and (r["library"] not in best or r["median_ms"] < best[r["library"]]["median_ms"]):
+            best[r["library"]] = r
+    return best
+
+
+# --------------------------------------------------------------------------------------------- #
+# Headline tables (markdown)
+# --------------------------------------------------------------------------------------------- #
+
+
+def _f(v, fmt="{:.3g}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def headline(results: Dict[str, dict]) -> List[str]:
+    """Markdown sections, one per suite that has results."""
+    md: List[str] = []
+    for key in ("neuron_gpu", "neuron_cpu"):
+        r = results.get(key)
+        if not r:
+            continue
+        copy = (r.get("copy_bandwidth") or {}).get("gbps")
+        cfg = r.get("config") or {}
+        md += [f"**Neuron fwd+bwd** (`{key}.json`, [T, B, N] = {cfg.get('shape_TBN')}, copy bandwidth "
+               f"{_f(copy, '{:.1f}')} GB/s)", "",
+               "| neuron | dtype | spiketriton ms | GB/s | % copy bw | SpikingJelly best ms | x SJ | PyTorch path ms | reference ms |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [c for c in r.get("cases", []) if c["pass"] == "fwd+bwd"]
+        for n, d in dict.fromkeys((c["neuron"], c["dtype"]) for c in rows):
+            sel = {c["impl"]: c for c in rows if (c["neuron"], c["dtype"]) == (n, d)}
+            st = sel.get("spiketriton") or {}
+            sjs = [c["median_ms"] for i, c in sel.items() if i.startswith("spikingjelly")]
+            sjb = min(sjs) if sjs else None
+            torch_path = (sel.get("spiketriton[torch path]") or {}).get("median_ms")
+            md.append(f"| {n} | {d} | {_f(st.get('median_ms'))} | {_f(st.get('gbps'), '{:.1f}')} | "
+                      f"{_f(st.get('pct_copy_bw'), '{:.0f}')} | {_f(sjb)} | "
+                      f"{_f(sjb / st['median_ms'] if sjb and st.get('median_ms') else None, '{:.2f}x')} | "
+                      f"{_f(torch_path)} | {_f((sel.get('reference') or {}).get('median_ms'))} |")
+        md.append("")
+    for key in ("spike_matmul_gpu", "spike_matmul_cpu"):
+        r = results.get(key)
+        if not r:
+            continue
+        cases = r.get("cases", [])
+        rates = sorted({c["rate"] for c in cases})
+        rate = 0.1 if 0.1 in rates else (rates[0] if rates else None)
+        md += [f"**Spike matmul** (`{key}.json`, firing rate {_f(100 * rate if rate is not None else None, '{:g}')} %; "
+               "TFLOP/s-equivalent = 2*M*N*K per matmul / time)", "",
+               "| dtype | pass | M x K x N | spiketriton | ms | TFLOP/s-eq | torch | ms | TFLOP/s-eq | x torch |",
+               "|---|---|---|---|---:|---:|---|---:|---:|---:|"]
+        pairs = {"fwd": ("spike_matmul" if key.endswith("gpu") else "spike_matmul(packed)", "torch.matmul"),
+                 "dw": ("spike_matmul_dw", "torch"), "fwd+bwd": ("SpikeLinear", "nn.Linear")}
+        for c in cases:
+            if c["rate"] != rate or c["pass"] not in pairs or c["impl"] != pairs[c["pass"]][0]:
+                continue
+            b = [o for o in cases if (o["pass"], o["dtype"], o["shape"], o["rate"], o["impl"])
+                 == (c["pass"], c["dtype"], c["shape"], rate, pairs[c["pass"]][1])]
+            b = b[0] if b else {}
+            md.append(f"| {c['dtype']} | {c['pass']} | {c['shape']} | {c['impl']} | {_f(c['median_ms'])} | "
+                      f"{_f(c['tflops_equiv'])} | {pairs[c['pass']][1]} | {_f(b.get('median_ms'))} | "
+                      f"{_f(b.get('tflops_equiv'))} | "
+                      f"{_f(b['median_ms'] / c['median_ms'] if b else None, '{:.2f}x')} |")
+        md.append("")
+    r = results.get("int_matmul_gpu")
+    if r:
+        md += ["**Integer spike matmul** (`int_matmul_gpu.json`)", "",
+               "| M x K x N | rate | spike_matmul_int ms | TOP/s-eq | torch bf16 ms | torch fp32 ms | torch._int_mm ms |",
+               "|---|---:|---:|---:|---:|---:|---:|"]
+        for shape, rate in dict.fromkeys((c["shape"], c["rate"]) for c in r.get("cases", [])):
+            sel = {c["impl"]: c for c in r["cases"] if (c["shape"], c["rate"]) == (shape, rate)}
+            md.append(f"| {shape} | {100 * rate:g}% | {_f(sel.get('spike_matmul_int', {}).get('median_ms'))} | "
+                      f"{_f(sel.get('spike_matmul_int', {}).get('tflops_equiv'))} | "
+                      f"{_f(sel.get('torch.matmul bf16', {}).get('median_ms'))} | "
+                      f"{_f(sel.get('torch.matmul fp32', {}).get('median_ms'))} | "
+                      f"{_f(sel.get('torch._int_mm', {}).get('median_ms'))} |")
+        md.append("")
+    r = results.get("memory")
+    if r:
+        cfg = r.get("config") or {}
+        md += [f"**Memory** (`memory.json`, LIF -> linear, x [T, B, K] = {cfg.get('shape_TBK')}, N = "
+               f"{cfg.get('out_features')}): bytes saved for backward per input neuron-step", "",
+               "| dtype | " + " | ".join(dict.fromkeys(s["variant"] for s in r.get("saved_bytes", []))) + " |",
+               "|---|" + "---:|" * len(dict.fromkeys(s["variant"] for s in r.get("saved_bytes", [])))]
+        for d in dict.fromkeys(s["dtype"] for s in r.get("saved_bytes", [])):
+            vals = [s["marginal_B_per_neuron_step"] for s in r["saved_bytes"] if s["dtype"] == d]
+            md.append(f"| {d} | " + " | ".join(_f(v, "{:.4g}") for v in vals) + " |")
+        cuda = [c for c in (r.get("cuda_peak") or []) if isinstance(c, dict) and "peak_extra_MiB" in c]
+        if cuda:
+            md += ["", "| dtype | variant | peak CUDA MiB of a training step | B per neuron-step |", "|---|---|---:|---:|"]
+            md += [f"| {c['dtype']} | {c['variant']} | {_f(c['peak_extra_MiB'])} | "
+                   f"{_f(c['peak_extra_B_per_neuron_step'])} |" for c in cuda]
+        md.append("")
+    r = results.get("open_neuromorphic")
+    if r:
+        cfg = r.get("config") or {}
+        libs = list(dict.fromkeys(c["library"] for c in r.get("cases", [])))
+        md += [f"**Open Neuromorphic benchmark** (`open_neuromorphic.json`: Linear(n, n) + LIF, batch {cfg.get('batch')}, "
+               f"T = {cfg.get('T')}, {cfg.get('dtype')}, ms per forward + backward, each library's fastest variant)", "",
+               "| n | " + " | ".join(libs) + " | spiketriton / 3 GEMMs |", "|---:|" + "---:|" * (len(libs) + 1)]
+        for n in cfg.get("sizes", []):
+            best = _on_best(r, n)
+            st, gm = best.get("spiketriton"), best.get("torch (3 GEMMs)")
+            md.append(f"| {n} | " + " | ".join(_f(best[lb]["median_ms"]) if lb in best else "-" for lb in libs)
+                      + f" | {_f(st['median_ms'] / gm['median_ms'] if st and gm else None, '{:.2f}x')} |")
+        skipped = r.get("skipped") or []
+        if skipped:
+            md.append("")
+            md.append("Not measured: " + "; ".join(f"{s['library']} ({s['reason']})" for s in skipped))
+        md.append("")
+    return md
+
+
+# --------------------------------------------------------------------------------------------- #
+# Build
+# --------------------------------------------------------------------------------------------- #
+
+
+def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str, object]:
+    folder = Path(folder)
+    results = load_results(folder)
+    suites = load_suites(folder)
+    gl = goals(results)
+    pngs = []
+    for name, r in results.items():
+        try:
+            p = plots.plot_result(r, folder)
+        except Exception as e:  # noqa: BLE001 - a plot must not lose the report
+            print(f"report: plot of {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            p = None
+        if p:
+            pngs.append(Path(p).name)
+    summary = header("summary", "report.py", [str(folder)], device)
+    if command:
+        summary["command"] = command
+    # the devices and dates of the results themselves (a folder can merge several runs)
+    summary["results"] = {name: {"benchmark": r.get("benchmark"), "date": r.get("date"),
+                                 "device": (r.get("device") or {}).get("name"), "command": r.get("command"),
+                                 "versions": versions_line(r.get("versions") or {})} for name, r in results.items()}
+    summary.update(suites=suites, goals=gl, plots=sorted(set(pngs)))
+    write_json(folder / "summary.json", summary)
+    write_csv(folder / "summary.csv", [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in g.items()}
+                                       for g in gl], stamp(summary))
+    md = [f"# Benchmark results: {summary['device']['name'] if not results else _main_device(results)}", "",
+          f"Report built {summary['date']} with `{summary['command']}`; "
+          f"{versions_line(summary['versions'])}.", "",
+          "| result file | measured on | date | command |", "|---|---|---|---|"]
+    md += [f"| {n}.json | {v['device']} | {v['date']} | `{v['command']}` |" for n, v in summary["results"].items()]
+    md += ["", "## Goals", "", "| goal | target | status | value | note |", "|---|---|---|---|---|"]
+    md += [f"| {g['goal']} | {g['target']} | {g['status']} | {_f(g['value'], '{}')} | {g['reason'] or ''} |" for g in gl]
+    md += ["", "## Headline numbers", ""] + headline(results)
+    if suites:
+        md += ["## Suites", "", "| suite | status | seconds | note |", "|---|---|---:|---|"]
+        md += [f"| {s} | {v.get('status')} | {_f(v.get('seconds'), '{:.0f}')} | {v.get('reason') or ''} |"
+               for s, v in suites.items()]
+        md.append("")
+    md += ["## Plots", ""] + [f"- `{p}`" for p in sorted(set(pngs))] + [""]
+    (folder / "summary.md").write_text("\n".join(md))
+    return summary
+
+
+def _main_device(results: Dict[str, dict]) -> str:
+    names = list(dict.fromkeys((r.get("device") or {}).get("name") for r in results.values()))
+    return ", ".join(n for n in names if n)
+
+
+def print_goals(gl: List[dict]) -> None:
+    print(f"\n{'goal':36} {'status':13} {'value':>8}  target")
+    for g in gl:
+        v = g["value"]
+        print(f"{g['id']:36} {g['status']:13} {(f'{v:.3g}' if isinstance(v, (int, float)) else '-'):>8}  {g['target']}"
+              + (f"  ({g['reason']})" if g["status"] == NOT_MEASURED and g["reason"] else ""))
+
+
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python bench/report.py RESULTS_FOLDER", file=sys.stderr)
+        return 2
+    s = build(Path(args[0]), command="python bench/report.py " + args[0])
+    print_goals(s["goals"])
+    print(f"wrote {args[0]}/summary.json, summary.csv, summary.md and {len(s['plots'])} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
