@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU (H100/H200 via the device tool) should run, in a few calls
-# that each fit the device's 10-minute command limit. See bench/README.md, "GPU session".
+# Everything a session with a lent GPU (H100/H200 via the device tool) should run: four calls, each
+# time-boxed inside the device's 10-minute command limit. See bench/README.md, "GPU session".
 #
-#   bash bench/gpu_session.sh tests    # the test suite on CUDA, compiled kernels (no interpreter)
-#   bash bench/gpu_session.sh neuron   # neuron fwd+bwd GB/s vs copy bandwidth and SpikingJelly, block sweep
-#   bash bench/gpu_session.sh matmul   # spike_matmul vs cuBLAS fp32/bf16, dW, memory, integer spike matmul
-#   bash bench/gpu_session.sh sweep    # spike_matmul tile / skip_zero sweep (bf16 forward slice)
+#   bash bench/gpu_session.sh tests     # the test suite on CUDA, compiled kernels (no interpreter)
+#   bash bench/gpu_session.sh bench-a   # python -m bench: neuron (+ block-size sweep), memory (peak CUDA memory)
+#   bash bench/gpu_session.sh bench-b   # python -m bench: the Open Neuromorphic benchmark, spike_matmul, int_matmul
+#   bash bench/gpu_session.sh sweep     # spike_matmul tile / skip_zero sweep (bf16 forward slice), then the report
 #
-# Optional wheels (SpikingJelly for the comparison, matplotlib for plots) travel in .whl/ (carry it).
-# Result files are copied flat into $OUT (the device tool brings back at most 8 files, 2 levels deep);
-# copy them to bench/results/<gpu>/ here and commit them with the device, versions and date.
+# STAGE_SECONDS (default 540) bounds each stage: at that point the run gets SIGINT, writes the report of
+# what it measured, and the stage still packs its results. Optional wheels (SpikingJelly, snnTorch, Norse
+# and what they need that the image lacks) travel in .whl/ (carry it). Each stage leaves in $OUT (the
+# device tool brings back at most 8 files): device.txt, <stage>.log and results-<stage>.tar.gz, which
+# holds bench/results/<gpu-slug>/ as this stage left it. Here: tar -xzf each into bench/results/, then
+# `python -m bench --report-only --out bench/results/<gpu-slug>` and commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: bash bench/gpu_session.sh tests|neuron|matmul|sweep}
+stage=${1:?usage: bash bench/gpu_session.sh tests|bench-a|bench-b|sweep}
 OUT=${OUT:-/tmp/spiketriton-out}
+SECS=${STAGE_SECONDS:-540}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 unset TRITON_INTERPRET
@@ -25,43 +29,52 @@ else
   export PYTHONPATH=$PWD
 fi
 python3 - <<'PY' | tee "$OUT/device.txt"
-import datetime, torch, triton
+import datetime, importlib.metadata as md, torch, triton
 print("date", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
 print("torch", torch.__version__, "cuda", torch.version.cuda, "| triton", triton.__version__)
+for d in ("spikingjelly", "snntorch", "norse", "nir", "matplotlib", "tqdm"):
+    try:
+        print(d, md.version(d))
+    except md.PackageNotFoundError:
+        print(d, "not installed")
 PY
+slug=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import torch; from _common import device_slug; print(device_slug('cuda') if torch.cuda.is_available() else 'cpu')")
 
-collect() {  # copy the newest result files of a bench script (flat) into $OUT
-  local n=0
-  for f in $(ls -t bench/results/*/"$1"* 2>/dev/null | grep -v '/cpu/' | head -6); do
-    cp "$f" "$OUT/$(basename "$f")"; n=$((n + 1))
-  done
-  echo "collected $n result files for $1"
+pack() {  # the results folder as this stage left it -> $OUT/results-<stage>.tar.gz
+  if [ -d "bench/results/$slug" ]; then
+    tar -czf "$OUT/results-$stage.tar.gz" -C bench/results "$slug"
+    echo "packed bench/results/$slug ($(ls "bench/results/$slug" | wc -l) files) into results-$stage.tar.gz"
+  fi
+}
+run() {  # time-boxed: SIGINT at $SECS s (the runner then writes its report), SIGKILL 30 s later
+  set +e
+  timeout -s INT -k 30 "$SECS" "$@" 2>&1 | tee "$OUT/$stage.log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  echo "stage $stage: exit status $rc"
 }
 
 case "$stage" in
   tests)
-    set -o pipefail
-    python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25
+    run python3 -m pytest tests -q -x -p no:cacheprovider
     ;;
-  neuron)
-    python3 bench/neuron_gpu.py --sweep 2>&1 | tee "$OUT/neuron_gpu.log" | tail -40
-    collect neuron_gpu
+  bench-a)
+    run python3 -m bench --suites neuron,memory --sweep
+    pack
     ;;
-  matmul)
-    python3 bench/spike_matmul_gpu.py 2>&1 | tee "$OUT/spike_matmul_gpu.log" | tail -40
-    python3 bench/memory.py 2>&1 | tee "$OUT/memory_gpu.log" | tail -15
-    python3 bench/int_matmul_gpu.py 2>&1 | tee "$OUT/int_matmul_gpu.log" | tail -15
-    collect spike_matmul_gpu
-    collect int_matmul_gpu
+  bench-b)
+    run python3 -m bench --suites open_neuromorphic,spike_matmul,int_matmul
+    pack
     ;;
   sweep)
-    python3 bench/spike_matmul_gpu.py --sweep-only --sweep-kernels fwd --sweep-dtypes bf16 2>&1 \
-      | tee "$OUT/spike_matmul_sweep.log" | tail -30
-    collect spike_matmul_gpu
+    run python3 bench/spike_matmul_gpu.py --sweep-only --sweep-kernels fwd --sweep-dtypes bf16 \
+      --out "bench/results/$slug"
+    python3 -m bench --report-only >/dev/null 2>&1 || true
+    pack
     ;;
   *)
-    echo "unknown stage '$stage': tests | neuron | matmul | sweep" >&2
+    echo "unknown stage '$stage': tests | bench-a | bench-b | sweep" >&2
     exit 2
     ;;
 esac

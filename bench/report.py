@@ -338,6 +338,10 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
     summary = header("summary", "report.py", [str(folder)], device)
     if command:
         summary["command"] = command
+    measured = [r["device"] for r in results.values() if isinstance(r.get("device"), dict)]
+    if measured:  # the device of the results (a GPU's files may be reported on another machine)
+        summary["report_built_on"] = summary["device"]
+        summary["device"] = next((d for d in measured if d.get("kind") == "cuda"), measured[0])
     # the devices and dates of the results themselves (a folder can merge several runs)
     summary["results"] = {name: {"benchmark": r.get("benchmark"), "date": r.get("date"),
                                  "device": (r.get("device") or {}).get("name"), "command": r.get("command"),
@@ -346,7 +350,7 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
     write_json(folder / "summary.json", summary)
     write_csv(folder / "summary.csv", [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in g.items()}
                                        for g in gl], stamp(summary))
-    md = [f"# Benchmark results: {summary['device']['name'] if not results else _main_device(results)}", "",
+    md = [f"# Benchmark results: {_main_device(results) or summary['device'].get('name')}", "",
           f"Report built {summary['date']} with `{summary['command']}`; "
           f"{versions_line(summary['versions'])}.", "",
           "| result file | measured on | date | command |", "|---|---|---|---|"]
@@ -365,7 +369,7 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
 
 
 def _main_device(results: Dict[str, dict]) -> str:
-    names = list(dict.fromkeys((r.get("device") or {}).get("name") for r in results.values()))
+    names = list(dict.fromkeys((r.get("device") or {}).get("name") or (r.get("device") or {}).get("gpu") for r in results.values()))
     return ", ".join(n for n in names if n)
 
 
