@@ -141,6 +141,10 @@ def _build(qmodel, sample_input):
     if modes != {QUANTIZED}:
         raise ExportError(f"save_chip: the model is in {'/'.join(sorted(modes)) or 'no quantization'} mode; the chip "
                           f"runs the integers of quantized mode: run the flow up to qmodel.quantize() first")
+    for name, m in qmodel.named_modules():
+        if isinstance(m, QLIF) and m.feeder is None:
+            raise ExportError(f"save_chip: {name}: the QLIF is not linked to the layer feeding it (its integer "
+                              f"constants are in the units of that layer's current): run qmodel.collect_q_params()")
     # a prepared model's forward is net(*args): trace the net itself, names as in qmodel.named_modules()
     root, prefix = (qmodel.net, "net.") if isinstance(qmodel, _Prepared) else (qmodel, "")
     steps = trace_steps(root, sample_input, "save_chip")
@@ -407,9 +411,9 @@ def _manifest_of(meta, fail) -> dict:
         fail(f"the manifest is a JSON {type(manifest).__name__}, expected an object")
     fmt, version = manifest.get("format"), manifest.get("version")
     if fmt != CHIP_FORMAT:
-        fail(f"the manifest's format is {str(fmt)[:80]!r}, expected {CHIP_FORMAT!r}")
+        fail(f"the manifest's format is {_short(fmt)}, expected {CHIP_FORMAT!r}")
     if type(version) is not int or version != CHIP_FORMAT_VERSION:
-        fail(f"format version {str(version)[:40]!r} is not supported: this spiketriton reads version "
+        fail(f"format version {_short(version)} is not supported: this spiketriton reads version "
              f"{CHIP_FORMAT_VERSION}")
     return manifest
 
@@ -424,10 +428,10 @@ def _tensor_entries(header: dict, data_len: int, fail) -> dict:
             fail(f"{tag}: a header entry needs exactly dtype, shape and data_offsets")
         dtype = _ST_DTYPES.get(e["dtype"]) if isinstance(e["dtype"], str) else None
         if dtype is None:
-            fail(f"{tag}: dtype {str(e['dtype'])[:20]!r} is not one of the chip's integer types {sorted(_ST_DTYPES)}")
+            fail(f"{tag}: dtype {_short(e['dtype'], 20)} is not one of the chip's integer types {sorted(_ST_DTYPES)}")
         shape = e["shape"]
         if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and d >= 0 for d in shape):
-            fail(f"{tag}: shape must be a list of at most {MAX_RANK} non-negative integers, got {str(shape)[:80]}")
+            fail(f"{tag}: shape must be a list of at most {MAX_RANK} non-negative integers, got {_short(shape)}")
         numel = math.prod(shape)
         if numel > MAX_TENSOR_ELEMENTS:
             fail(f"{tag} declares {numel} elements, beyond the limit of {MAX_TENSOR_ELEMENTS} per tensor")
@@ -437,7 +441,7 @@ def _tensor_entries(header: dict, data_len: int, fail) -> dict:
         offsets = e["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
-            fail(f"{tag}: data_offsets must be [begin, end] with 0 <= begin <= end, got {str(offsets)[:80]}")
+            fail(f"{tag}: data_offsets must be [begin, end] with 0 <= begin <= end, got {_short(offsets)}")
         if offsets[1] - offsets[0] != numel * _ITEMSIZE[dtype]:
             fail(f"{tag}: data_offsets span {offsets[1] - offsets[0]} bytes but {dtype}{shape} needs "
                  f"{numel * _ITEMSIZE[dtype]}")
@@ -454,6 +458,12 @@ def _tensor_entries(header: dict, data_len: int, fail) -> dict:
     if pos < data_len:
         fail(f"{data_len - pos} unexpected bytes after the last tensor's data (corrupted or appended to)")
     return entries
+
+
+def _short(v, n=80) -> str:
+    """repr of a value from the file, cut to ``n`` characters for the error message."""
+    r = repr(v)
+    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def _is_int(v) -> bool:
@@ -478,7 +488,7 @@ class _Fields:
         self._fail(f"{self.ctx}: {msg}")
 
     def _bad(self, key, want):
-        self.fail(f"{key} must be {want}, got {str(self.obj[key])[:80]!r}")
+        self.fail(f"{key} must be {want}, got {_short(self.obj[key])}")
 
     def int(self, key, lo=0, hi=_INT_MAX) -> int:
         v = self.obj[key]
@@ -554,7 +564,7 @@ def _check_manifest(manifest: dict, fail):
         if isinstance(raw, dict) and isinstance(raw.get("kind"), str) and isinstance(raw.get("name"), str):
             ctx = f"layers[{i}] ({raw['name'][:80]!r}, {raw['kind'][:20]})"
         if not isinstance(raw, dict) or raw.get("kind") not in LAYER_FIELDS:
-            fail(f"{ctx}: unknown layer kind {str(raw.get('kind') if isinstance(raw, dict) else raw)[:40]!r}; "
+            fail(f"{ctx}: unknown layer kind {_short(raw.get('kind') if isinstance(raw, dict) else raw, 40)}; "
                  f"this version knows {', '.join(LAYER_FIELDS)}")
         f = _Fields(raw, ctx, fail, LAYER_FIELDS[raw["kind"]])
         f.name("name")
