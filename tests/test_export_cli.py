@@ -1,0 +1,185 @@
+"""``python -m spiketriton export``: end to end in a subprocess (--chip, --nir), and every bad
+argument as a usage error (exit status 2) with a message saying what was wrong."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import spiketriton as st
+from spiketriton import demo, quant
+from spiketriton.export import cli, load_chip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACTORIES = textwrap.dedent("""
+    import spiketriton as st
+    from torch import nn
+
+    def averaging():  # AvgPool2d of spikes: fractions, not integers
+        return nn.Sequential(st.StepWise(nn.Conv2d(1, 2, 3, padding=1)), st.LIF(), st.StepWise(nn.AvgPool2d(2)),
+                             nn.Flatten(2), nn.Linear(8, 2), st.LIF())
+
+    def broken():
+        raise RuntimeError("no model today")
+
+    def not_a_model():
+        return 42
+
+    NOT_CALLABLE = 3
+""")
+
+
+def quantized_demo_net(seed=0):
+    """``demo.build_net()`` (the CLI's factory), quantized; returns it and a test input."""
+    torch.manual_seed(seed)
+    net = demo.build_net(backend="torch")
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(8.0)
+    x = demo.encode(torch.rand(5, 64), 4)
+    q = quant.prepare(net)
+    q.collect_q_params()
+    with torch.no_grad():
+        q(x)
+    q.reset()
+    q.calculate_q_params()
+    return q.quantize(), x
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    q, x = quantized_demo_net()
+    q.save_quantized_model(str(d / "q.safetensors"))
+    q.reset()
+    with torch.no_grad():
+        want = q(x)
+    q.restore_float()
+    q.save_quantized_model(str(d / "float.safetensors"))
+    (d / "clifactories.py").write_text(FACTORIES)
+    avg = calibrated_averaging(d)
+    avg.save_quantized_model(str(d / "avg.safetensors"))
+    return {"dir": d, "x": x, "want": want}
+
+
+def calibrated_averaging(d):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clifactories_local", d / "clifactories.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.averaging()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(4.0)
+    q = quant.prepare(net)
+    q.collect_q_params()
+    with torch.no_grad():
+        q(torch.rand(3, 2, 1, 4, 4) * 4)
+    q.reset()
+    q.calculate_q_params()
+    return q.quantize()
+
+
+def run_cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(cwd)]))
+    return subprocess.run([sys.executable, "-m", "spiketriton", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_chip_end_to_end(files):
+    d = files["dir"]
+    r = run_cli("export", "--chip", "out.chip", "--model", "spiketriton.demo:build_net", "--weights", "q.safetensors",
+                "--input-shape", "64", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "wrote out.chip: chip format v1, [64] -> [10] spikes (linear, neuron, linear, neuron)" in r.stdout
+    got = load_chip(d / "out.chip").run(files["x"])
+    assert files["want"].float().mean() > 0.05  # the output neurons fire
+    assert np.array_equal(got, files["want"].numpy())
+
+
+def test_cli_nir_end_to_end(files):
+    nir = pytest.importorskip("nir")
+    d = files["dir"]
+    r = run_cli("export", "--nir", "out.nir", "--model", "spiketriton.demo:build_net", "--weights", "q.safetensors",
+                "--input-shape", "64", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "wrote out.nir: NIR graph" in r.stdout
+    graph = nir.read(str(d / "out.nir"))
+    assert {"input", "output"} <= set(graph.nodes) and len(graph.nodes) == 6
+
+
+def test_cli_export_error_exits_1(files):
+    r = run_cli("export", "--chip", "avg.chip", "--model", "clifactories:averaging", "--weights", "avg.safetensors",
+                "--input-shape", "1,4,4", cwd=files["dir"])
+    assert r.returncode == 1
+    assert "python -m spiketriton export: error: save_chip: net.2.0: AvgPool2d averages" in r.stderr
+    assert not (files["dir"] / "avg.chip").exists()
+
+
+def test_unknown_command_is_a_usage_error(files):
+    r = run_cli("frobnicate", cwd=files["dir"])
+    assert r.returncode == 2 and "unknown command 'frobnicate'; the commands are: export" in r.stderr
+
+
+BAD = [
+    ("no_output", [], "one of the arguments --chip --nir is required"),
+    ("both_outputs", ["--nir", "x.nir"], "argument --nir: not allowed with argument --chip"),
+    ("model_without_colon", ["--model", "spiketriton.demo"], "--model must be pkg.module:factory"),
+    ("model_not_importable", ["--model", "no_such_module_xyz:f"], "cannot import no_such_module_xyz"),
+    ("model_no_attribute", ["--model", "spiketriton.demo:nope"], "spiketriton.demo has no attribute 'nope'"),
+    ("model_not_callable", ["--model", "clifactories:NOT_CALLABLE"], "NOT_CALLABLE is not callable"),
+    ("factory_raises", ["--model", "clifactories:broken"], "calling the factory failed: RuntimeError: no model today"),
+    ("factory_not_a_module", ["--model", "clifactories:not_a_model"], "the factory returned an object of type int, expected a torch.nn.Module"),
+    ("weights_missing", ["--weights", "nothere.safetensors"], "--weights nothere.safetensors: no such file"),
+    ("weights_other_model", ["--weights", "avg.safetensors"], "the file does not match the model"),
+    ("weights_not_quantized", ["--weights", "float.safetensors"], "holds a model in 'float' mode; the chip format"),
+    ("input_shape_not_numbers", ["--input-shape", "8x8"], "--input-shape must be positive integers"),
+    ("input_shape_zero", ["--input-shape", "0"], "--input-shape must be positive integers"),
+    ("input_shape_wrong", ["--input-shape", "63"], "the model cannot run on an input [T, B, 63]"),
+]
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_arguments_exit_2(files, change, message, capsys, monkeypatch):
+    monkeypatch.chdir(files["dir"])
+    monkeypatch.syspath_prepend(str(files["dir"]))
+    args = {"--chip": "out2.chip", "--model": "spiketriton.demo:build_net", "--weights": "q.safetensors",
+            "--input-shape": "64"}
+    argv = []
+    if change:
+        args.update(dict(zip(change[::2], change[1::2])))
+    else:
+        args.pop("--chip")
+    for k, v in args.items():
+        argv += [k, v]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists("out2.chip")
+
+
+def test_main_dispatch(capsys):
+    from spiketriton.__main__ import main
+
+    assert main(["--help"]) == 0 and "python -m spiketriton export" in capsys.readouterr().out
+    assert main([]) == 2 and "no command" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--help"])
+    assert exc.value.code == 0 and "--input-shape" in capsys.readouterr().out
+
+
+def test_demo_factory_builds_the_demo_network():
+    net = demo.build_net()
+    assert [type(m) for m in net] == [nn.Linear, st.LIF, st.SpikeLinear, st.LIF]
