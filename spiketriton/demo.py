@@ -23,6 +23,12 @@ What it shows, step by step:
    backward pass uses the neurons' surrogate gradient.
 5. **State.** Neurons keep their membrane potential between calls (for streaming input); every
    batch is an independent sequence, so ``spiketriton.reset(net)`` clears the state after each one.
+6. **Quantization.** PTQ to int8 and a short quantization-aware fine-tune, measured in integer
+   inference (``spiketriton.quant``).
+7. **Export.** The quantized network is written to a chip file (``spiketriton.export.save_chip``:
+   integers and a JSON manifest in one safetensors file), loaded back, and run on the test set by
+   ``ChipProgram``, an integer simulator in plain numpy: its output spikes equal the quantized
+   model's bit for bit.
 
 ``main(argv)`` returns a dict with the accuracies and the run time, so tests and other scripts
 can drive the demo without parsing its output.
@@ -31,9 +37,12 @@ can drive the demo without parsing its output.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,7 +230,39 @@ def quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) -> dict
 
 
 # --------------------------------------------------------------------------------------------- #
-# 6. Command line
+# 6. Export: a chip file, run by the integer simulator
+# --------------------------------------------------------------------------------------------- #
+
+
+def export_step(qnet, args, x_te, y_te, export_dir: str, log=print) -> dict:
+    """Write the quantized network to ``export_dir/digits.chip``, load it back and run the whole test
+    set through ``ChipProgram`` (numpy int64, independent of the model's torch and Triton code);
+    its output spikes must equal the quantized model's bit for bit (an error otherwise)."""
+    from .export import load_chip, save_chip
+
+    x = encode(x_te, args.T)
+    path = os.path.join(export_dir, "digits.chip")
+    save_chip(qnet, path, x[:, :1])
+    program = load_chip(path)
+    qnet.reset()
+    try:
+        with torch.no_grad():
+            want = qnet(x).cpu().numpy()
+    finally:
+        qnet.reset()
+    got = program.run(x)
+    if got.dtype != want.dtype or not np.array_equal(got, want):
+        raise RuntimeError(f"the chip simulator's output differs from the quantized model's on "
+                           f"{int((got != want).sum())} of {got.size} spikes")
+    accuracy = float((got.sum(0).argmax(1) == y_te.cpu().numpy()).mean())
+    log(f"chip export: {path} ({os.path.getsize(path)} bytes, {len(program.manifest['layers'])} layers); "
+        f"ChipProgram (numpy int64) on {len(x_te)} test images: output spikes equal the quantized model's bit for "
+        f"bit; chip TEST accuracy {accuracy:.2%}")
+    return {"chip_accuracy": accuracy}
+
+
+# --------------------------------------------------------------------------------------------- #
+# 7. Command line
 # --------------------------------------------------------------------------------------------- #
 
 
@@ -248,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantization: epochs of quantization-aware fine-tuning after PTQ; 0 skips QAT, "
                         "-1 skips quantization altogether (default: 2; --quick: 1)")
     p.add_argument("--bits", type=int, default=8, help="weight bits for quantization, 2..8 (default: 8)")
+    p.add_argument("--export-dir", default=None,
+                   help="where the quantized network's chip file (digits.chip) is written and kept (default: a "
+                        "temporary directory, removed at the end)")
     return p
 
 
@@ -257,7 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     Returns a dict: ``test_accuracy`` and ``train_accuracy`` (fractions in [0, 1], measured on the
     trained network), ``train_loss`` (mean loss of the last epoch), ``seconds`` (wall time of data
     loading, training and evaluation), the settings used (``epochs``, ``T``, ``hidden``, ``neuron``,
-    ``backend``, ``device``, ``seed``) and the trained ``model`` (an ``nn.Sequential``).
+    ``backend``, ``device``, ``seed``) and the trained ``model`` (an ``nn.Sequential``); with
+    quantization also ``ptq_accuracy``, ``qat_accuracy``, the quantized ``qmodel`` and
+    ``chip_accuracy`` (the chip file run by ``ChipProgram``, equal to the model's bit for bit).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -319,6 +365,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"final train accuracy: {train_acc:.2%}")
     print(f"TEST accuracy: {test_acc:.2%} ({len(x_te)} images, chance is 10%) in {time.perf_counter() - start:.1f} s")
     quant_results = quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) if args.qat_epochs >= 0 else {}
+    if quant_results:
+        if args.export_dir is not None:
+            os.makedirs(args.export_dir, exist_ok=True)
+            quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, args.export_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="spiketriton-demo-") as tmp:
+                quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, tmp))
     seconds = time.perf_counter() - start
     return {
         **quant_results,

@@ -43,6 +43,9 @@ def test_quick_demo_learns(neuron, capsys):
     out = capsys.readouterr().out
     assert "neurons run on: PyTorch path" in out
     assert "TEST accuracy" in out and "QAT int8: integer TEST accuracy" in out
+    # the export: the chip file, run by the numpy integer simulator, equals the quantized model bit for bit
+    assert "output spikes equal the quantized model's bit for bit" in out
+    assert result["chip_accuracy"] == result["qat_accuracy"]
 
 
 def test_demo_is_reproducible_and_leaves_global_rng_alone():
@@ -54,6 +57,17 @@ def test_demo_is_reproducible_and_leaves_global_rng_alone():
     assert a["train_loss"] == b["train_loss"]
     for pa, pb in zip(a["model"].parameters(), b["model"].parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_export_dir_keeps_the_chip_file(tmp_path, capsys):
+    from spiketriton.export import load_chip
+
+    result = demo.main(["--quick", "--epochs", "1", "--qat-epochs", "0", "--hidden", "16", "--export-dir",
+                        str(tmp_path / "out"), *CPU])
+    program = load_chip(tmp_path / "out" / "digits.chip")
+    assert program.input_shape == (64,) and program.output_shape == (10,)
+    assert result["chip_accuracy"] == result["ptq_accuracy"]
+    assert f"chip export: {tmp_path / 'out' / 'digits.chip'}" in capsys.readouterr().out
 
 
 def test_explicit_flags_override_quick():
