@@ -519,7 +519,8 @@ HOSTILE = [
     ("tensor_offsets_reversed", "mlp", header_edit(lambda h: first_weight_entry(h).update(data_offsets=[9, 3])),
      r"data_offsets must be \[begin, end\] with 0 <= begin <= end"),
     ("tensor_offsets_span", "mlp",
-     header_edit(lambda h: first_weight_entry(h).update(shape=[10, 5])), r"data_offsets span 60 bytes but int8\[10, 5\]"),
+     header_edit(lambda h: first_weight_entry(h).update(shape=[10, 5])),
+     r"data_offsets span 60 bytes but int8\[10, 5\]"),
     ("tensor_data_gap", "mlp", header_edit(gap), r"its data starts at byte 1 of the data section, expected 0"),
     ("data_truncated", "mlp", lambda d: d[:-10], r"truncated: the tensors need \d+ bytes of data but the file holds"),
     ("data_trailing_bytes", "mlp", lambda d: d + b"\0" * 7, r"7 unexpected bytes after the last tensor's data"),
@@ -574,8 +575,9 @@ HOSTILE = [
      r"padding \[2, 2\] must be at most half the kernel \[2, 2\]"),
     ("flatten_wrong", "conv", manifest_edit(setp("layers", 3, "end_dim", 1)),
      r"out_shape \[36\] is not in_shape \[4, 3, 3\] with dimensions 0..1 merged"),
-    ("channel_constant_shape", "conv", lambda d: rebuilt(d, manifest_fn=setp("tensors", "layers.1.v_l", "shape", [3]),
-                                                        tensors_fn=lambda a: a.update({"layers.1.v_l": np.zeros(3, np.int32)})),
+    ("channel_constant_shape", "conv",
+     lambda d: rebuilt(d, manifest_fn=setp("tensors", "layers.1.v_l", "shape", [3]),
+                       tensors_fn=lambda a: a.update({"layers.1.v_l": np.zeros(3, np.int32)})),
      r"the per-channel constant layers.1.v_l has shape \[3\], which does not broadcast to the neuron's shape"),
     ("absurd_features", "mlp", manifest_edit(setp("input_shape", [1 << 30])),
      r"input_shape \[1073741824\] has 1073741824 elements per sample, beyond the limit of 16777216"),
@@ -643,6 +645,12 @@ def test_limits_are_checked_before_reading(tmp_path, base_files, monkeypatch):
     with pytest.raises(ChipFormatError, match=r"the file has \d+ bytes, beyond the limit of 136 for a chip file"):
         load_chip(path)
     monkeypatch.undo()
+    path.write_bytes(base_files["conv"])
+    monkeypatch.setattr(C, "MAX_IM2COL", 2 * 9 * 36 - 1)  # conv 2 -> 4 channels, 3x3 kernel, 6x6 output
+    with pytest.raises(ChipFormatError, match=r"im2col matrix has 648 elements per sample, beyond the limit of 647"):
+        load_chip(path)
+    monkeypatch.undo()
+    path.write_bytes(base_files["mlp"])
     monkeypatch.setattr(C, "MAX_LAYERS", 3)
     with pytest.raises(ChipFormatError, match=r"layers must be a list of 1 to 3 layers"):
         load_chip(path)

@@ -66,7 +66,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, stride, padding, dilation, groups: i
     for part in _chunks(N, C * kh * kw * _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)):
         win = _windows(x[part], (kh, kw), stride, padding, dilation)  # [n, C, Ho, Wo, kh, kw]
         n, _, Ho, Wo = win.shape[:4]
-        cols = win.reshape(n, G, Cg, Ho, Wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6).reshape(G, n * Ho * Wo, Cg * kh * kw)
+        cols = win.reshape(n, G, Cg, Ho, Wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)  # [G, n, Ho, Wo, Cg, kh, kw]
+        cols = cols.reshape(G, n * Ho * Wo, Cg * kh * kw)
         y = np.matmul(cols, wg)  # [G, n*Ho*Wo, Og]
         outs.append(y.reshape(G, n, Ho, Wo, Og).transpose(1, 0, 4, 2, 3).reshape(n, O, Ho, Wo))
     u = np.concatenate(outs) if len(outs) > 1 else outs[0]

@@ -73,6 +73,7 @@ MAX_TOTAL_ELEMENTS = 1 << 28     # all tensors together: 256 Mi elements (at mos
 MAX_LAYERS = 1024                # entries of the layer chain
 MAX_RANK = 8                     # dimensions of a per-sample shape or of a tensor
 MAX_FEATURES = 1 << 24           # elements of one sample at one step, at any point of the chain (padding included)
+MAX_IM2COL = 1 << 25             # a convolution's im2col matrix for one sample (C_in*kh*kw*Ho*Wo; 256 MiB of int64)
 MAX_NAME = 1024                  # characters of a name or of the producer string
 MAX_RUN_ELEMENTS = 1 << 27       # run(): T * B * features of the largest value of the chain (1 GiB of int64)
 
@@ -145,7 +146,7 @@ def _build(qmodel, sample_input):
         if isinstance(m, QLIF) and m.feeder is None:
             raise ExportError(f"save_chip: {name}: the QLIF is not linked to the layer feeding it (its integer "
                               f"constants are in the units of that layer's current): run qmodel.collect_q_params()")
-    # a prepared model's forward is net(*args): trace the net itself, names as in qmodel.named_modules()
+    # prepare()'s wrapper is traced through its net: name the modules as qmodel.named_modules() does
     root, prefix = (qmodel.net, "net.") if isinstance(qmodel, _Prepared) else (qmodel, "")
     steps = trace_steps(root, sample_input, "save_chip")
     layers, tensors = [], {}
@@ -201,7 +202,6 @@ def _build(qmodel, sample_input):
 
 
 _WHAT = {"real": "real values", "counts": "spike counts", "spikes": "spikes", "current": "an integer current"}
-_TORCH_DTYPES = ("float16", "float32", "float64")
 
 
 def _layer_entry(m, name, kind, input_kind) -> dict:
@@ -346,7 +346,7 @@ def _parse(data: bytes, where: str) -> "ChipProgram":
     manifest = _manifest_of(header.pop("__metadata__", None), fail)
     entries = _tensor_entries(header, len(data) - 8 - n, fail)
     layers, table = _check_manifest(manifest, fail)
-    _check_table(table, entries, fail)
+    _compare(entries, table, "the file", "the manifest", fail)
     arrays = _read_tensors(data, entries, fail)
     if tensor_digest(arrays) != manifest["tensor_sha256"]:
         fail("the tensor data does not match the manifest's tensor_sha256 (corrupted file)")
@@ -516,7 +516,7 @@ class _Fields:
 
     def shape(self, key) -> tuple:
         v = self.obj[key]
-        if not isinstance(v, list) or not 1 <= len(v) <= MAX_RANK or not all(_is_int(d) and 1 <= d <= _INT_MAX for d in v):
+        if not (isinstance(v, list) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) and 1 <= d <= _INT_MAX for d in v)):
             self._bad(key, f"a list of 1 to {MAX_RANK} positive integers")
         if math.prod(v) > MAX_FEATURES:
             self.fail(f"{key} {v} has {math.prod(v)} elements per sample, beyond the limit of {MAX_FEATURES}")
@@ -607,17 +607,14 @@ def _compare(have: dict, want: dict, have_name: str, want_name: str, fail):
              f"{have_name}")
     extra = sorted(set(have) - set(want))
     if extra:
-        fail(f"unexpected tensor(s) {', '.join(k[:80] for k in extra[:5])} in {have_name} (not declared by {want_name})")
+        fail(f"unexpected tensor(s) {', '.join(k[:80] for k in extra[:5])} in {have_name} (not declared by "
+             f"{want_name})")
     for key in sorted(want):
         (hd, hs), (wd, ws) = have[key], want[key]
         if hd != wd:
             fail(f"tensor {key}: {have_name} has dtype {hd}, {want_name} declare(s) {wd}")
         if hs != ws:
             fail(f"tensor {key}: {have_name} has shape {list(hs)}, {want_name} declare(s) {list(ws)}")
-
-
-def _check_table(table: dict, entries: dict, fail):
-    _compare(entries, table, "the file", "the manifest", fail)
 
 
 def _check_quant(f, layer, kind_in, table, i, out_channels, weight_shape) -> str:
@@ -671,6 +668,9 @@ def _check_conv2d(f, layer, kind_in, table, declared, i) -> str:
     out_hw = _window_shape(f, layer, c_in, kernel, stride, padding, dilation)
     if layer["out_shape"] != (c_out,) + out_hw:
         f.fail(f"out_shape {list(layer['out_shape'])}, but the convolution gives {[c_out, *out_hw]}")
+    im2col = c_in * kernel[0] * kernel[1] * out_hw[0] * out_hw[1]
+    if im2col > MAX_IM2COL:
+        f.fail(f"the convolution's im2col matrix has {im2col} elements per sample, beyond the limit of {MAX_IM2COL}")
     layer.update(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return _check_quant(f, layer, kind_in, table, i, c_out, (c_out, c_in // groups) + kernel)
 
@@ -838,7 +838,8 @@ class ChipProgram:
             raise TypeError(f"ChipProgram.run: expected a torch.Tensor or numpy array [T, B, "
                             f"{', '.join(map(str, self.input_shape))}], got {type(x_seq).__name__}")
         if x_seq.dtype.kind not in "biuf":
-            raise TypeError(f"ChipProgram.run: the input must hold real numbers (bool, int or float), got {x_seq.dtype}")
+            raise TypeError(f"ChipProgram.run: the input must hold real numbers (bool, int or float), got "
+                            f"{x_seq.dtype}")
         if x_seq.ndim != 2 + len(self.input_shape) or tuple(x_seq.shape[2:]) != self.input_shape:
             raise ValueError(f"ChipProgram.run: expected input [T, B, {', '.join(map(str, self.input_shape))}], got "
                              f"shape {tuple(x_seq.shape)}")
