@@ -13,6 +13,10 @@ from .neuron import BaseNeuron
 __all__ = ["SpikeLinear", "convert"]
 
 
+_NOT_BINARY = ("SpikeLinear: input has values other than 0 and 1; it expects spikes (use nn.Linear for "
+               "real-valued input, or check_binary=False if the input is known to be binary)")
+
+
 class SpikeLinear(nn.Linear):
     """``y = s @ W.T + b`` for binary spikes ``s [..., in_features]`` (0/1 float or bool, or a
     :class:`~spiketriton.functional.spikes.SpikeTensor`), on the add-only spike matmul.
@@ -65,11 +69,13 @@ class SpikeLinear(nn.Linear):
                 raise TypeError(f"SpikeLinear: spikes must be float/bool 0/1 or a SpikeTensor, got {s.dtype}")
             if s.dim() < 1 or s.shape[-1] != K:
                 raise ValueError(f"SpikeLinear: input [..., {K}] expected, got shape {tuple(s.shape)}")
-            if self.check_binary and not is_binary(s):
-                raise ValueError(
-                    "SpikeLinear: input has values other than 0 and 1; it expects spikes (use nn.Linear for "
-                    "real-valued input, or check_binary=False if the input is known to be binary)"
-                )
+            if self.check_binary:
+                if torch.compiler.is_compiling():
+                    # a data-dependent Python branch would break the graph: a traced device-side assert
+                    # (a RuntimeError with the same message when the compiled code runs)
+                    torch._assert_async(((s == 0) | (s == 1)).all(), _NOT_BINARY)
+                elif not is_binary(s):
+                    raise ValueError(_NOT_BINARY)
             if s.dtype == torch.bool:
                 s = s.to(self.weight.dtype)
         else:

@@ -40,6 +40,9 @@ class BaseNeuron(nn.Module):
         self.packed_output = packed_output
         self.v: Optional[torch.Tensor] = None
 
+    #: the carried state (not in state_dict)
+    _state_names = ("v",)
+
     def reset(self) -> None:
         """Forget the carried state (the next call starts from the initial potential)."""
         self.v = None
@@ -50,6 +53,9 @@ class BaseNeuron(nn.Module):
 
     def _carry(self, state):
         # state left by a call under torch.inference_mode() cannot enter autograd: continue from a copy
+        # (torch.compile cannot trace is_inference(), and under compile inference_mode is no_grad anyway)
+        if torch.compiler.is_compiling():
+            return state
         if state is not None and state.is_inference() and not torch.is_inference_mode_enabled():
             return state.clone()
         return state
@@ -161,6 +167,8 @@ class ExtendedLIF(BaseNeuron):
             self.v_leaky_alpha, self.v_leaky_beta = float(leak[0]), float(leak[1])
         self.v_th_adpt: Optional[torch.Tensor] = None
         self.ref_cnt: Optional[torch.Tensor] = None
+
+    _state_names = ("v", "v_th_adpt", "ref_cnt")
 
     def reset(self) -> None:
         super().reset()

@@ -7,6 +7,9 @@ backward). float64 input always takes the PyTorch path, which then computes in f
 ``backend="triton"`` where Triton cannot run is an error; ``backend="torch"`` always takes the
 PyTorch path. Both are checked against the autograd reference in ``reference/neuron.py``.
 
+Both backends are reached through one ``torch.library`` custom op, ``spiketriton::neuron_fwd`` (with
+its autograd and fake registrations, ``functional/ops.py``), in eager mode and under ``torch.compile``.
+
 State is fp32 whatever the input dtype: ``v_last`` is fp32, spikes are in the input dtype.
 """
 
@@ -18,11 +21,10 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from .. import surrogate as sg
-from ..kernels import neuron as K
-from ..kernels import neuron_torch as KT
 from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
+from . import ops
 from ._backend import use_triton
-from .spikes import SpikeTensor, no_double_backward
+from .spikes import SpikeTensor
 
 __all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
 
@@ -85,82 +87,6 @@ def _finite(value, name: str, op: str) -> float:
     return value
 
 
-# --------------------------------------------------------------------------------------------- #
-# Autograd Function over the fused kernels
-# --------------------------------------------------------------------------------------------- #
-
-
-class _NeuronFunction(torch.autograd.Function):
-    """Outputs ``(spikes, v_last, a_last, ref_last, bits)``; ``ref_last`` (an integer counter) and
-    ``bits`` have no gradient. With ``packed``, no float spikes are written: ``spikes`` is a
-    one-element zero tensor expanded to the spikes' shape (the anchor through which the gradient of
-    the packed spikes arrives) and ``bits`` holds the spikes, the same storage backward reads."""
-
-    @staticmethod
-    def forward(ctx, x, v0, a0, params, ref0, spec: NeuronSpec, impl, packed: bool):
-        # A learnable decay (PLIF) gets dH/dk = (H - V[t-1]) / k (decay_input) or Vr - V[t-1] from the
-        # saved H: the first divides H's rounding error by k, the second sums it over every neuron-step
-        # with cancellation (bf16: 8% off, found by tests/test_neuron_property.py). Keep H in fp32 then
-        # (fp16/bf16: +2 bytes per neuron-step).
-        learn_decay = spec.family == FAMILY_A and ctx.needs_input_grad[3]
-        h_dtype = torch.promote_types(x.dtype, torch.float32) if learn_decay else x.dtype
-        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(
-            x, v0, a0, ref0, params, spec, store=True, h_dtype=h_dtype, write_spikes=not packed
-        )
-        a_last, ref_last = _fill_states(a_last, ref_last, v_last, spec)
-        bits = saved[1]
-        if packed:
-            spikes = _anchor(x)
-        ctx.mark_non_differentiable(ref_last, bits)
-        if spec.family == FAMILY_A:
-            ctx.mark_non_differentiable(a_last)
-        ctx.set_materialize_grads(False)
-        ctx.spec = spec
-        ctx.impl = impl
-        ctx.shape = x.shape
-        ctx.x_dtype = x.dtype
-        ctx.state_dtypes = (v0.dtype if v0 is not None else None, a0.dtype if a0 is not None else None)
-        need_v0_saved = spec.family == FAMILY_A and ctx.needs_input_grad[3] and v0 is not None
-        ctx.save_for_backward(*saved, v0 if need_v0_saved else None, params)
-        return spikes, v_last, a_last, ref_last, bits
-
-    @staticmethod
-    def backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_bits):
-        no_double_backward("spiketriton neurons")
-        *saved, v0, params = ctx.saved_tensors
-        h = saved[0]
-        spec = ctx.spec
-        need_x, need_v0, need_a0, need_p = ctx.needs_input_grad[:4]
-        T = ctx.shape[0]
-        if T == 0 or h is None or h.numel() == 0:
-            # no step: the state passes straight through
-            zeros = torch.zeros(ctx.shape[1:], device=params.device)
-            gx = torch.zeros(ctx.shape, dtype=ctx.x_dtype, device=params.device)
-            gv0 = (g_v_last if (g_v_last is not None and T == 0) else zeros) if need_v0 else None
-            ga0 = (g_a_last if (g_a_last is not None and T == 0) else zeros) if need_a0 else None
-            gp = torch.zeros_like(params) if need_p else None
-            return gx if need_x else None, gv0, ga0, gp, None, None, None, None
-        if g_spikes is None:
-            g_spikes = torch.zeros(ctx.shape, dtype=ctx.x_dtype, device=h.device)
-        gx, gv0, ga0, gp = ctx.impl.neuron_backward(
-            g_spikes, g_v_last, g_a_last, tuple(saved), v0, params, spec,
-            need_v0=need_v0, need_a0=need_a0, need_params=need_p,
-        )
-        v_dt, a_dt = ctx.state_dtypes
-        if need_a0 and ga0 is None:  # adaptation off: the carried-in part does not reach the output
-            ga0 = torch.zeros(ctx.shape[1:], device=h.device)
-        return (
-            gx if need_x else None,
-            gv0.to(v_dt) if need_v0 else None,
-            ga0.to(a_dt) if need_a0 else None,
-            gp.to(params.dtype).view_as(params) if need_p else None,
-            None,
-            None,
-            None,
-            None,
-        )
-
-
 def run_neuron(
     x_seq: torch.Tensor,
     v0: Optional[torch.Tensor],
@@ -191,7 +117,6 @@ def run_neuron(
         if backend == "triton":
             raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 input, got {x_seq.dtype}")
         triton_ok = False  # documented: float64 takes the PyTorch path under "auto"
-    impl = K if triton_ok else KT
     state_dtype = torch.promote_types(x_seq.dtype, torch.float32)  # fp32 (fp64 on the float64 path)
     params = params.to(state_dtype)
     v0f = v0.to(state_dtype) if v0 is not None else None
@@ -200,35 +125,19 @@ def run_neuron(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x_seq, params, v0f, a0f)
     )
-    if needs_grad:
-        spikes, v_last, a_last, ref_last, bits = _NeuronFunction.apply(
-            x_seq, v0f, a0f, params, ref0i, spec, impl, packed)
-    else:  # inference: nothing is written for backward
-        spikes, v_last, a_last, ref_last, saved = impl.neuron_forward(
-            x_seq, v0f, a0f, ref0i, params, spec, store=False, write_spikes=not packed)
-        a_last, ref_last = _fill_states(a_last, ref_last, v_last, spec)
-        bits = saved[1]
+    # A learnable decay (PLIF) gets dH/dk = (H - V[t-1]) / k (decay_input) or Vr - V[t-1] from the
+    # saved H: the first divides H's rounding error by k, the second sums it over every neuron-step
+    # with cancellation (bf16: 8% off, found by tests/test_neuron_property.py). Keep H in fp32 then
+    # (fp16/bf16: +2 bytes per neuron-step).
+    h_fp32 = needs_grad and spec.family == FAMILY_A and params.requires_grad
+    spec_i, spec_f = ops.spec_args(spec)
+    # one custom op (functional/ops.py) for both backends, eager and torch.compile; with a gradient
+    # it saves only what backward reads, without one nothing is written for backward
+    spikes, v_last, a_last, ref_last, _, bits, _, _, _ = torch.ops.spiketriton.neuron_fwd(
+        x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad, h_fp32, packed)
     if packed:
-        spikes = SpikeTensor(bits.view(tuple(x_seq.shape[:-1]) + (bits.shape[-1],)), x_seq.shape[-1],
-                             spikes if needs_grad else None)
+        spikes = SpikeTensor(bits, x_seq.shape[-1], spikes if needs_grad else None)
     return spikes, v_last, a_last, ref_last
-
-
-def _anchor(x: torch.Tensor) -> torch.Tensor:
-    """A zero tensor of x's shape backed by one element: a stand-in output for packed spikes."""
-    return torch.zeros(1, dtype=x.dtype, device=x.device).as_strided(x.shape, (0,) * x.dim())
-
-
-def _fill_states(a_last, ref_last, v_last, spec: NeuronSpec):
-    """Family B returns its full state (zeros for a feature that is off); family A has none and
-    gets empty placeholders (no allocation of state-sized tensors it never uses)."""
-    if spec.family == FAMILY_A:
-        return v_last.new_empty(0), torch.empty(0, dtype=torch.int32, device=v_last.device)
-    if a_last is None:
-        a_last = torch.zeros_like(v_last)
-    if ref_last is None:
-        ref_last = torch.zeros(v_last.shape, dtype=torch.int32, device=v_last.device)
-    return a_last, ref_last
 
 
 # --------------------------------------------------------------------------------------------- #

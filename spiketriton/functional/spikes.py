@@ -8,7 +8,10 @@ neuron wrote them packed directly, so that no float spike tensor is ever materia
 
 ``spike_matmul(s, weight, bias)`` = ``s @ weight.T + bias`` for binary ``s``: on Triton it reads the
 packed bytes (kernels/spike_matmul.py); on the PyTorch path it uses the BLAS matmul. Either way only
-the packed spikes are saved for backward.
+the packed spikes are saved for backward. Packing, unpacking and the matmul with its weight gradient
+are ``torch.library`` custom ops (``functional/ops.py``), so that ``torch.compile`` sees one node
+each; a SpikeTensor is a plain Python object that Dynamo traces through (created in the graph, or
+passed into a compiled function).
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from typing import Optional, Union
 
 import torch
 
-from ..kernels import pack as PK
-from ..kernels import pack_torch as PT
-from ..kernels import spike_matmul as SM
+from . import ops
 from ._backend import use_triton
+from .ops import no_double_backward  # noqa: F401  (re-exported: it lived here before functional/ops.py)
 
 __all__ = ["SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "is_binary"]
 
@@ -110,10 +112,7 @@ def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> S
         raise TypeError(f"pack_spikes: spikes must be float, bool or uint8 0/1, got {s.dtype}")
     if check and not is_binary(s):
         raise ValueError("pack_spikes: values other than 0 and 1 found; spikes must be binary")
-    if use_triton(backend, s, op="pack_spikes"):
-        data = PK.pack(s)
-    else:
-        data = PT.pack_bits(s)
+    data = torch.ops.spiketriton.pack(s, use_triton(backend, s, op="pack_spikes"))
     anchor = s if (s.is_floating_point() and s.requires_grad) else None
     return SpikeTensor(data, s.shape[-1], anchor)
 
@@ -122,91 +121,13 @@ def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: s
     """Inverse of :func:`pack_spikes`: ``[..., k]`` 0/1 in ``dtype`` (no gradient)."""
     if not isinstance(p, SpikeTensor):
         raise TypeError(f"unpack_spikes: expected a SpikeTensor, got {type(p).__name__}")
-    if use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES:
-        return PK.unpack(p.data, p.k, dtype)
-    return PT.unpack_bits(p.data, p.k, dtype)
+    triton = use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES
+    return torch.ops.spiketriton.unpack(p.data, p.k, dtype, triton)
 
 
 # --------------------------------------------------------------------------------------------- #
 # spike_matmul
 # --------------------------------------------------------------------------------------------- #
-
-
-def no_double_backward(what: str) -> None:
-    """The hand-written backwards are not themselves differentiable: refuse create_graph=True rather
-    than return a gradient whose second-order terms are silently missing."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"{what}: double backward (torch.autograd.grad(..., create_graph=True) through these layers) is "
-            f"not supported; their backward is hand-written and not differentiable"
-        )
-
-
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    """fp32 for half-precision tensors on the CPU: the kernels' semantics (fp32 accumulation, one
-    rounding), and much faster there (bf16 32x1024x1024 dY @ W: 71 ms vs 1.0 ms in fp32 on 2 AVX2
-    cores, bench/README.md)."""
-    return torch.float32 if (t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16)) else t.dtype
-
-
-class _TorchSpikeMatmul:
-    """The PyTorch path: BLAS matmul on 0/1 values (exact products), packed spikes saved."""
-
-    @staticmethod
-    def fwd(packed, K, weight, bias, dense=None):
-        acc = _acc_dtype(weight)
-        s = dense.to(acc) if dense is not None else PT.unpack_bits(packed, K, acc)
-        y = torch.nn.functional.linear(s, weight.to(acc), bias.to(acc) if bias is not None else None)
-        return y.to(weight.dtype)
-
-    @staticmethod
-    def dw(grad_out, packed, K):
-        acc = _acc_dtype(grad_out)
-        return (grad_out.to(acc).t() @ PT.unpack_bits(packed, K, acc)).to(grad_out.dtype)
-
-    @staticmethod
-    def ds(grad_out, weight):
-        acc = _acc_dtype(weight)
-        return (grad_out.to(acc) @ weight.to(acc)).to(weight.dtype)
-
-
-class _TritonSpikeMatmul:
-    @staticmethod
-    def fwd(packed, K, weight, bias, dense=None):
-        return SM.spike_matmul_fwd(packed, K, weight, bias)
-
-    @staticmethod
-    def dw(grad_out, packed, K):
-        return SM.spike_matmul_dw(grad_out, packed, K)
-
-    @staticmethod
-    def ds(grad_out, weight):
-        return grad_out @ weight  # dense: cuBLAS
-
-
-class _SpikeMatmulFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, packed, K, anchor, dense, weight, bias, impl):
-        y = impl.fwd(packed, K, weight, bias, dense)
-        ctx.impl = impl
-        ctx.K = K
-        ctx.has_bias = bias is not None
-        need_ds = anchor is not None and ctx.needs_input_grad[2]
-        ctx.anchor_dtype = anchor.dtype if anchor is not None else None
-        # only the packed spikes (and the weight, for dS) are kept
-        ctx.save_for_backward(packed, weight if need_ds else None)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        no_double_backward("spike_matmul")
-        packed, weight = ctx.saved_tensors
-        need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
-        gy = gy.contiguous()
-        gw = ctx.impl.dw(gy, packed, ctx.K) if need_w else None
-        gb = gy.sum(0) if (need_b and ctx.has_bias) else None
-        gs = ctx.impl.ds(gy, weight).to(ctx.anchor_dtype) if weight is not None else None  # dense dS = dY @ W
-        return None, None, gs, None, gw, gb, None
 
 
 def spike_matmul(
@@ -254,7 +175,6 @@ def spike_matmul(
     triton_ok = use_triton(backend, weight, op="spike_matmul") and weight.dtype in _KERNEL_DTYPES
     if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"spike_matmul: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
-    impl = _TritonSpikeMatmul if triton_ok else _TorchSpikeMatmul
 
     lead = tuple(s.shape[:-1])
     M = math.prod(lead)
@@ -268,9 +188,10 @@ def spike_matmul(
             weight.requires_grad or anchor is not None or (bias is not None and bias.requires_grad))
         if not triton_ok and not needs_grad:
             # inference on the PyTorch path: nothing to save, no packing
-            return _TorchSpikeMatmul.fwd(None, K, weight, bias, s)
-        packed = (PK.pack(s.reshape(M, K)) if triton_ok else PT.pack_bits(s.reshape(M, K)))
+            with torch.autocast(device.type, enabled=False):
+                return ops.torch_spike_matmul_fwd(None, K, weight, bias, s)
+        packed = torch.ops.spiketriton.pack(s.reshape(M, K), triton_ok)
     with torch.autocast(device.type, enabled=False):
-        y = _SpikeMatmulFunction.apply(packed, K, anchor.reshape(M, K) if anchor is not None else None,
-                                       dense, weight, bias, impl)
+        y = torch.ops.spiketriton.spike_matmul(packed, K, anchor.reshape(M, K) if anchor is not None else None,
+                                               dense, weight, bias, triton_ok)
     return y.reshape(lead + (weight.shape[0],))

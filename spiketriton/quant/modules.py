@@ -32,12 +32,10 @@ from ..functional.neuron import extended_lif_spec, run_neuron
 from ..functional.spikes import SpikeTensor
 from ..neuron import BaseNeuron
 from ..functional._backend import use_triton
-from ..kernels import pack as PK
-from ..kernels import spike_matmul as SMK
-from ..kernels.neuron_int import neuron_int_forward
+from ..functional.ops import INT_SPEC_FIELDS
 from ..reference.neuron_int import family_b_int_steps, leak
-from ..spec import INT28_MAX, INT28_MIN, IntNeuronSpec
-from .quantizer import check_bits, floor_ste, qmax, round_ste, weight_scale
+from ..spec import INT28_MAX, INT28_MIN
+from .quantizer import check_bits, floor_ste, qmax, require, round_ste, weight_scale
 
 __all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
 
@@ -112,12 +110,11 @@ class _QLayer:
             S = s_w * self.input_scale if self.is_encoder else s_w
             b = self.bias if ste else self.bias.detach()
             b_int = rnd(b.double() * S.double())
-            if b_int.detach().abs().max() > INT28_MAX:
-                raise ValueError(
-                    f"{type(self).__name__}: a bias is {float(b.detach().abs().max()):.3g}, which in the layer's integer units "
-                    f"(x {float(S.max()):.3g}) exceeds int28; use fewer weight bits, a smaller encoder input range, or a "
-                    f"smaller bias"
-                )
+            advice = "use fewer weight bits, a smaller encoder input range, or a smaller bias"
+            require(b_int.detach().abs() <= INT28_MAX, ValueError,
+                    lambda: f"{type(self).__name__}: a bias is {float(b.detach().abs().max()):.3g}, which in the layer's "
+                            f"integer units (x {float(S.max()):.3g}) exceeds int28; {advice}",
+                    static=f"{type(self).__name__}: a bias exceeds int28 in the layer's integer units; {advice}")
         return w_int, b_int
 
     def freeze_integers(self):
@@ -143,9 +140,10 @@ class _QLayer:
         elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear"):
             # spikes x int8 weights on the integer spike-matmul kernel (exact int32)
             K = self.in_features
-            packed = PK.pack(x.reshape(-1, K))
+            packed = torch.ops.spiketriton.pack(x.reshape(-1, K), True)
             b = self.bias_int if self.bias is not None else None
-            u = SMK.spike_matmul_int(packed, K, self.weight_int.contiguous(), b).reshape(tuple(x.shape[:-1]) + (-1,))
+            u = torch.ops.spiketriton.spike_matmul_int(packed, K, self.weight_int.contiguous(), b)
+            u = u.reshape(tuple(x.shape[:-1]) + (-1,))
             u = u.clamp(INT28_MIN, INT28_MAX)
         else:
             x_int = self._input_int(x, aware=False)
@@ -271,6 +269,8 @@ class QLIF(BaseNeuron):
             return
         super().__setattr__(name, value)
 
+    _state_names = ("v", "v_th_adpt", "ref_cnt")
+
     def reset(self):
         self.v = self.v_th_adpt = self.ref_cnt = None
 
@@ -285,12 +285,11 @@ class QLIF(BaseNeuron):
             if value == -math.inf:
                 return torch.full_like(S, INT28_MIN).to(torch.int64)
             r = torch.round(torch.as_tensor(value, dtype=torch.float64) * S)
-            if r.abs().max() > INT28_MAX:
-                raise ValueError(
-                    f"QLIF: {name} = {value} is {float(r.abs().max()):.3g} in the integer units of the layer feeding it "
-                    f"(x {float(S.max()):.3g}), beyond int28: the quantized neuron could never reach it. Use fewer "
-                    f"weight bits or larger weights in the feeding layer"
-                )
+            advice = "the quantized neuron could never reach it. Use fewer weight bits or larger weights in the feeding layer"
+            require(r.abs() <= INT28_MAX, ValueError,
+                    lambda: f"QLIF: {name} = {value} is {float(r.abs().max()):.3g} in the integer units of the layer "
+                            f"feeding it (x {float(S.max()):.3g}), beyond int28: {advice}",
+                    static=f"QLIF: {name} = {value} is beyond int28 in the integer units of the layer feeding it: {advice}")
             return r.to(torch.int64)
 
         return dict(
@@ -345,15 +344,14 @@ class QLIF(BaseNeuron):
         return spikes.float()
 
     def _integer_kernel(self, x, c):
-        """Per-tensor constants: the Triton integer neuron (kernels/neuron_int.py)."""
+        """Per-tensor constants: the Triton integer neuron (kernels/neuron_int.py), through its custom op
+        (the constants travel as one int64 tensor: no host round trip in a compiled graph)."""
         s = self.spec
-        spec = IntNeuronSpec(
-            v_th0=int(c["v_th0"]), v_reset=int(c["v_reset"]), reset_mode=s.reset_mode, v_l=int(c["v_l"]),
-            dv=int(c["dv"]), alpha_q=c["alpha_q"], beta_q=int(c["beta_q"]), ref_len=s.ref_len,
-            v_th_alpha_q=c["v_th_alpha_q"], v_th_beta_q=int(c["v_th_beta_q"]), v_th_incre=int(c["v_th_incre"]),
-            v_init=int(c["v_init"]),
-        )
-        spikes, _, v, a, ref = neuron_int_forward(x.to(torch.int32), self.v, self.v_th_adpt, self.ref_cnt, spec)
+        c = dict(c, reset_mode=s.reset_mode, ref_len=s.ref_len)
+        consts = torch.stack([torch.as_tensor(c[k], dtype=torch.int64, device=x.device).reshape(())
+                              for k in INT_SPEC_FIELDS])
+        spikes, v, a, ref = torch.ops.spiketriton.neuron_int(x.to(torch.int32), self.v, self.v_th_adpt, self.ref_cnt,
+                                                             consts)
         self.v, self.v_th_adpt, self.ref_cnt = v, a, ref
         return spikes.float()
 

@@ -14,11 +14,25 @@ Convention (the HNN framework's): a *scale* is the multiplier that maps real val
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
-__all__ = ["qmax", "check_bits", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste"]
+__all__ = ["qmax", "check_bits", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste", "require"]
+
+
+def require(ok: torch.Tensor, exc: type, message, static: Optional[str] = None) -> None:
+    """Raise ``exc(message)`` unless the bool tensor ``ok`` is all true (a check on tensor values).
+
+    Eager: one host sync; ``message`` may be a callable, so that it can quote the values. Under
+    ``torch.compile`` a Python branch on a tensor would break the graph, so the check becomes a traced
+    assert (``torch._assert_async``): a RuntimeError carrying ``static`` (default: ``message`` when it
+    is a string) when the compiled code runs."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), static if static is not None else str(message))
+        return
+    if not bool(ok.all()):
+        raise exc(message() if callable(message) else message)
 
 
 def check_bits(bits) -> int:
@@ -42,8 +56,7 @@ def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2
     q = qmax(bits)
     w = w.detach().float()
     amax = w.abs().flatten(1).amax(1) if (per_channel and w.dim() > 1) else w.abs().amax()
-    if not torch.isfinite(amax).all():
-        raise ValueError("weight_scale: weights contain inf or NaN")
+    require(torch.isfinite(amax), ValueError, "weight_scale: weights contain inf or NaN")
     scale = q / amax
     # all-zero (or denormal-small, whose scale overflows) weights: scale 1, every integer 0
     scale = torch.where((amax > 0) & torch.isfinite(scale), scale, torch.ones_like(amax))
