@@ -40,12 +40,26 @@ class BaseNeuron(nn.Module):
         self.packed_output = packed_output
         self.v: Optional[torch.Tensor] = None
 
-    #: the carried state (not in state_dict)
+    #: the carried state (not in state_dict); ``.to(device)`` moves it, a dtype cast leaves it alone
     _state_names = ("v",)
 
     def reset(self) -> None:
         """Forget the carried state (the next call starts from the initial potential)."""
         self.v = None
+
+    def _apply(self, fn, recurse=True):
+        """``module.to(device)`` / ``.cuda()`` / ``.cpu()`` also move the carried state, so that a
+        sequence can continue on the new device; its dtype stays (fp32 state, int32 counter) whatever
+        a dtype cast does to the parameters."""
+        super()._apply(fn, recurse)
+        for name in self._state_names:
+            t = self.__dict__.get(name)
+            if isinstance(t, torch.Tensor):
+                # where fn sends a tensor of this device, found with an empty probe (no copy of the state)
+                device = fn(torch.empty(0, device=t.device)).device
+                if device != t.device:
+                    self.__dict__[name] = t.to(device)
+        return self
 
     def _params(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The learnable/fixed scalars of the spec as an fp32 tensor on x's device."""

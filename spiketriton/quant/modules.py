@@ -40,6 +40,7 @@ from .quantizer import check_bits, floor_ste, qmax, require, round_ste, weight_s
 __all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
 
 FLOAT, AWARE, QUANTIZED = "float", "aware", "quantized"
+_SCALE_BUFFERS = ("input_amax", "input_scale", "w_scale")  # fp32 whatever the module's dtype
 INPUT_BITS = 8  # encoding-layer inputs: calibrated symmetric int8
 
 
@@ -74,6 +75,40 @@ class _QLayer:
         self.register_buffer("w_scale", torch.zeros(0))       # s_w (0-dim or [C_out]) once calculated
         self.register_buffer("weight_int", torch.zeros(0, dtype=torch.int8))
         self.register_buffer("bias_int", torch.zeros(0, dtype=torch.int32))
+
+    # -- module plumbing -------------------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        """A dtype cast (``.to(torch.bfloat16)``, ``.half()``, ...) leaves the fp32 scales alone: a
+        rounded scale would change the integer constants derived from it. Devices move as usual."""
+        keep = {k: self._buffers[k] for k in _SCALE_BUFFERS if self._buffers.get(k) is not None}
+        super()._apply(fn, recurse)
+        for k, old in keep.items():
+            new = self._buffers[k]
+            if new.dtype != old.dtype:
+                self._buffers[k] = old.to(new.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """The quantization tensors are empty until calculate_q_params()/quantize() size them: take the
+        checkpoint's shapes (checked against the layer), so that a state_dict loads into a fresh model."""
+        allowed = {
+            "w_scale": {(0,), (), (self.weight.shape[0],)},
+            "weight_int": {(0,), tuple(self.weight.shape)},
+            "bias_int": {(0,)} | ({tuple(self.bias.shape)} if self.bias is not None else set()),
+        }
+        for name, shapes in allowed.items():
+            t = state_dict.get(prefix + name)
+            own = self._buffers.get(name)
+            if not isinstance(t, torch.Tensor) or own is None or t.shape == own.shape:
+                continue
+            if tuple(t.shape) not in shapes:
+                error_msgs.append(f"{prefix}{name} has shape {tuple(t.shape)} in the checkpoint; this "
+                                  f"{type(self).__name__} takes one of {sorted(shapes)}")
+                continue
+            self._buffers[name] = torch.empty(t.shape, dtype=own.dtype, device=own.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # -- scales ----------------------------------------------------------------------------------
     def live_weight_scale(self) -> torch.Tensor:
