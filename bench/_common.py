@@ -332,28 +332,31 @@ def bench_ms(fn: Callable[[], object], warmup_ms: int, rep_ms: int, device) -> D
     return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
 
 
+def time_one(fn: Callable[[], object], device) -> float:
+    """ms of one call: CUDA events around it on CUDA (synchronised), ``time.perf_counter`` on CPU."""
+    if torch.device(device).type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_calls(fn: Callable[[], object], warmup: int, reps: int, device) -> Dict[str, float]:
     """For calls long enough that their count matters more than a time budget (hundreds of ms): ``warmup``
-    untimed calls, then ``reps`` timed ones (CUDA events around each call on CUDA, ``perf_counter`` on
-    CPU); median, min and max in ms."""
-    device = torch.device(device)
+    untimed calls, then ``reps`` timed ones (:func:`time_one`); median, min and max in ms."""
     for _ in range(warmup):
         fn()
-    ts = []
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b))
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
+    return ms_stats([time_one(fn, device) for _ in range(reps)])
+
+
+def ms_stats(ts: Sequence[float]) -> Dict[str, float]:
     return {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
 
 

@@ -30,8 +30,10 @@ counts ("library" column):
 - **torch (Linear only)**  ``nn.Linear`` forward + backward without a neuron (context).
 
 The neuron dynamics differ slightly between libraries (reset rule, surrogate); the time of a step does
-not depend on them in any library measured here. Timing: ``--warmup`` untimed steps, then ``--reps``
-timed ones (CUDA events around each step on CUDA, ``time.perf_counter`` on CPU), median. Peak CUDA
+not depend on them in any library measured here. Timing: every case is built and probed (one step), then
+``--warmup`` untimed steps each, then ``--reps`` rounds in which every case runs once in a new random order
+(so that load changes on a shared CPU hit all libraries alike); CUDA events around each step on CUDA,
+``time.perf_counter`` on CPU; median. Peak CUDA
 memory of a step is recorded on CUDA. A library that fails in the requested dtype is tried in fp32
 (its rows say which dtype ran); failures are recorded under ``errors``, missing packages under ``skipped``.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import sys
 import traceback
 from pathlib import Path
@@ -52,7 +55,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, device_slug, header, int_list, progress, save_result, short_error, time_calls,
+    RESULTS_DIR, device_slug, header, int_list, ms_stats, progress, save_result, short_error, time_one,
 )
 from _neuron_cases import DTYPES, sj_implementation, sj_precision_node, spikingjelly_node  # noqa: E402
 
@@ -181,26 +184,67 @@ def _available(library: str) -> Optional[str]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def measure(fn, params, x, g, warmup, reps, device) -> Dict[str, float]:
-    inputs = [x] + list(params)
+def build_cases(n, state, x0, g0, todo, dname, device, errors, agreement, no_baselines, bar) -> List[dict]:
+    """Every variant built and probed once (a forward for the firing rate, then a full step) with its own
+    zero-argument ``step``; a variant that fails in the run's dtype is retried in fp32. Then the torch
+    baselines. The inputs are shared by the cases of one dtype."""
+    inputs: Dict[str, tuple] = {}
 
-    def step():
-        s = fn(x)
-        torch.autograd.grad(s, inputs, g)
+    def io(dt_name):
+        if dt_name not in inputs:
+            dt = DTYPES[dt_name]
+            inputs[dt_name] = (x0.to(device=device, dtype=dt).requires_grad_(), g0.to(device=device, dtype=dt))
+        return inputs[dt_name]
 
-    s = fn(x)  # probe (compilation, allocator); also the firing rate
-    rate = float(s.detach().float().mean())
-    del s
-    t = time_calls(step, warmup, reps, device)
-    t["firing_rate"] = rate
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        t["peak_extra_MiB"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return t
+    cases: List[dict] = []
+    spikes = {}
+    for lib, name, build in todo:
+        bar.set_postfix_str(f"n={n} {name}")
+        for dt_name in dict.fromkeys((dname, "fp32")):
+            x, g = io(dt_name)
+            try:
+                fn, lin = build(n, state, DTYPES[dt_name], device)
+                params = [x] + list(lin.parameters())
+                step = (lambda fn=fn, params=params, x=x, g=g: torch.autograd.grad(fn(x), params, g))
+                with torch.no_grad():
+                    s = fn(x)
+                rate = float(s.float().mean())
+                if name in ("spiketriton", "spikingjelly") and dt_name == dname:
+                    spikes[name] = s
+                del s
+                step()  # the backward too: compilation, allocator
+                cases.append({"library": lib, "variant": name, "dtype": dt_name, "step": step, "firing_rate": rate,
+                              "times": []})
+                break
+            except Exception as e:  # noqa: BLE001 - one library failing must not lose the rest
+                errors.append({"n": n, "variant": name, "dtype": dt_name, "error": short_error(e),
+                               "traceback": traceback.format_exc(limit=4)})
+                print(f"  n={n} {name} {dt_name}: failed ({short_error(e, 160)})", flush=True)
+        bar.update(1)
+    if len(spikes) == 2:
+        agreement.append({"n": n, "dtype": dname,
+                          "spike_mismatch_fraction": float((spikes["spiketriton"] != spikes["spikingjelly"]).float().mean()),
+                          "note": "same weights, input and LIF (tau=2, hard reset); in bf16 H may round differently"})
+    if not no_baselines:
+        x, g = io(dname)
+        for name, fn in torch_baselines(n, state, x, g, DTYPES[dname], device):
+            try:
+                fn()
+                cases.append({"library": name, "variant": name, "dtype": dname, "step": fn, "times": []})
+            except Exception as e:  # noqa: BLE001
+                errors.append({"n": n, "variant": name, "dtype": dname, "error": short_error(e)})
+            bar.update(1)
+    return cases
+
+
+def peak_memory_MiB(step, device) -> float:
+    """Peak CUDA memory of one step above what was allocated before it."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def torch_baselines(n, state, x, g, dtype, device):
@@ -246,7 +290,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     sizes = int_list(args.sizes or (GPU_SIZES if device.type == "cuda" else CPU_SIZES))
     dname = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    dtype = DTYPES[dname]
     libraries = [lib.strip() for lib in args.libraries.split(",") if lib.strip()]
     for lib in libraries:
         if lib not in LIBRARIES:
@@ -272,62 +315,39 @@ def main(argv=None) -> int:
     errors: List[dict] = []
     agreement: List[dict] = []
     n_base = 0 if args.no_torch_baselines else 2
-    bar = progress(len(sizes) * (len(todo) + n_base), "open_neuromorphic")
+    bar = progress(len(sizes) * (len(todo) + n_base) * (1 + args.warmup + args.reps), "open_neuromorphic")
     for n in sizes:
         torch.manual_seed(0)
         state = nn.Linear(n, n).state_dict()
         gen = torch.Generator().manual_seed(1)
         x0 = INPUT_SCALE * torch.randn((args.T, args.batch, n), generator=gen)
         g0 = torch.randn((args.T, args.batch, n), generator=gen)
-        spikes_by_variant = {}
-        for lib, name, build in todo:
-            bar.set_postfix_str(f"n={n} {name}")
-            ran = None
-            for dt_name in dict.fromkeys((dname, "fp32")):
-                dt = DTYPES[dt_name]
-                x = x0.to(device=device, dtype=dt).requires_grad_()
-                g = g0.to(device=device, dtype=dt)
-                try:
-                    fn, lin = build(n, state, dt, device)
-                    t = measure(fn, lin.parameters(), x, g, args.warmup, args.reps, device)
-                    if n == sizes[0] and name in ("spiketriton", "spikingjelly"):
-                        with torch.no_grad():
-                            spikes_by_variant[name] = fn(x).detach()
-                    ran = dt_name
-                    break
-                except Exception as e:  # noqa: BLE001 - one library failing must not lose the rest
-                    errors.append({"n": n, "variant": name, "dtype": dt_name, "error": short_error(e),
-                                   "traceback": traceback.format_exc(limit=4)})
-                    print(f"  n={n} {name} {dt_name}: failed ({short_error(e, 160)})", flush=True)
-                finally:
-                    del x, g
-                    gc.collect()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-            if ran is not None:
-                rows.append({"n": n, "library": lib, "variant": name, "dtype": ran, "T": args.T, "batch": args.batch,
-                             **t})
-                print(f"  n={n:6d} {name:36} {ran}: {t['median_ms']:10.2f} ms (rate {t['firing_rate']:.3f})", flush=True)
-            bar.update(1)
-        if len(spikes_by_variant) == 2:
-            a, b = spikes_by_variant["spiketriton"], spikes_by_variant["spikingjelly"]
-            agreement.append({"n": n, "dtype": dname, "spike_mismatch_fraction": float((a != b).float().mean()),
-                              "note": "same weights, input and LIF (tau=2, hard reset); bf16 rounds H differently"})
-        del spikes_by_variant
-        if not args.no_torch_baselines:
-            x = x0.to(device=device, dtype=dtype).requires_grad_()
-            g = g0.to(device=device, dtype=dtype)
-            for name, fn in torch_baselines(n, state, x, g, dtype, device):
-                bar.set_postfix_str(f"n={n} {name}")
-                try:
-                    t = time_calls(fn, args.warmup + 1, args.reps, device)
-                    rows.append({"n": n, "library": name, "variant": name, "dtype": dname, "T": args.T,
-                                 "batch": args.batch, **t})
-                    print(f"  n={n:6d} {name:36} {dname}: {t['median_ms']:10.2f} ms", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    errors.append({"n": n, "variant": name, "dtype": dname, "error": short_error(e)})
+        cases = build_cases(n, state, x0, g0, todo, dname, device, errors, agreement, args.no_torch_baselines, bar)
+        # interleaved: warm-up, then rounds in which every case runs once in a new random order, so that a
+        # change in machine load (a shared CPU) hits all libraries alike
+        for c in cases:
+            for _ in range(args.warmup):
+                c["step"]()
                 bar.update(1)
-            del x, g
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rng = random.Random(n)
+        order = list(cases)
+        for _ in range(args.reps):
+            rng.shuffle(order)
+            for c in order:
+                c["times"].append(time_one(c["step"], device))
+                bar.update(1)
+        for c in cases:
+            row = {"n": n, "library": c["library"], "variant": c["variant"], "dtype": c["dtype"], "T": args.T,
+                   "batch": args.batch, **ms_stats(c["times"]), "firing_rate": c.get("firing_rate")}
+            if device.type == "cuda":
+                row["peak_extra_MiB"] = peak_memory_MiB(c["step"], device)
+            rows.append(row)
+            rate = f" (rate {row['firing_rate']:.3f})" if row["firing_rate"] is not None else ""
+            print(f"  n={n:6d} {c['variant']:36} {c['dtype']}: {row['median_ms']:10.2f} ms{rate}", flush=True)
+        del cases
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
