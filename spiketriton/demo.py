@@ -28,7 +28,8 @@ What it shows, step by step:
 7. **Export.** The quantized network is written to a chip file (``spiketriton.export.save_chip``:
    integers and a JSON manifest in one safetensors file), loaded back, and run on the test set by
    ``ChipProgram``, an integer simulator in plain numpy: its output spikes equal the quantized
-   model's bit for bit.
+   model's bit for bit. The trained float network is written to NIR (``save_nir``), read back with
+   ``from_nir``, and its spikes on the test set equal the original's.
 
 ``main(argv)`` returns a dict with the accuracies and the run time, so tests and other scripts
 can drive the demo without parsing its output.
@@ -234,13 +235,18 @@ def quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) -> dict
 # --------------------------------------------------------------------------------------------- #
 
 
-def export_step(qnet, args, x_te, y_te, export_dir: str, log=print) -> dict:
+def export_step(qnet, args, x_te, y_te, export_dir: str, log=print, net=None) -> dict:
     """Write the quantized network to ``export_dir/digits.chip``, load it back and run the whole test
     set through ``ChipProgram`` (numpy int64, independent of the model's torch and Triton code);
-    its output spikes must equal the quantized model's bit for bit (an error otherwise)."""
+    its output spikes must equal the quantized model's bit for bit (an error otherwise). With the
+    float network ``net``, also write it to ``export_dir/digits.nir`` (NIR), read it back with
+    ``from_nir`` and check that the rebuilt network's spikes equal the original's."""
     from .export import load_chip, save_chip
 
     x = encode(x_te, args.T)
+    results = {}
+    if net is not None:
+        results.update(_nir_step(net, x, y_te, export_dir, log))
     path = os.path.join(export_dir, "digits.chip")
     save_chip(qnet, path, x[:, :1])
     program = load_chip(path)
@@ -258,7 +264,34 @@ def export_step(qnet, args, x_te, y_te, export_dir: str, log=print) -> dict:
     log(f"chip export: {path} ({os.path.getsize(path)} bytes, {len(program.manifest['layers'])} layers); "
         f"ChipProgram (numpy int64) on {len(x_te)} test images: output spikes equal the quantized model's bit for "
         f"bit; chip TEST accuracy {accuracy:.2%}")
-    return {"chip_accuracy": accuracy}
+    results["chip_accuracy"] = accuracy
+    return results
+
+
+def _nir_step(net, x, y_te, export_dir, log) -> dict:
+    from .export import from_nir, save_nir
+
+    try:
+        import nir  # noqa: F401
+    except ImportError:
+        log("NIR export skipped: the `nir` package is not installed (pip install spiketriton[export])")
+        return {}
+    path = os.path.join(export_dir, "digits.nir")
+    save_nir(net, path, x[:, :1])
+    back = from_nir(path).to(next(net.parameters()).device)
+    with torch.no_grad():
+        spiketriton.reset(net)
+        want = net(x)
+        got = back(x)
+        spiketriton.reset(net)
+        spiketriton.reset(back)
+    if not torch.equal(got, want):
+        raise RuntimeError(f"the network read back from NIR differs from the trained one on "
+                           f"{int((got != want).sum())} of {got.numel()} spikes")
+    accuracy = (got.sum(0).argmax(1) == y_te).sum().item() / len(y_te)  # as evaluate() counts
+    log(f"NIR export: {path} ({os.path.getsize(path)} bytes); read back with from_nir: output spikes equal the "
+        f"trained network's; NIR TEST accuracy {accuracy:.2%}")
+    return {"nir_accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -368,10 +401,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if quant_results:
         if args.export_dir is not None:
             os.makedirs(args.export_dir, exist_ok=True)
-            quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, args.export_dir))
+            quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, args.export_dir, net=net))
         else:
             with tempfile.TemporaryDirectory(prefix="spiketriton-demo-") as tmp:
-                quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, tmp))
+                quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, tmp, net=net))
     seconds = time.perf_counter() - start
     return {
         **quant_results,

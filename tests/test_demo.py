@@ -46,6 +46,8 @@ def test_quick_demo_learns(neuron, capsys):
     # the export: the chip file, run by the numpy integer simulator, equals the quantized model bit for bit
     assert "output spikes equal the quantized model's bit for bit" in out
     assert result["chip_accuracy"] == result["qat_accuracy"]
+    # NIR: the trained float network read back by from_nir gives the same spikes (hence accuracy)
+    assert result["nir_accuracy"] == result["test_accuracy"]
 
 
 def test_demo_is_reproducible_and_leaves_global_rng_alone():
@@ -65,6 +67,7 @@ def test_export_dir_keeps_the_chip_file(tmp_path, capsys):
     result = demo.main(["--quick", "--epochs", "1", "--qat-epochs", "0", "--hidden", "16", "--export-dir",
                         str(tmp_path / "out"), *CPU])
     program = load_chip(tmp_path / "out" / "digits.chip")
+    assert (tmp_path / "out" / "digits.nir").stat().st_size > 0
     assert program.input_shape == (64,) and program.output_shape == (10,)
     assert result["chip_accuracy"] == result["ptq_accuracy"]
     assert f"chip export: {tmp_path / 'out' / 'digits.chip'}" in capsys.readouterr().out

@@ -76,6 +76,13 @@ def test_round_trip_mlp(case, tmp_path):
     assert torch.equal(_run(back, x), want)
 
 
+def test_import_leaves_the_global_rng_alone():
+    graph = to_nir(_mlp(st.LIF(), st.IF()), torch.zeros(1, 2, 12))
+    before = torch.get_rng_state()
+    from_nir(graph)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_round_trip_keeps_neuron_types_and_constants():
     net = _mlp(st.LIF(tau=2.0, decay_input=False, v_reset=-0.25, v_threshold=0.5), st.IF(v_threshold=2.0))
     back = from_nir(to_nir(net, torch.zeros(1, 2, 12)))

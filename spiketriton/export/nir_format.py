@@ -255,11 +255,12 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
     dt = _check_dt(dt, "from_nir")
     order = _chain(graph)
     layers = []
-    for name in order:
-        node = graph.nodes[name]
-        if isinstance(node, (nir.Input, nir.Output)):
-            continue
-        layers.append((name.replace(".", "_"), _import_node(nir, node, name, dt, backend)))
+    with torch.random.fork_rng(devices=[]):  # the layers' random init is overwritten: leave the caller's RNG alone
+        for name in order:
+            node = graph.nodes[name]
+            if isinstance(node, (nir.Input, nir.Output)):
+                continue
+            layers.append((name.replace(".", "_"), _import_node(nir, node, name, dt, backend)))
     seq = nn.Sequential()
     for name, module in layers:
         seq.add_module(name, module)
