@@ -214,8 +214,13 @@ def _on_best(on: dict, n: int) -> Dict[str, dict]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def _f(v, fmt="{:.3g}"):
-    return "-" if v is None else fmt.format(v)
+def _f(v, fmt=None):
+    """'-' for None; else ``fmt``, or by default 3 significant digits without exponents (1234 -> '1,234')."""
+    if v is None:
+        return "-"
+    if fmt is not None:
+        return fmt.format(v)
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
 
 
 def headline(results: Dict[str, dict]) -> List[str]:
@@ -346,13 +351,14 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
     summary["results"] = {name: {"benchmark": r.get("benchmark"), "date": r.get("date"),
                                  "device": (r.get("device") or {}).get("name"), "command": r.get("command"),
                                  "versions": versions_line(r.get("versions") or {})} for name, r in results.items()}
-    summary.update(suites=suites, goals=gl, plots=sorted(set(pngs)))
+    summary.update(suites=suites, goals=gl, plots=sorted(set(pngs)),
+                   measured_with=sorted({s["command"] for s in suites.values() if s.get("command")}))
     write_json(folder / "summary.json", summary)
     write_csv(folder / "summary.csv", [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in g.items()}
                                        for g in gl], stamp(summary))
     md = [f"# Benchmark results: {_main_device(results) or summary['device'].get('name')}", "",
-          f"Report built {summary['date']} with `{summary['command']}`; "
-          f"{versions_line(summary['versions'])}.", "",
+          "Measured with " + (", ".join(f"`{c}`" for c in summary["measured_with"]) or "the commands below")
+          + f"; report built {summary['date']} with `{summary['command']}`; {versions_line(summary['versions'])}.", "",
           "| result file | measured on | date | command |", "|---|---|---|---|"]
     md += [f"| {n}.json | {v['device']} | {v['date']} | `{v['command']}` |" for n, v in summary["results"].items()]
     md += ["", "## Goals", "", "| goal | target | status | value | note |", "|---|---|---|---|---|"]

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         print(f"device: {kind} ({device_slug(device)}); results folder: {out}")
         for st in steps:
             what = (f"skipped: {st['skip']}" if "skip" in st else
-                    f"python bench/{st['script']}.py {' '.join(st['argv'] + ['--out', str(out)])}")
+                    f"python bench/{st['script']}.py {' '.join(st['argv'] + ['--out', os.path.relpath(out)])}")
             print(f"  {st['suite']:18} {what}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             status.update(status="skipped", reason=st["skip"])
             print(f"\n== {name}: skipped ({st['skip']})", flush=True)
         else:
-            argv_s = st["argv"] + ["--out", str(out)]
+            argv_s = st["argv"] + ["--out", os.path.relpath(out)]  # relative: no machine paths in the records
             status.update(script=f"bench/{st['script']}.py", argv=argv_s)
             print(f"\n== {name}: python bench/{st['script']}.py {' '.join(argv_s)}", flush=True)
             before = {p.name: p.stat().st_mtime for p in out.iterdir()}
