@@ -80,8 +80,8 @@ def versions_line(v: Dict[str, Optional[str]]) -> str:
 
 def git_state() -> Dict[str, object]:
     """The repository's commit, where spiketriton was imported from, and whether that is this checkout
-    with uncommitted changes under spiketriton/ (``spiketriton_dirty``). A run against a clean export
-    (``git archive HEAD spiketriton | tar -x -C DIR`` and ``PYTHONPATH=DIR``) says so through the path."""
+    with uncommitted changes under spiketriton/ (``spiketriton_dirty``: then the numbers are for code
+    that no commit holds; None when spiketriton came from elsewhere)."""
     out: Dict[str, object] = {"commit": None}
     try:
         import spiketriton
