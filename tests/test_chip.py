@@ -310,6 +310,39 @@ def test_save_refuses_what_the_chip_cannot_run_exactly(tmp_path):
     assert not os.listdir(tmp_path)  # nothing written by any of these
 
 
+class Twice(nn.Module):
+    """``fc`` / ``lif`` called twice in one step: the model's calls share one module (a neuron's one
+    state), the chip would write separate units."""
+
+    def __init__(self, reuse):
+        super().__init__()
+        self.reuse = reuse
+        self.enc, self.enc_lif = nn.Linear(8, 8), st.LIF(tau=2.0)
+        self.fc, self.lif = nn.Linear(8, 8), st.LIF(tau=2.0)
+        if reuse == "layer":
+            self.lif2 = st.LIF(tau=2.0)
+
+    def forward(self, x):
+        s = self.enc_lif(self.enc(x))
+        if self.reuse == "both":  # the reviewer's case: the chip's spikes differed from the model's
+            return self.lif(self.fc(self.lif(self.fc(s))))
+        if self.reuse == "layer":
+            return self.lif2(self.fc(self.lif(self.fc(s))))
+        return self.lif(self.lif(self.fc(s)))  # "neuron"
+
+
+@pytest.mark.parametrize("reuse,culprit", [("both", "net.fc"), ("layer", "net.fc"), ("neuron", "net.lif")])
+def test_save_refuses_a_module_called_twice(tmp_path, reuse, culprit):
+    torch.manual_seed(0)
+    net = driven(Twice(reuse), 4.0)
+    x = torch.rand(10, 4, 8) * 2
+    q = quantized(net, x)
+    with pytest.raises(ExportError, match=rf"save_chip: {culprit}: the module is called twice in the forward.*"
+                                          rf"give each call its own module"):
+        save_chip(q, tmp_path / "twice.chip", x)
+    assert not os.listdir(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------- #
 # atomic writes
 # ------------------------------------------------------------------------------------------- #

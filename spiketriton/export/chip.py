@@ -118,8 +118,9 @@ def save_chip(qmodel, path, sample_input) -> dict:
     ``sample_input [T, B, *features]`` gives the input's per-sample shape (its values are not used).
     The model must be a :class:`~spiketriton.quant.QModel` in quantized mode (``qmodel.quantize()``)
     made of one chain of QLinear / QConv2d layers, QLIF neurons (each fed directly by its layer),
-    Flatten, Identity/Dropout and sum pooling (``nn.AvgPool2d(k, divisor_override=1)``) of spikes;
-    anything else is an :class:`ExportError` naming the module. The file is checked by the loader's
+    Flatten, Identity/Dropout and sum pooling (``nn.AvgPool2d(k, divisor_override=1)``) of spikes,
+    each layer and neuron module called once per step; anything else is an :class:`ExportError`
+    naming the module. The file is checked by the loader's
     own checks before it is written, and written atomically (an existing file is replaced only by a
     complete new one).
     """
@@ -151,10 +152,19 @@ def _build(qmodel, sample_input):
     steps = trace_steps(root, sample_input, "save_chip")
     layers, tensors = [], {}
     kind, feeder = "real", None  # the kind of value on the chain; the layer whose current it is
+    called = {}  # id(module) -> name, for the layers and neurons already on the chain
     for step in steps[1:-1]:
         i, name = len(layers), prefix + step.name
         entry = {"kind": step.kind, "name": name, "in_shape": list(step.in_shape), "out_shape": list(step.out_shape)}
         m = step.module
+        if step.kind in ("linear", "conv2d", "neuron"):
+            if id(m) in called:
+                raise ExportError(
+                    f"save_chip: {name}: the module is called twice in the forward; the chip's layers are separate "
+                    f"units (each neuron with its own state, each layer with its own integers and link to its "
+                    f"neuron), while the model's calls share one {'state' if step.kind == 'neuron' else 'module'}: "
+                    f"give each call its own module")
+            called[id(m)] = name
         if step.kind in ("linear", "conv2d"):
             if not isinstance(m, _QLayer):
                 raise ExportError(f"save_chip: {name}: {type(m).__name__} is a float layer; the chip runs integers "
