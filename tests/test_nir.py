@@ -189,6 +189,82 @@ def test_quantized_model_writes_its_integer_weights():
     assert type(graph.nodes["1"]).__name__ == "LIF"  # the QLIF (family B) is a NIR LIF
 
 
+def test_grouped_non_square_conv_and_shape_arithmetic():
+    """nir's own type inference mishandles groups and non-square kernels (not used); time folding
+    written as x.reshape(T * B, ...) is read as folding."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 6, (3, 2), padding=(1, 0), groups=2, dilation=(1, 2))
+            self.lif = st.LIF(tau=2.0)
+
+        def forward(self, x):  # [T, B, 4, 7, 7]
+            T, B = x.shape[0], x.shape[1]
+            y = self.conv(x.reshape(T * B, x.shape[2], x.shape[3], x.shape[4]))
+            return self.lif(y.reshape(T, B, y.shape[1], y.shape[2], y.shape[3]))
+
+    net = _scaled(Net(), 8.0)
+    x = torch.rand(6, 2, 4, 7, 7) * 2
+    want = _run(net, x)
+    _active(want)
+    assert torch.equal(_run(from_nir(to_nir(net, x)), x), want)
+
+
+def test_module_names_that_clash():
+    """Modules called input / output, and node names that collide once dots become '_' or that are
+    nn.Module attributes, all survive a round trip."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input = nn.Linear(6, 8)
+            self.fc = nn.Sequential(st.LIF(), nn.Linear(8, 8))
+            self.fc_0 = st.LIF()
+            self.train_ = nn.Linear(8, 5)
+            self.output = st.IF()
+
+        def forward(self, x):
+            return self.output(self.train_(self.fc_0(self.fc(self.input(x)))))
+
+    net = _scaled(Net(), 8.0)
+    x = torch.rand(8, 3, 6) * 2
+    want = _run(net, x)
+    _active(want)
+    graph = to_nir(net, x)
+    assert {"input", "output", "fc.0", "fc.1", "fc_0"} <= set(graph.nodes)
+    back = from_nir(graph)
+    assert len(back) == 6 and torch.equal(_run(back, x), want)
+    g2 = _chain(_lif_node(), _lif_node())
+    g2.nodes = {("train" if k == "n0" else k): v for k, v in g2.nodes.items()}
+    g2.edges = [tuple("train" if n == "n0" else n for n in e) for e in g2.edges]
+    assert len(from_nir(g2)) == 2
+
+
+def test_aware_and_quantized_write_the_same_weights():
+    from spiketriton import quant
+
+    torch.manual_seed(0)
+    q = quant.prepare(_mlp(st.LIF(), st.LIF()))
+    x = torch.rand(4, 3, 12)
+    q.collect_q_params()
+    q(x)
+    q.reset()
+    q.calculate_q_params()
+    aware = to_nir(q.aware(), x)
+    quantized = to_nir(q.quantize(), x)
+    for name in ("0", "2"):
+        np.testing.assert_array_equal(aware.nodes[name].weight, quantized.nodes[name].weight)
+        np.testing.assert_array_equal(aware.nodes[name].bias, quantized.nodes[name].bias)
+
+
+def test_saved_file_is_world_readable(tmp_path):
+    save_nir(nn.Sequential(st.IF()), tmp_path / "n.nir", torch.rand(2, 2, 4))
+    assert (tmp_path / "n.nir").stat().st_mode & 0o777 == 0o644
+
+
 # --------------------------------------------------------------------------------------------- #
 # what NIR cannot express: errors naming the module and the option
 # --------------------------------------------------------------------------------------------- #
@@ -207,7 +283,15 @@ REJECTED = {
                   "BatchNorm1d cannot be exported"),
     "fails-to-run": (lambda: nn.Sequential(nn.Linear(5, 4)), "running the model on an input of shape"),
     "linear-on-matrix": (lambda: nn.Sequential(nn.Linear(4, 4), st.IF()), "Affine reads a vector"),
+    "leak-out-of-range": (lambda: nn.Sequential(_trained_leak(1.2)), "v_leaky_alpha=1.2.* outside \\[0, 1\\]"),
 }
+
+
+def _trained_leak(alpha):
+    n = st.ExtendedLIF(learnable_leak=True)
+    with torch.no_grad():
+        n.v_leaky_alpha.fill_(alpha)
+    return n
 
 
 class _Residual(nn.Module):
@@ -259,7 +343,16 @@ IMPORT_REJECTED = {
     "tau-below-dt": (lambda: _chain(_lif_node(tau=np.full(4, 1e-5))), "needs tau >= dt"),
     "if-r1": (lambda: _chain(nir.IF(r=np.ones(4), v_threshold=np.ones(4))), "read such graphs with dt=1"),
     "nonfinite": (lambda: _chain(_lif_node(v_threshold=np.full(4, np.nan))), "v_threshold has values that are not finite"),
+    "threshold-beyond-f32": (lambda: _chain(_lif_node(v_threshold=np.full(4, 1e39))), "beyond float32"),
+    "conv-3d-weight": (lambda: _chain(nir.Conv2d(None, np.ones((2, 2, 3)), 1, 0, 1, 1, np.zeros(2))),
+                       "expected \\[C_out, C_in/groups"),
+    "bad-dt-metadata": (lambda: _with_meta(_chain(_lif_node()), {"dt": "fast"}), "not a number; pass dt="),
 }
+
+
+def _with_meta(graph, meta):
+    graph.metadata = meta
+    return graph
 
 
 @pytest.mark.parametrize("case", sorted(IMPORT_REJECTED))
@@ -346,12 +439,12 @@ def test_snntorch_imports_our_graph(case, capsys):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("case", ["lif-decay", "extended-r1", "if"])
+@pytest.mark.parametrize("case", ["lif-decay", "lif-other-taus", "if"])
 def test_norse_imports_our_graph(case):
     norse = pytest.importorskip("norse.torch")
     neurons = {
         "lif-decay": lambda: (st.LIF(tau=2.0), st.LIF(tau=3.0)),  # r = 1: what Norse's LIFBox implements
-        "extended-r1": lambda: (st.LIF(tau=4.0), st.LIF(tau=1.5)),
+        "lif-other-taus": lambda: (st.LIF(tau=4.0), st.LIF(tau=1.5)),
         "if": lambda: (st.IF(v_threshold=0.8), st.IF()),  # Norse's IAF adds the input per step, ignoring r
     }[case]
     net = _mlp(*neurons(), gain=6.0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import operator
 from typing import Optional
 
 import torch
@@ -88,7 +87,6 @@ def _per_step(shape, what: str) -> tuple:
 def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list:
     """The model as a list of :class:`Step` from ``input`` to ``output`` (a chain)."""
     import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
 
     if not isinstance(sample_input, torch.Tensor) or sample_input.dim() < 3:
         raise ValueError(f"{what}: sample_input must be a sequence [T, B, *features] (a tensor with at least 3 "
@@ -112,27 +110,37 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
     param = next(net.parameters(), None)
     x = torch.zeros((_T, _B) + tuple(sample_input.shape[2:]), dtype=sample_input.dtype,
                     device=param.device if param is not None else sample_input.device)
+    shapes = {}
+
+    class _Shapes(fx.Interpreter):  # (fx's ShapeProp prints a traceback of its own on failure)
+        def run_node(self, n):
+            result = super().run_node(n)
+            if isinstance(result, torch.Tensor):
+                shapes[n] = tuple(result.shape)
+            return result
+
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(x)
+            _Shapes(gm).run(x)
     except Exception as e:
-        cause = e.__cause__ or e
         raise ExportError(f"{what}: running the model on an input of shape {tuple(x.shape)} failed "
-                          f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})") from None
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     modules = dict(gm.named_modules())
 
     def shape_of(node):
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
+        if node not in shapes:
             raise ExportError(f"{what}: the node {node.name!r} does not produce one tensor")
-        return _per_step(meta.shape, f"{what}: node {node.name!r}")
+        return _per_step(shapes[node], f"{what}: node {node.name!r}")
 
-    # shape queries (x.shape, x.size(), x.shape[0]) only feed reshapes: not values of the chain
+    # shape queries (x.shape, x.size(), x.ndim, and arithmetic on them such as T * B) only feed
+    # reshapes: they are not values of the chain
     meta = set()
     for node in gm.graph.nodes:
+        inputs = _nodes_in((node.args, node.kwargs), fx.Node)
         if (node.op == "call_function" and node.target is getattr) or \
                 (node.op == "call_method" and node.target in ("size", "dim")) or \
-                (node.op == "call_function" and node.target is operator.getitem and node.args[0] in meta):
+                (node.op in ("call_function", "call_method") and node not in shapes and inputs
+                 and all(a in meta for a in inputs)):
             meta.add(node)
 
     steps, head = [], None  # head: the fx node holding the chain's current value

@@ -27,6 +27,7 @@ option, never a silently different network.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -68,6 +69,8 @@ def strict_threshold(v_th: float) -> float:
 
 def inclusive_threshold(theta: float) -> float:
     """The ``>=`` threshold equal to ``H > theta`` for every float32 ``H``: the least float32 above theta."""
+    if not abs(float(theta)) <= float(np.finfo(np.float32).max):
+        raise ValueError(f"from_nir: a threshold of {theta} is beyond float32, in which the neurons compute")
     t = np.float32(theta)
     if float(t) <= float(theta):
         t = np.nextafter(t, np.float32(np.inf))
@@ -91,9 +94,13 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, dt: float = DEFAULT_DT)
     nir = _nir()
     dt = _check_dt(dt, "to_nir")
     steps = trace_steps(model, sample_input, "to_nir")
+    taken = {step.name for step in steps if step.kind not in ("input", "output")}
     nodes, names = {}, []
     for step in steps:
         name = step.name
+        if step.kind in ("input", "output"):  # named apart from modules that are called input / output
+            while name in taken:
+                name = "_" + name
         if step.kind == "input":
             node = nir.Input(input_type={"input": np.array(step.in_shape)})
         elif step.kind == "output":
@@ -108,7 +115,10 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, dt: float = DEFAULT_DT)
     edges = list(zip(names, names[1:]))
     from .. import __version__
     meta = {"source": "spiketriton", "spiketriton_version": __version__, "dt": dt}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+    # nir's own type inference gets grouped and non-square convolutions wrong (it reads the input
+    # channels from weight.shape[1] and one kernel size for both axes): the shapes here come from
+    # running the model, so the graph is built without it
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
 
 
 def save_nir(model: nn.Module, path: Union[str, os.PathLike], sample_input: torch.Tensor,
@@ -124,10 +134,17 @@ def save_nir(model: nn.Module, path: Union[str, os.PathLike], sample_input: torc
         nir.write(tmp, graph)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _export_step(nir, step, dt):
@@ -159,13 +176,19 @@ def _export_step(nir, step, dt):
 def _weights(m):
     """(weight, bias) as float32 numpy: the float parameters, or for a quantized layer in integer
     mode the integer weights and bias it computes with, in real units."""
-    from ..quant.modules import QUANTIZED, _QLayer, _channel
+    from ..quant.modules import AWARE, QUANTIZED, _QLayer, _channel
 
-    if isinstance(m, _QLayer) and m.mode == QUANTIZED:
-        s_w = m.w_scale.double()
-        w = m.weight_int.double() / _channel(s_w, m.weight).double()
-        S = m.current_scale().double()
-        b = m.bias_int.double() / S if m.bias is not None else None  # (an encoder's input stays in real units)
+    if isinstance(m, _QLayer) and m.mode in (AWARE, QUANTIZED):
+        # the integers the layer computes with: frozen (quantized) or of the live weights (aware,
+        # whose forward equals quantized's), in real units (an encoder's input stays in real units)
+        if m.mode == QUANTIZED:
+            s_w, w_int, b_int = m.w_scale.double(), m.weight_int.double(), m.bias_int.double()
+        else:
+            s_w = m.live_weight_scale().double()
+            w_int, b_int = m.integers(s_w, ste=False)
+        w = w_int / _channel(s_w, m.weight).double()
+        S = s_w * m.input_scale.double() if m.is_encoder else s_w
+        b = b_int / S if m.bias is not None else None
     else:
         w = m.weight.detach().double()
         b = m.bias.detach().double() if m.bias is not None else None
@@ -204,6 +227,9 @@ def _export_neuron(nir, m, name, shape, dt):
         if bad:
             raise ExportError(f"to_nir: {name}: {kind} with {why} cannot be expressed in NIR")
     alpha, beta = (float(p) for p in (m.v_leaky_alpha, m.v_leaky_beta))
+    if not 0.0 <= alpha <= 1.0:
+        raise ExportError(f"to_nir: {name}: {kind} with v_leaky_alpha={alpha} outside [0, 1] (a learnable leak trained "
+                          f"past its range) has no NIR LIF form (dt/tau = 1 - alpha must lie in [0, 1])")
     theta = _full(shape, s.v_threshold, np.float32)  # strict already
     v_reset = _full(shape, s.v_reset)
     # the state before step 0, leaked, is v_init: a neuron that starts at rest (v_reset) has
@@ -251,7 +277,11 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
     if dt is None:
         meta = graph.metadata if isinstance(graph.metadata, dict) else {}
         dt = meta.get("dt", DEFAULT_DT)
-        dt = float(np.asarray(dt).reshape(-1)[0]) if not isinstance(dt, (int, float)) else dt
+        if not isinstance(dt, (int, float)):
+            a = np.asarray(dt) if isinstance(dt, (np.ndarray, np.generic, list, tuple)) else None
+            if a is None or a.size != 1 or a.dtype.kind not in "iuf":
+                raise ValueError(f"from_nir: the graph's metadata holds dt = {dt!r}, not a number; pass dt= explicitly")
+            dt = float(a.reshape(-1)[0])
     dt = _check_dt(dt, "from_nir")
     order = _chain(graph)
     layers = []
@@ -260,11 +290,21 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
             node = graph.nodes[name]
             if isinstance(node, (nir.Input, nir.Output)):
                 continue
-            layers.append((name.replace(".", "_"), _import_node(nir, node, name, dt, backend)))
+            layers.append((name, _import_node(nir, node, name, dt, backend)))
     seq = nn.Sequential()
     for name, module in layers:
-        seq.add_module(name, module)
+        seq.add_module(_module_name(name, seq), module)
     return seq
+
+
+def _module_name(name: str, seq: nn.Module) -> str:
+    """The node's name as a submodule name: dots become '_', and a name that is taken (by another
+    layer, or by an nn.Module attribute such as 'train') gets a suffix."""
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in str(name)) or "layer"
+    out, i = base, 1
+    while out in seq._modules or hasattr(seq, out):
+        out, i = f"{base}_{i}", i + 1
+    return out
 
 
 def _chain(graph) -> list:
@@ -322,6 +362,9 @@ def _import_node(nir, node, name, dt, backend):
         return m
     if isinstance(node, nir.Conv2d):
         w = np.asarray(node.weight)
+        if w.ndim != 4:
+            raise ValueError(f"from_nir: node {name!r}: Conv2d weight of shape {w.shape}, expected [C_out, C_in/groups, "
+                             f"kH, kW]")
         padding = node.padding if isinstance(node.padding, str) else _pair_int(node.padding)
         m = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[-2:]), stride=_pair_int(node.stride),
                       padding=padding, dilation=_pair_int(node.dilation), groups=int(node.groups),
@@ -336,7 +379,8 @@ def _import_node(nir, node, name, dt, backend):
         if any(pad) and isinstance(node, nir.AvgPool2d):
             raise ValueError(f"from_nir: node {name!r}: AvgPool2d with padding {pad} (whether padded zeros count in the "
                              f"average is not part of NIR)")
-        return StepWise(nn.AvgPool2d(_pair_int(node.kernel_size), _pair_int(node.stride), pad,
+        stride = node.stride if node.stride is not None else node.kernel_size
+        return StepWise(nn.AvgPool2d(_pair_int(node.kernel_size), _pair_int(stride), pad,
                                      divisor_override=1 if isinstance(node, nir.SumPool2d) else None))
     if isinstance(node, nir.Flatten):
         in_type = node.input_type.get("input") if isinstance(node.input_type, dict) else None
