@@ -186,6 +186,74 @@ def test_readout_final_layer_and_a_readout_inside_the_chain(tmp_path):
         assert manifest["output"] == "real" and program.run(x).dtype == np.float32
 
 
+def _fp16_edge_values():
+    """float64 values at and around every float16 halfway point (exact, and a hair above / below:
+    where one rounding and torch's two roundings through float32 part), subnormals, the overflow
+    boundary, infinities and zeros, with both signs."""
+    lo = np.arange(0, 0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float64)
+    hi = np.arange(1, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mid = (lo + hi) / 2  # exact in float64 (and in float32)
+    v = np.concatenate([mid, mid * (1 + 2.0 ** -40), mid * (1 - 2.0 ** -40), lo,
+                        [65504.0, 65519.99, 65520.0, 65520.0001, 1e300, 1e-300, 2.0 ** -25 * (1 + 2.0 ** -40),
+                         np.inf, 0.0]])
+    return np.concatenate([v, -v])
+
+
+def test_readout_casts_like_torch():
+    """torch casts float64 -> float16 through float32 (two roundings); the simulator must too."""
+    from spiketriton.export import _chipsim as sim
+
+    v = _fp16_edge_values()
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        want = torch.from_numpy(v).to(dtype).numpy()
+        got = sim.cast_like_torch(v, want.dtype)
+        assert got.dtype == want.dtype and np.array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    with np.errstate(over="ignore"):
+        assert (v.astype(np.float16) != torch.from_numpy(v).half().numpy()).sum() > 10000  # the cases that part
+    rng = np.random.default_rng(0)
+    u = rng.integers(-(1 << 20), 1 << 20, 200_000)
+    for S in (37.123456789, np.array([0.7, 3.3, 1e-3, 255.0]).reshape(1, 4)):
+        u2 = u.reshape(-1, 4) if np.ndim(S) else u
+        want = (torch.from_numpy(u2).double() / torch.as_tensor(S, dtype=torch.float64)).half().numpy()
+        assert np.array_equal(sim.readout(u2, S, "float16").view(np.uint16), want.view(np.uint16))
+
+
+def test_float16_readout_round_trip(tmp_path):
+    """A float16 model whose readout value lies a hair above a float16 halfway point: the chip's
+    output equals the model's bit for bit (it differed when the simulator rounded once)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), st.LIF(), nn.Linear(32, 4))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()  # every hidden neuron fires at every step: the readout's current is known
+    x = torch.ones(3, 2, 16, dtype=torch.half)
+    q = calibrated(net.half(), x)
+    ro = q.net[2]
+    S = ro.live_weight_scale()
+    w_int, _ = ro.integers(S, ste=False)
+    base, S = w_int.sum(1).double().numpy(), float(S)
+    b16 = np.arange(0x2000, 0x6000, dtype=np.uint16).view(np.float16).astype(np.float64)  # candidate biases
+    found = None
+    for row in range(4):
+        d = (base[row] + np.round(b16 * S)) / S
+        with np.errstate(over="ignore"):
+            bad = np.flatnonzero(torch.from_numpy(d).half().numpy() != d.astype(np.float16))
+        if bad.size:
+            found = row, b16[bad[0]]
+            break
+    assert found is not None
+    with torch.no_grad():
+        ro.bias[found[0]] = found[1]
+    q.quantize()
+    manifest = save_chip(q, tmp_path / "h.chip", x)
+    assert manifest["layers"][-1]["output_dtype"] == "float16"
+    q.reset()
+    with torch.no_grad():
+        want = q(x).numpy()
+    got = load_chip(tmp_path / "h.chip").run(x)
+    assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
 def test_sum_pooling_at_the_end_returns_counts(tmp_path):
     torch.manual_seed(5)
     net = driven(nn.Sequential(st.StepWise(nn.Conv2d(1, 3, 3, padding=1)), st.LIF(),

@@ -95,7 +95,23 @@ def sum_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
 
 def readout(u: np.ndarray, scale: np.ndarray, dtype) -> np.ndarray:
     """A layer that feeds no neuron returns real units: ``(u / S)`` in float64, then cast (as the model)."""
-    return (u.astype(np.float64) / scale).astype(dtype)
+    return cast_like_torch(u.astype(np.float64) / scale, dtype)
+
+
+def cast_like_torch(y: np.ndarray, dtype) -> np.ndarray:
+    """float64 ``y`` to ``dtype`` (float16, float32 or float64) exactly as torch's ``Tensor.to`` does.
+
+    torch converts float64 to float16 through float32 (two roundings to nearest even), numpy's
+    ``astype(float16)`` rounds once: they differ where the float32 rounding lands on a float16
+    halfway point (a hair above 25.5078125, halfway between 25.5 and 25.515625: float32 rounds it to
+    the halfway point, which ties to the even 25.5; one rounding gives 25.515625). Values beyond the
+    range become +-inf in both.
+    """
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore"):
+        if dtype == np.float16:
+            y = y.astype(np.float32)
+        return y.astype(dtype)
 
 
 def neuron_steps(u_seq: np.ndarray, v: np.ndarray, a: np.ndarray, ref: np.ndarray, c: dict, reset_mode: str):

@@ -27,7 +27,8 @@ that broadcasts against the neuron's per-sample shape). The safetensors metadata
     padding): ``bias``; ``input``: ``"spikes"`` (0/1 used as they are) or ``"int8"`` (an encoding
     layer: ``clamp(round(x * input_scale), -127, 127)``, round half to even, in float64);
     ``input_scale``; ``output``: ``"current"`` (the int28 current of the neuron that follows) or
-    ``"real"`` (a readout: ``current / current_scale`` in float64, cast to ``output_dtype``);
+    ``"real"`` (a readout: ``current / current_scale`` in float64, cast to ``output_dtype`` as torch
+    casts: float16 through float32, two roundings);
     ``weight_bits`` (2..8: weights within +-(2^(bits-1) - 1)), ``per_channel``, ``pow2``,
     ``even_shift``; ``w_scale`` and ``current_scale`` (``S = w_scale`` times ``input_scale`` for an
     encoding layer; a number, or one per output channel): real value = integer / scale.
