@@ -264,6 +264,60 @@ def test_sum_pooling_at_the_end_returns_counts(tmp_path):
     assert manifest["output"] == "counts" and program.output_shape == (3, 3, 3)
 
 
+def test_sum_pool2d_is_exact_and_its_work_does_not_grow_with_the_kernel():
+    """Sum pooling (summed-area table) against torch's sum pooling on random windows, strides and
+    paddings; and a 1024 x 1024 window sliding with stride 1 over 2048 x 2048: summing each window
+    (1.1e12 additions) took minutes, the summed-area table takes a few passes over the input."""
+    import time
+
+    from spiketriton.export import _chipsim as sim
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        N, C, H, W = (int(v) for v in rng.integers(1, [4, 4, 12, 12], endpoint=True))
+        kh, kw = int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1))
+        ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+        sh, sw = (int(v) for v in rng.integers(1, 6, 2))
+        x = rng.integers(0, 9, (N, C, H, W))
+        want = torch.nn.functional.avg_pool2d(torch.from_numpy(x).double(), (kh, kw), (sh, sw), (ph, pw),
+                                              divisor_override=1)
+        got = sim.sum_pool2d(x, (kh, kw), (sh, sw), (ph, pw))
+        assert got.dtype == np.int64 and np.array_equal(got, want.numpy().astype(np.int64))
+    x = rng.integers(0, 3, (1, 1, 2048, 2048))
+    start = time.perf_counter()
+    got = sim.sum_pool2d(x, (1024, 1024), (1, 1), (0, 0))
+    assert time.perf_counter() - start < 30  # ~0.05 s; minutes when each window is summed
+    assert got.shape == (1, 1, 1025, 1025)
+    for i, j in [(0, 0), (1024, 1024), (17, 1000), (600, 5)]:
+        assert got[0, 0, i, j] == x[0, 0, i:i + 1024, j:j + 1024].sum()
+
+
+def test_zero_padding_counts_in_the_run_limit_and_the_chunks(tmp_path, monkeypatch):
+    """A convolution whose zero-padded input (1 x 511 x 511) dwarfs every value of the chain (one
+    element): the run limit counts the padded input, and the simulator pads a few samples at a time."""
+    import tracemalloc
+
+    from spiketriton.export import _chipsim as sim
+
+    net = nn.Sequential(st.StepWise(nn.Conv2d(1, 1, 1, stride=511, padding=255)), st.IF())
+    x = torch.rand(2, 1, 1, 1, 1) * 4
+    save_chip(quantized(net, x), tmp_path / "pad.chip", x)
+    program = load_chip(tmp_path / "pad.chip")
+    monkeypatch.setattr(C, "MAX_RUN_ELEMENTS", 64 * 511 * 511 - 1)
+    with pytest.raises(ValueError, match=r"T\*B\*features = 64\*1\*261121 exceeds the limit of 16711743 elements per "
+                                         r"value \(the chain's largest value, zero-padded inputs included\)"):
+        program.run(np.ones((64, 1, 1, 1, 1)))
+    monkeypatch.undo()
+    monkeypatch.setattr(sim, "IM2COL_CHUNK_ELEMENTS", 1 << 20)  # 8 MiB of int64 per chunk
+    tracemalloc.start()
+    try:
+        program.run(np.ones((64, 1, 1, 1, 1)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 8 << 20, peak  # 64 padded samples at once would be 128 MiB
+
+
 def test_state_carries_across_runs_until_reset(tmp_path):
     torch.manual_seed(6)
     net = driven(nn.Sequential(nn.Linear(6, 10), st.LIF(tau=4.0), nn.Linear(10, 4), st.LIF(tau=4.0)), 1.5)
@@ -749,6 +803,11 @@ def test_limits_are_checked_before_reading(tmp_path, base_files, monkeypatch):
     path.write_bytes(base_files["conv"])
     monkeypatch.setattr(C, "MAX_IM2COL", 2 * 9 * 36 - 1)  # conv 2 -> 4 channels, 3x3 kernel, 6x6 output
     with pytest.raises(ChipFormatError, match=r"im2col matrix has 648 elements per sample, beyond the limit of 647"):
+        load_chip(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(C, "MAX_POOL_TERMS", 4 * 4 * 9 - 1)  # sum pooling 2x2 of [4, 6, 6] -> [4, 3, 3]
+    with pytest.raises(ChipFormatError, match=r"layers\[2\] \('net.2.0', sumpool2d\): the pooling sums 144 terms per "
+                                              r"sample \(channels x kernel x output positions\), beyond the limit of 143"):
         load_chip(path)
     monkeypatch.undo()
     path.write_bytes(base_files["mlp"])

@@ -51,8 +51,16 @@ def _windows(x: np.ndarray, kernel, stride, padding, dilation) -> np.ndarray:
 
 
 def _chunks(n: int, per_sample: int):
+    """Slices of ``n`` samples, each slice needing at most ``IM2COL_CHUNK_ELEMENTS`` of work memory
+    (``per_sample`` int64 elements per sample; one sample per slice at least)."""
     step = max(1, IM2COL_CHUNK_ELEMENTS // max(1, per_sample))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
+
+
+def _padded(shape, padding) -> int:
+    """Elements of one zero-padded sample ``[C, H + 2 ph, W + 2 pw]`` (np.pad allocates them)."""
+    C, H, W = shape
+    return C * (H + 2 * padding[0]) * (W + 2 * padding[1])
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b, stride, padding, dilation, groups: int) -> np.ndarray:
@@ -63,7 +71,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b, stride, padding, dilation, groups: i
     G, Og = groups, O // groups
     wg = w.reshape(G, Og, Cg * kh * kw).transpose(0, 2, 1)  # [G, Cg*kh*kw, Og]
     outs = []
-    for part in _chunks(N, C * kh * kw * _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)):
+    im2col = C * kh * kw * _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
+    for part in _chunks(N, _padded(x.shape[1:], padding) + im2col):  # the padded chunk and its im2col
         win = _windows(x[part], (kh, kw), stride, padding, dilation)  # [n, C, Ho, Wo, kh, kw]
         n, _, Ho, Wo = win.shape[:4]
         cols = win.reshape(n, G, Cg, Ho, Wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)  # [G, n, Ho, Wo, Cg, kh, kw]
@@ -84,12 +93,31 @@ def _out_hw(hw, kernel, stride, padding, dilation) -> int:
 
 
 def sum_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
-    """Sum pooling of integers (spike counts): ``x [N, C, H, W]`` -> int64 ``[N, C, Ho, Wo]``."""
+    """Sum pooling of integers (spike counts): ``x [N, C, H, W]`` -> int64 ``[N, C, Ho, Wo]``, zero
+    padding, floor mode.
+
+    By a summed-area table (2-D prefix sums): each window is 4 lookups, so the work is linear in the
+    padded input whatever the kernel (summing every window's elements costs ``kh * kw`` per output).
+    Exact in int64: the prefix sums of spike counts stay far below 2^63.
+    """
     x = x.astype(np.int64, copy=False)
-    N, C = x.shape[:2]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x.shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    rows = (slice(0, sh * (Ho - 1) + 1, sh), slice(kh, kh + sh * (Ho - 1) + 1, sh))  # window starts, ends
+    cols = (slice(0, sw * (Wo - 1) + 1, sw), slice(kw, kw + sw * (Wo - 1) + 1, sw))
     outs = []
-    for part in _chunks(N, C * kernel[0] * kernel[1] * _out_hw(x.shape[2:], kernel, stride, padding, (1, 1))):
-        outs.append(_windows(x[part], kernel, stride, padding, (1, 1)).sum(axis=(4, 5)))
+    for part in _chunks(N, C * (H + 2 * ph + 1) * (W + 2 * pw + 1) + 2 * C * Ho * Wo):
+        # P[i, j] = sum of the padded input's rows < i and columns < j
+        P = np.zeros((part.stop - part.start, C, H + 2 * ph + 1, W + 2 * pw + 1), np.int64)
+        P[:, :, 1 + ph:1 + ph + H, 1 + pw:1 + pw + W] = x[part]
+        np.cumsum(P, axis=2, out=P)
+        np.cumsum(P, axis=3, out=P)
+        (r0, r1), (c0, c1) = rows, cols
+        out = P[:, :, r1, c1] - P[:, :, r0, c1]
+        out -= P[:, :, r1, c0]
+        out += P[:, :, r0, c0]
+        outs.append(out)
     return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 

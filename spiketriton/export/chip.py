@@ -75,8 +75,10 @@ MAX_LAYERS = 1024                # entries of the layer chain
 MAX_RANK = 8                     # dimensions of a per-sample shape or of a tensor
 MAX_FEATURES = 1 << 24           # elements of one sample at one step, at any point of the chain (padding included)
 MAX_IM2COL = 1 << 25             # a convolution's im2col matrix for one sample (C_in*kh*kw*Ho*Wo; 256 MiB of int64)
+MAX_POOL_TERMS = 1 << 25         # a sum pooling's terms for one sample (C*kh*kw*Ho*Wo: the work of summing each window)
 MAX_NAME = 1024                  # characters of a name or of the producer string
-MAX_RUN_ELEMENTS = 1 << 27       # run(): T * B * features of the largest value of the chain (1 GiB of int64)
+MAX_RUN_ELEMENTS = 1 << 27       # run(): T * B * features of the largest value of the chain, a zero-padded
+                                 # convolution / pooling input included (1 GiB of int64)
 
 INPUT_BITS = 8
 STATE_BITS = 28
@@ -709,6 +711,10 @@ def _check_sumpool2d(f, layer, kind_in, table, declared, i) -> str:
     out_hw = _window_shape(f, layer, layer["in_shape"][0], kernel, stride, padding, (1, 1))
     if layer["out_shape"] != layer["in_shape"][:1] + out_hw:
         f.fail(f"out_shape {list(layer['out_shape'])}, but the pooling gives {[layer['in_shape'][0], *out_hw]}")
+    terms = layer["in_shape"][0] * kernel[0] * kernel[1] * out_hw[0] * out_hw[1]
+    if terms > MAX_POOL_TERMS:
+        f.fail(f"the pooling sums {terms} terms per sample (channels x kernel x output positions), beyond the limit "
+               f"of {MAX_POOL_TERMS}")
     layer.update(kernel=kernel, stride=stride, padding=padding)
     return "counts"
 
@@ -812,7 +818,7 @@ class ChipProgram:
         self.output_shape = tuple(manifest["output_shape"])
         self.output = manifest["output"]
         self._ops = [_make_op(layer, arrays) for layer in layers]
-        self._max_features = max([math.prod(self.input_shape)] + [math.prod(x["out_shape"]) for x in layers])
+        self._max_features = max([math.prod(self.input_shape)] + [_features(x) for x in layers])
         self._state: dict = {}
         self._batch: Optional[int] = None
 
@@ -825,8 +831,8 @@ class ChipProgram:
         T, B = x.shape[:2]
         if T * B * self._max_features > MAX_RUN_ELEMENTS:
             raise ValueError(f"ChipProgram.run: T*B*features = {T}*{B}*{self._max_features} exceeds the limit of "
-                             f"{MAX_RUN_ELEMENTS} elements per value; run shorter pieces (the state carries across "
-                             f"calls) or smaller batches")
+                             f"{MAX_RUN_ELEMENTS} elements per value (the chain's largest value, zero-padded inputs "
+                             f"included); run shorter pieces (the state carries across calls) or smaller batches")
         if self._batch is not None and B != self._batch:
             raise ValueError(f"ChipProgram.run: the carried state is for a batch of {self._batch}, the input has "
                              f"B = {B}; call reset() before a new batch size")
@@ -862,6 +868,14 @@ class ChipProgram:
         kinds = ", ".join(op.kind for op in self._ops)
         return (f"ChipProgram({self.manifest['format']} v{self.manifest['version']}: {list(self.input_shape)} -> "
                 f"{list(self.output_shape)} {self.output}; {kinds})")
+
+
+def _features(layer) -> int:
+    """Elements per sample of a layer's output, or of its zero-padded input where that is larger."""
+    n = math.prod(layer["out_shape"])
+    if "padding" in layer:  # conv2d / sumpool2d: [C, H, W] padded as a whole
+        n = max(n, sim._padded(layer["in_shape"], layer["padding"]))
+    return n
 
 
 class _Op:
