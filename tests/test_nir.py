@@ -22,6 +22,9 @@ from spiketriton.export.nir_format import inclusive_threshold, strict_threshold
 
 nir = pytest.importorskip("nir")
 
+# snnTorch and Norse call nirtorch's deprecated entry points themselves
+pytestmark = pytest.mark.filterwarnings("ignore:nirtorch.* is being deprecated:DeprecationWarning")
+
 
 def _scaled(net, gain):
     with torch.no_grad():

@@ -226,7 +226,8 @@ def _export_neuron(nir, m, name, shape, dt):
                      (s.refractory, f"a refractory period (ref_len={s.ref_len})")):
         if bad:
             raise ExportError(f"to_nir: {name}: {kind} with {why} cannot be expressed in NIR")
-    alpha, beta = (float(p) for p in (m.v_leaky_alpha, m.v_leaky_beta))
+    alpha, beta = (float(p.detach()) if isinstance(p, torch.Tensor) else float(p)
+                   for p in (m.v_leaky_alpha, m.v_leaky_beta))
     if not 0.0 <= alpha <= 1.0:
         raise ExportError(f"to_nir: {name}: {kind} with v_leaky_alpha={alpha} outside [0, 1] (a learnable leak trained "
                           f"past its range) has no NIR LIF form (dt/tau = 1 - alpha must lie in [0, 1])")
