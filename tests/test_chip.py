@@ -548,9 +548,10 @@ def parts(data: bytes):
     return json.loads(header["__metadata__"][C.META_KEY]), dict(load(data))
 
 
-def rebuilt(data, manifest_fn=None, tensors_fn=None, rehash=True):
-    """The file with its manifest and/or tensors changed, the checksum recomputed (an attacker who
-    knows the format) unless ``rehash=False``."""
+def rebuilt(data, manifest_fn=None, tensors_fn=None, rehash=True, manifest_rehash=True):
+    """The file with its manifest and/or tensors changed, the checksums recomputed (an attacker who
+    knows the format): the tensors' unless ``rehash=False``, then the manifest's (if it has one)
+    unless ``manifest_rehash=False``."""
     manifest, arrays = parts(data)
     if tensors_fn:
         tensors_fn(arrays)
@@ -558,6 +559,8 @@ def rebuilt(data, manifest_fn=None, tensors_fn=None, rehash=True):
         manifest_fn(manifest)
     if rehash:
         manifest["tensor_sha256"] = C.tensor_digest(arrays)
+    if manifest_rehash and "manifest_sha256" in manifest:
+        manifest["manifest_sha256"] = C.manifest_digest(manifest)
     return C._serialize(manifest, arrays)
 
 
@@ -576,8 +579,8 @@ def meta_edit(fn):
     return header_edit(edit)
 
 
-def manifest_edit(fn, rehash=True):
-    return lambda data: rebuilt(data, manifest_fn=fn, rehash=rehash)
+def manifest_edit(fn, rehash=True, manifest_rehash=True):
+    return lambda data: rebuilt(data, manifest_fn=fn, rehash=rehash, manifest_rehash=manifest_rehash)
 
 
 def tensors_edit(fn, rehash=True):
@@ -621,6 +624,12 @@ def flip_weight_byte(data):
     body = bytearray(body)
     body[begin] ^= 0x01
     return join(header, bytes(body))
+
+
+def manifest_digit_changed(data):
+    """One digit of a neuron constant changed inside the manifest (same length: header size kept)."""
+    i = data.index(b'\\"v_th0\\": ') + len(b'\\"v_th0\\": ') + 1
+    return data[:i] + (b"5" if data[i:i + 1] != b"5" else b"6") + data[i + 1:]
 
 
 def gap(header):
@@ -763,6 +772,15 @@ HOSTILE = [
     ("state_bits", "mlp", manifest_edit(setp("state_bits", 32)), r"state_bits is 32; version 1 saturates to int28"),
     ("checksum_malformed", "mlp", manifest_edit(setp("tensor_sha256", "00"), rehash=False),
      r"tensor_sha256 must be 64 lowercase hexadecimal digits"),
+    ("manifest_corrupted", "mlp", manifest_digit_changed,
+     r"the manifest does not match its manifest_sha256 \(corrupted manifest\)"),
+    ("manifest_edited_without_checksum", "mlp",
+     manifest_edit(setp("layers", 1, "constants", "v_th0", 3), manifest_rehash=False),
+     r"the manifest does not match its manifest_sha256"),
+    ("manifest_checksum_missing", "mlp", manifest_edit(lambda m: m.pop("manifest_sha256")),
+     r"the manifest has no manifest_sha256 \(its checksum\)"),
+    ("manifest_checksum_malformed", "mlp", manifest_edit(setp("manifest_sha256", "A" * 64), manifest_rehash=False),
+     r"manifest_sha256 must be 64 lowercase hexadecimal digits"),
     ("name_too_long", "mlp", manifest_edit(setp("layers", 0, "name", "x" * 5000)),
      r"name must be a string of at most 1024 characters"),
     ("no_layers", "mlp", manifest_edit(setp("layers", [])), r"layers must be a list of 1 to 1024 layers"),
@@ -781,6 +799,26 @@ def test_hostile_file_is_rejected(tmp_path, base_files, base, mutate, message):
     with pytest.raises(ChipFormatError, match=message) as exc:
         load_chip(path)
     assert str(exc.value).startswith(f"load_chip: {path}: ")
+
+
+def test_every_changed_byte_is_rejected(base_files, tmp_path):
+    """Each byte of a file changed in turn (the header with the manifest, the tensor data, the length
+    field): a ChipFormatError, since the manifest and the tensors both carry a checksum, unless the
+    change alters no value read (a last digit of a float beyond the 17 that fix a double)."""
+    data = base_files["mlp"]
+    path = tmp_path / "flip.chip"
+    original = parts(data)[0]
+    loaded = 0
+    for i in range(len(data)):
+        for bit in (0x01, 0x10):
+            path.write_bytes(data[:i] + bytes([data[i] ^ bit]) + data[i + 1:])
+            try:
+                program = load_chip(path)
+            except ChipFormatError:
+                continue
+            loaded += 1
+            assert program.manifest == original, (i, bit)  # the same numbers: the same program
+    assert loaded <= 4
 
 
 def test_the_base_files_load(base_files, tmp_path):

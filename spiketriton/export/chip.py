@@ -19,6 +19,10 @@ that broadcasts against the neuron's per-sample shape). The safetensors metadata
 - ``tensors``: ``{key: {"dtype": "int8" | "int32", "shape": [...]}}`` for every tensor of the file,
   and ``tensor_sha256``: a SHA-256 over the tensors (name, dtype, shape and little-endian bytes, in
   name order), so that corrupted data is detected;
+- ``manifest_sha256``: a SHA-256 over the manifest itself, so that a corrupted manifest is detected:
+  of the canonical JSON of the manifest without this field (``json.dumps(m, sort_keys=True,
+  separators=(",", ":"), ensure_ascii=True)``: keys sorted, no whitespace, numbers as Python writes
+  them, e.g. ``0.001``, ``1e-07``, ``255.0``), UTF-8 encoded;
 - ``layers``: the chain in order. Every entry has ``kind``, ``name`` (the module's name in the
   model), ``in_shape``, ``out_shape``, and per kind:
 
@@ -102,7 +106,7 @@ LAYER_FIELDS = {
     "sumpool2d": _COMMON + ("kernel_size", "stride", "padding"),
 }
 MANIFEST_FIELDS = ("format", "version", "producer", "input_shape", "output_shape", "output", "input_bits",
-                   "state_bits", "tensors", "tensor_sha256", "layers")
+                   "state_bits", "tensors", "tensor_sha256", "layers", "manifest_sha256")
 _INT_MAX = (1 << 31) - 1  # any size, stride, ... of the manifest
 
 
@@ -211,6 +215,7 @@ def _build(qmodel, sample_input):
         "tensors": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in sorted(tensors.items())},
         "tensor_sha256": tensor_digest(tensors), "layers": layers,
     }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest, tensors
 
 
@@ -279,6 +284,17 @@ def tensor_digest(tensors: dict) -> str:
         h.update(json.dumps([name, a.dtype.name, list(a.shape)]).encode() + b"\n")
         h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
     return h.hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the canonical JSON of ``manifest`` without its ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_sha256(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)
 
 
 def _serialize(manifest: dict, tensors: dict) -> bytes:
@@ -428,6 +444,16 @@ def _manifest_of(meta, fail) -> dict:
     if type(version) is not int or version != CHIP_FORMAT_VERSION:
         fail(f"format version {_short(version)} is not supported: this spiketriton reads version "
              f"{CHIP_FORMAT_VERSION}")
+    if "manifest_sha256" not in manifest:
+        fail("the manifest has no manifest_sha256 (its checksum)")
+    if not _is_sha256(manifest["manifest_sha256"]):
+        fail("manifest_sha256 must be 64 lowercase hexadecimal digits")
+    try:
+        digest = manifest_digest(manifest)
+    except (ValueError, TypeError, RecursionError) as e:  # not expected of parsed JSON; still a format error
+        fail(f"the manifest cannot be written as canonical JSON: {str(e)[:200]}")
+    if digest != manifest["manifest_sha256"]:
+        fail("the manifest does not match its manifest_sha256 (corrupted manifest)")
     return manifest
 
 
@@ -563,8 +589,7 @@ def _check_manifest(manifest: dict, fail):
         top.fail(f"input_bits is {manifest['input_bits']}; version {CHIP_FORMAT_VERSION} has int{INPUT_BITS} inputs")
     if top.int("state_bits", 0, 64) != STATE_BITS:
         top.fail(f"state_bits is {manifest['state_bits']}; version {CHIP_FORMAT_VERSION} saturates to int{STATE_BITS}")
-    digest = manifest["tensor_sha256"]
-    if not isinstance(digest, str) or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+    if not _is_sha256(manifest["tensor_sha256"]):
         top.fail("tensor_sha256 must be 64 lowercase hexadecimal digits")
     declared = _declared_table(manifest["tensors"], fail)
     raw_layers = manifest["layers"]
