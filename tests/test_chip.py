@@ -724,6 +724,10 @@ HOSTILE = [
      r"constants: missing field\(s\) v_th_incre"),
     ("unknown_layer_kind", "mlp", manifest_edit(setp("layers", 1, "kind", "lstm")),
      r"layers\[1\] \('net.1', lstm\): unknown layer kind 'lstm'; this version knows linear"),
+    ("layer_kind_not_a_string", "mlp", manifest_edit(setp("layers", 1, "kind", ["neuron"])),
+     r"layers\[1\]: unknown layer kind \['neuron'\]; this version knows linear"),
+    ("layer_not_an_object", "mlp", manifest_edit(setp("layers", 1, "neuron")),
+     r"layers\[1\] must be a JSON object, got str"),
     ("unknown_reset_mode", "mlp", manifest_edit(setp("layers", 3, "reset_mode", "sometimes")),
      r"reset_mode must be one of hard, soft, soft_constant, got 'sometimes'"),
     ("shapes_do_not_chain", "mlp", manifest_edit(setp("layers", 2, "in_shape", [11])),
@@ -799,6 +803,41 @@ def test_hostile_file_is_rejected(tmp_path, base_files, base, mutate, message):
     with pytest.raises(ChipFormatError, match=message) as exc:
         load_chip(path)
     assert str(exc.value).startswith(f"load_chip: {path}: ")
+
+
+def _value_paths(obj, prefix=()):
+    yield prefix
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield from _value_paths(v, prefix + (k,))
+
+
+def test_every_manifest_value_replaced_by_any_json_type(base_files, tmp_path):
+    """Each value of the manifest (every field of every layer, nested ones included) replaced by a
+    value of each JSON type, the checksums recomputed: load_chip raises ChipFormatError or returns a
+    program that runs, never another exception (a list as a layer kind raised TypeError)."""
+    hostile = [None, True, -1, 2 ** 63, 1.5, "x", "neuron", [], [1], ["neuron"], [[1]], {}, {"neuron": 1}]
+    path = tmp_path / "value.chip"
+    for base in ("mlp", "conv"):
+        manifest, arrays = parts(base_files[base])
+        for where in list(_value_paths(manifest)):
+            if not where or where[0] in ("tensor_sha256", "manifest_sha256"):
+                continue
+            for value in hostile:
+                m = json.loads(json.dumps(manifest))
+                obj = m
+                for k in where[:-1]:
+                    obj = obj[k]
+                if obj[where[-1]] == value and type(obj[where[-1]]) is type(value):
+                    continue
+                obj[where[-1]] = value
+                m["manifest_sha256"] = C.manifest_digest(m)
+                path.write_bytes(C._serialize(m, arrays))
+                try:
+                    program = load_chip(path)
+                except ChipFormatError:
+                    continue
+                program.run(np.ones((2, 1) + program.input_shape))
 
 
 def test_every_changed_byte_is_rejected(base_files, tmp_path):

@@ -601,9 +601,11 @@ def _check_manifest(manifest: dict, fail):
         ctx = f"layers[{i}]"
         if isinstance(raw, dict) and isinstance(raw.get("kind"), str) and isinstance(raw.get("name"), str):
             ctx = f"layers[{i}] ({raw['name'][:80]!r}, {raw['kind'][:20]})"
-        if not isinstance(raw, dict) or raw.get("kind") not in LAYER_FIELDS:
-            fail(f"{ctx}: unknown layer kind {_short(raw.get('kind') if isinstance(raw, dict) else raw, 40)}; "
-                 f"this version knows {', '.join(LAYER_FIELDS)}")
+        if not isinstance(raw, dict):
+            fail(f"{ctx} must be a JSON object, got {type(raw).__name__}")
+        if not isinstance(raw.get("kind"), str) or raw["kind"] not in LAYER_FIELDS:  # (a list is not hashable)
+            fail(f"{ctx}: unknown layer kind {_short(raw.get('kind'), 40)}; this version knows "
+                 f"{', '.join(LAYER_FIELDS)}")
         f = _Fields(raw, ctx, fail, LAYER_FIELDS[raw["kind"]])
         f.name("name")
         in_shape, out_shape = f.shape("in_shape"), f.shape("out_shape")
