@@ -254,6 +254,19 @@ def test_float16_readout_round_trip(tmp_path):
     assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_power_of_two_scales_round_trip(tmp_path, per_channel):
+    """pow2 / even_shift scales (checked against w_scale at load) on a network with an encoding layer,
+    whose current_scale is w_scale x input_scale in float32."""
+    torch.manual_seed(3)
+    net = driven(nn.Sequential(nn.Linear(12, 24), st.LIF(), nn.Linear(24, 8), st.LIF()), 8.0)
+    x = torch.randn(8, 3, 12)
+    q = quantized(net, x, per_channel=per_channel, pow2=True, even_shift=True)
+    manifest, _ = assert_round_trip(q, x, tmp_path / "pow2.chip")
+    w = np.ravel(manifest["layers"][0]["w_scale"])
+    assert manifest["layers"][0]["even_shift"] and np.array_equal(np.log2(w) % 2, np.zeros_like(w))
+
+
 def test_sum_pooling_at_the_end_returns_counts(tmp_path):
     torch.manual_seed(5)
     net = driven(nn.Sequential(st.StepWise(nn.Conv2d(1, 3, 3, padding=1)), st.LIF(),
@@ -772,6 +785,19 @@ HOSTILE = [
      r"input is 'spikes' but the layer reads real values"),
     ("readout_dtype", "mlp", manifest_edit(lambda m: m["layers"][2].update(output="real", output_dtype="bfloat16")),
      r"output_dtype must be one of float16, float32, float64"),
+    ("even_shift_without_pow2", "mlp", manifest_edit(lambda m: m["layers"][0].update(pow2=False, even_shift=True)),
+     r"layers\[0\] \('net.0', linear\): even_shift is true but pow2 is false"),
+    ("w_scale_not_pow2", "mlp", manifest_edit(setp("layers", 2, "pow2", True)),
+     r"w_scale [\d.e+-]+ is not a power of two, but pow2 is true"),
+    ("w_scale_odd_shift", "mlp", manifest_edit(lambda m: m["layers"][2].update(
+        pow2=True, even_shift=True, w_scale=8.0, current_scale=8.0)),
+     r"w_scale 8.0 is not a power of two with an even exponent, but pow2 is true with even_shift"),
+    ("current_scale_not_w_scale", "mlp",
+     manifest_edit(lambda m: m["layers"][2].update(current_scale=m["layers"][2]["w_scale"] * (1 + 1e-5))),
+     r"layers\[2\] \('net.2', linear\): current_scale [\d.e+-]+ is not w_scale [\d.e+-]+ \(within a relative 1e-06\)"),
+    ("current_scale_not_w_scale_x_input_scale", "mlp",
+     manifest_edit(lambda m: m["layers"][0].update(current_scale=m["layers"][0]["w_scale"])),
+     r"layers\[0\] \('net.0', linear\): current_scale [\d.e+-]+ is not w_scale [\d.e+-]+ x input_scale"),
     ("input_bits", "mlp", manifest_edit(setp("input_bits", 4)), r"input_bits is 4; version 1 has int8 inputs"),
     ("state_bits", "mlp", manifest_edit(setp("state_bits", 32)), r"state_bits is 32; version 1 saturates to int28"),
     ("checksum_malformed", "mlp", manifest_edit(setp("tensor_sha256", "00"), rehash=False),

@@ -35,7 +35,11 @@ that broadcasts against the neuron's per-sample shape). The safetensors metadata
     casts: float16 through float32, two roundings);
     ``weight_bits`` (2..8: weights within +-(2^(bits-1) - 1)), ``per_channel``, ``pow2``,
     ``even_shift``; ``w_scale`` and ``current_scale`` (``S = w_scale`` times ``input_scale`` for an
-    encoding layer; a number, or one per output channel): real value = integer / scale.
+    encoding layer; a number, or one per output channel): real value = integer / scale. The
+    simulator reads ``S`` of a readout only; the rest documents the integers, and is checked for
+    consistency all the same (``even_shift`` needs ``pow2``; with ``pow2`` every ``w_scale`` is a power
+    of two, with an even exponent under ``even_shift``; ``S`` equals ``w_scale`` (times
+    ``input_scale``) within a relative ``SCALE_RTOL``: the model multiplies in float32).
   - ``neuron``: the quantized family-B neuron (``reference/neuron_int.py``): ``reset_mode``
     (``"hard"``, ``"soft"``, ``"soft_constant"``), ``per_channel``, ``constants``: ``alpha_q``,
     ``v_th_alpha_q`` (leaks ``q / 256``, q in [0, 256]), ``ref_len`` and, unless per channel (then
@@ -83,6 +87,8 @@ MAX_POOL_TERMS = 1 << 25         # a sum pooling's terms for one sample (C*kh*kw
 MAX_NAME = 1024                  # characters of a name or of the producer string
 MAX_RUN_ELEMENTS = 1 << 27       # run(): T * B * features of the largest value of the chain, a zero-padded
                                  # convolution / pooling input included (1 GiB of int64)
+
+SCALE_RTOL = 1e-6                # current_scale against w_scale (x input_scale): float32 rounding is 6e-8 relative
 
 INPUT_BITS = 8
 STATE_BITS = 28
@@ -661,9 +667,16 @@ def _check_quant(f, layer, kind_in, table, i, out_channels, weight_shape) -> str
     """The fields shared by linear and conv2d; returns the kind of the layer's output."""
     bits = f.int("weight_bits", 2, 8)
     per_channel = f.bool("per_channel")
-    f.bool("pow2"), f.bool("even_shift")
+    pow2, even_shift = f.bool("pow2"), f.bool("even_shift")
+    if even_shift and not pow2:
+        f.fail("even_shift is true but pow2 is false (an even shift constrains a power-of-two scale)")
     channels = out_channels if per_channel else None
-    f.scale("w_scale", channels)
+    w_scale = f.scale("w_scale", channels)
+    for s in (w_scale if per_channel else [w_scale]):
+        mantissa, exponent = math.frexp(s)  # s = mantissa * 2^exponent, mantissa in [0.5, 1)
+        if pow2 and (mantissa != 0.5 or (even_shift and (exponent - 1) % 2)):
+            f.fail(f"w_scale {s!r} is not a power of two{' with an even exponent' if even_shift else ''}, but "
+                   f"pow2 is true{' with even_shift' if even_shift else ''}")
     S = f.scale("current_scale", channels)
     if f.choice("input", ("spikes", "int8")) == "int8":
         if kind_in not in ("real", "counts"):
@@ -675,6 +688,13 @@ def _check_quant(f, layer, kind_in, table, i, out_channels, weight_shape) -> str
         if f.obj["input_scale"] is not None:
             f.fail("input_scale must be null for a layer that reads spikes")
         layer["input_scale"] = None
+    # S = w_scale (* input_scale for an encoding layer), as the model computes it in float32: within a
+    # relative 2^-24 of the float64 product; a larger difference is a file that contradicts itself
+    enc = layer["input_scale"]
+    for s, c in zip(w_scale if per_channel else [w_scale], S if per_channel else [S]):
+        if not math.isclose(c, s * enc if enc is not None else s, rel_tol=SCALE_RTOL, abs_tol=0.0):
+            f.fail(f"current_scale {c!r} is not w_scale {s!r}{f' x input_scale {enc!r}' if enc is not None else ''} "
+                   f"(within a relative {SCALE_RTOL})")
     if f.choice("output", ("current", "real")) == "real":
         layer["readout"] = (np.asarray(S, dtype=np.float64), f.choice("output_dtype", OUTPUT_DTYPES))
     else:
