@@ -29,6 +29,9 @@ FACTORIES = textwrap.dedent("""
     def broken():
         raise RuntimeError("no model today")
 
+    def unlinked():  # a neuron fed through a ReLU, not directly by a layer: quant.prepare refuses it
+        return nn.Sequential(nn.Linear(64, 8), nn.ReLU(), st.LIF())
+
     def not_a_model():
         return 42
 
@@ -127,6 +130,46 @@ def test_cli_export_error_exits_1(files):
     assert not (files["dir"] / "avg.chip").exists()
 
 
+def test_output_errors_are_usage_errors_without_traceback(files):
+    """An output path that cannot be written: a message and exit status 2, before any work is done."""
+    r = run_cli("export", "--chip", "no/such/dir/x.chip", "--model", "spiketriton.demo:build_net", "--weights",
+                "q.safetensors", "--input-shape", "64", cwd=files["dir"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"--chip no/such/dir/x.chip: the directory {files['dir'] / 'no/such/dir'} does not exist" in r.stderr
+
+
+def test_write_failure_is_a_usage_error(files, capsys, monkeypatch):
+    """The file system refusing the write (here: no permission; tests run as root, where os.access
+    says yes to everything) is reported as such, exit status 2."""
+    from spiketriton.export import chip
+
+    monkeypatch.chdir(files["dir"])
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(chip, "_write_atomic", refuse)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--chip", "out3.chip", "--model", "spiketriton.demo:build_net", "--weights", "q.safetensors",
+                  "--input-shape", "64"])
+    assert exc.value.code == 2
+    assert "--chip out3.chip: cannot write the file: Permission denied" in capsys.readouterr().err
+    assert not os.path.exists("out3.chip")
+
+
+def test_prepare_error_is_a_model_error(files, capsys, monkeypatch):
+    """quant.prepare() refusing the model is reported against --model (exit 1: the model cannot be
+    expressed), not as a --weights problem."""
+    monkeypatch.chdir(files["dir"])
+    monkeypatch.syspath_prepend(str(files["dir"]))
+    code = cli.main(["--chip", "out4.chip", "--model", "clifactories:unlinked", "--weights", "q.safetensors",
+                     "--input-shape", "64"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--weights" not in err
+    assert "error: --model clifactories:unlinked: quant.prepare() cannot convert the model: QModel: 1 QLIF" in err
+    assert not os.path.exists("out4.chip")
+
+
 def test_unknown_command_is_a_usage_error(files):
     r = run_cli("frobnicate", cwd=files["dir"])
     assert r.returncode == 2 and "unknown command 'frobnicate'; the commands are: export" in r.stderr
@@ -143,6 +186,10 @@ BAD = [
     ("factory_not_a_module", ["--model", "clifactories:not_a_model"],
      "the factory returned an object of type int, expected a torch.nn.Module"),
     ("weights_missing", ["--weights", "nothere.safetensors"], "--weights nothere.safetensors: no such file"),
+    ("weights_a_directory", ["--weights", "."], "--weights .: a directory"),
+    ("output_dir_missing", ["--chip", "no/such/dir/x.chip"], "--chip no/such/dir/x.chip: the directory "),
+    ("output_is_a_directory", ["--chip", "."], "--chip .: is a directory; give the path of the file to write"),
+    ("nir_output_dir_missing", ["--chip", None, "--nir", "no/dir/x.nir"], "--nir no/dir/x.nir: the directory "),
     ("weights_other_model", ["--weights", "avg.safetensors"], "the file does not match the model"),
     ("weights_not_quantized", ["--weights", "float.safetensors"], "holds a model in 'float' mode; the chip format"),
     ("input_shape_not_numbers", ["--input-shape", "8x8"], "--input-shape must be positive integers"),
@@ -163,7 +210,8 @@ def test_bad_arguments_exit_2(files, change, message, capsys, monkeypatch):
     else:
         args.pop("--chip")
     for k, v in args.items():
-        argv += [k, v]
+        if v is not None:
+            argv += [k, v]
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2

@@ -11,8 +11,10 @@ integers), then writes the chip file (``save_chip``; the file must hold a quanti
 NIR graph (``save_nir``). ``--input-shape`` is the per-sample feature shape of one time step.
 
 Exit status: 0 when the file is written; 2 for bad arguments (usage, a module or factory that cannot
-be loaded, a weights file that does not fit the model, an input shape the model cannot run); 1 when
-the model cannot be expressed in the chosen format (the message names the module).
+be loaded, a weights file that does not fit the model, an input shape the model cannot run, an output
+path that cannot be written: a missing directory, a directory, no permission); 1 when the model cannot
+be expressed (``quant.prepare`` cannot convert it, or the chosen format cannot hold it; the message
+names the module).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    out_flag, out = ("--chip", args.chip) if args.chip is not None else ("--nir", args.nir)
+    _check_output(parser, out_flag, out)
     shape = _parse_shape(parser, args.input_shape)
     factory = _load_factory(parser, args.model)
     try:
@@ -61,10 +65,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not isinstance(model, torch.nn.Module):
         parser.error(f"--model {args.model}: the factory returned an object of type {type(model).__name__}, expected a "
                      f"torch.nn.Module")
-    if not os.path.isfile(args.weights):
-        parser.error(f"--weights {args.weights}: no such file")
     try:
-        qmodel = quant.load_quantized_model(args.weights, quant.prepare(model))
+        qmodel = quant.prepare(model)
+    except (ValueError, RuntimeError, TypeError) as e:  # e.g. a neuron not fed directly by a layer
+        print(f"python -m spiketriton export: error: --model {args.model}: quant.prepare() cannot convert the "
+              f"model: {e}", file=sys.stderr)
+        return 1
+    if not os.path.isfile(args.weights):
+        parser.error(f"--weights {args.weights}: {'a directory' if os.path.isdir(args.weights) else 'no such file'}")
+    try:
+        qmodel = quant.load_quantized_model(args.weights, qmodel)
     except (ValueError, RuntimeError, TypeError) as e:
         parser.error(f"--weights {args.weights}: {e}")
     sample = torch.zeros((1, 1) + shape)
@@ -93,7 +103,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ExportError, ChipFormatError, ImportError) as e:
         print(f"python -m spiketriton export: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the output cannot be written (checked up front; the file system may still refuse)
+        parser.error(f"{out_flag} {out}: cannot write the file: {e.strerror or e}")
     return 0
+
+
+def _check_output(parser, flag: str, path: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path}: is a directory; give the path of the file to write")
+    if not os.path.isdir(directory):
+        parser.error(f"{flag} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        parser.error(f"{flag} {path}: cannot write to the directory {directory} (permission denied)")
 
 
 def _parse_shape(parser, text: str) -> tuple:
