@@ -128,3 +128,22 @@ def check_case(case: Case, backend: str, device):
         # parameters gather every neuron; compared when no neuron diverged
         assert rel_err(pi.grad, pr.grad) <= PARAM_RTOL[case.dtype], f"grad params: {pi.grad.tolist()} vs {pr.grad.tolist()}"
     return n_div
+
+
+def calibrated(model, x, backend=None, **cfg):
+    """``quant.prepare(model, **cfg)`` through the calibration flow on ``x`` (collect_q_params, one
+    forward, reset, calculate_q_params): in float mode, ``.quantize()`` / ``.aware()`` next. ``backend``
+    sets every module's backend (None: the modules' own default)."""
+    from spiketriton import quant
+
+    q = quant.prepare(model, **cfg)
+    if backend is not None:
+        for m in q.modules():
+            if hasattr(m, "backend"):
+                m.backend = backend
+    q.collect_q_params()
+    with torch.no_grad():
+        q(x)
+    q.reset()
+    q.calculate_q_params()
+    return q

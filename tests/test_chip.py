@@ -27,15 +27,7 @@ from spiketriton.export import (CHIP_FORMAT, CHIP_FORMAT_VERSION, ChipFormatErro
 from spiketriton.export import chip as C
 from spiketriton.hybrid import S2AGlobalRate
 
-
-def calibrated(net, x, **cfg):
-    q = Q.prepare(net, **cfg)
-    q.collect_q_params()
-    with torch.no_grad():
-        q(x)
-    q.reset()
-    q.calculate_q_params()
-    return q
+from helpers import calibrated
 
 
 def quantized(net, x, **cfg):

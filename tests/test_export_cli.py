@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 import spiketriton as st
-from spiketriton import demo, quant
+from spiketriton import demo
 from spiketriton.export import cli, load_chip
+
+from helpers import calibrated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACTORIES = textwrap.dedent("""
@@ -48,13 +50,7 @@ def quantized_demo_net(seed=0):
             if isinstance(m, nn.Linear):
                 m.weight.mul_(8.0)
     x = demo.encode(torch.rand(5, 64), 4)
-    q = quant.prepare(net)
-    q.collect_q_params()
-    with torch.no_grad():
-        q(x)
-    q.reset()
-    q.calculate_q_params()
-    return q.quantize(), x
+    return calibrated(net, x).quantize(), x
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +81,7 @@ def calibrated_averaging(d):
         for m in net.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 m.weight.mul_(4.0)
-    q = quant.prepare(net)
-    q.collect_q_params()
-    with torch.no_grad():
-        q(torch.rand(3, 2, 1, 4, 4) * 4)
-    q.reset()
-    q.calculate_q_params()
-    return q.quantize()
+    return calibrated(net, torch.rand(3, 2, 1, 4, 4) * 4).quantize()
 
 
 def run_cli(*args, cwd):

@@ -13,24 +13,13 @@ from torch import nn
 import spiketriton as st
 from spiketriton import quant as Q
 
+import helpers
+
 BACKENDS = ["triton", "torch"]
 
 
-def set_backend(model, backend):
-    for m in model.modules():
-        if hasattr(m, "backend"):
-            m.backend = backend
-
-
 def calibrated(model, x, backend="torch", **cfg):
-    q = Q.prepare(model, **cfg)
-    set_backend(q, backend)
-    q.collect_q_params()
-    with torch.no_grad():
-        q(x)
-    q.reset()
-    q.calculate_q_params()
-    return q
+    return helpers.calibrated(model, x, backend, **cfg)
 
 
 def mlp(seed=0, hidden=48):

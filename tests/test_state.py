@@ -23,6 +23,8 @@ from spiketriton import hybrid as H
 from spiketriton import quant as Q
 from spiketriton.reference import neuron_reference
 
+from helpers import calibrated as _calibrated
+
 BACKENDS = ["triton", "torch"]
 
 
@@ -113,19 +115,6 @@ def _conv_net(seed):
         net[0].weight.mul_(4.0)
         net[2].weight.mul_(6.0)
     return net
-
-
-def _calibrated(net, x, backend, **cfg):
-    q = Q.prepare(net, **cfg)
-    for m in q.modules():
-        if hasattr(m, "backend"):
-            m.backend = backend
-    q.collect_q_params()
-    with torch.no_grad():
-        q(x)
-    q.reset()
-    q.calculate_q_params()
-    return q
 
 
 def _set_mode(q, mode):
