@@ -86,8 +86,19 @@ class SpikeLinear(nn.Linear):
                 s = s.to_dense(self.weight.dtype, backend=self.backend)
             # the same Bernoulli draws as nn.Dropout(p)(s), kept binary; the 1/(1-p) goes after the matmul
             keep = torch.nn.functional.dropout(torch.ones_like(s), p, True) != 0
-            y = spike_matmul(s * keep, self.weight, None, backend=self.backend) / (1.0 - p)
-            return y + self.bias if self.bias is not None else y
+            # under autocast, as the eval path's single spike_matmul call: weight and bias rounded to
+            # the autocast dtype, the sum, the 1/(1-p) and the bias in fp32, one rounding at the end
+            dev = s.device.type
+            cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+            w, b = self.weight, self.bias
+            if cast is not None:
+                w = w.to(cast).to(w.dtype)
+                b = b.to(cast).to(b.dtype) if b is not None else None
+            with torch.autocast(dev, enabled=False):
+                y = spike_matmul(s * keep, w, None, backend=self.backend) / (1.0 - p)
+                if b is not None:
+                    y = y + b
+            return y.to(cast) if cast is not None else y
         return spike_matmul(s, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:

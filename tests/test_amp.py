@@ -140,6 +140,27 @@ def test_spike_linear_under_autocast(backend, packed, dtype, device):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS.get)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_spike_linear_with_input_dropout_under_autocast(backend, dtype, device):
+    """Training with a folded Dropout: still the autocast dtype, one rounding of the exact value
+    (weights rounded to the autocast dtype, as autocast does), same draws as nn.Dropout."""
+    eps = torch.finfo(dtype).eps
+    p = 0.3
+    lin = st.SpikeLinear(40, 24, backend=backend, input_dropout=p).to(device).train()
+    s = (torch.rand(6, 40, device=device) > 0.5).float()
+    torch.manual_seed(5)
+    keep = torch.nn.functional.dropout(torch.ones_like(s), p, True) != 0
+    torch.manual_seed(5)
+    with torch.autocast(device, dtype=dtype):
+        y = lin(s)
+    assert y.dtype == dtype
+    w = lin.weight.detach().to(dtype).double()
+    b = lin.bias.detach().to(dtype).double()
+    want = (s * keep).double() @ w.T / (1.0 - p) + b
+    assert ((y.double() - want).abs() <= eps * want.abs() + 1e-30).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS.get)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_model_under_autocast(backend, dtype, device):
     """Every layer of Linear -> LIF -> SpikeLinear -> PLIF runs in the autocast dtype, state in fp32;
     training gradients agree with the fp32 model."""
