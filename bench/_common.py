@@ -36,20 +36,33 @@ PEERS = ("spikingjelly", "snntorch", "norse")
 
 
 def _dist_version(dist: str) -> Optional[str]:
-    """Installed version of a distribution, or None. A source install without version metadata
-    (norse 1.1.0 built from its sdist reports 0.0.0) also names the archive it came from."""
+    """Installed version of a distribution, or None. A source install without version metadata (norse 1.1.0
+    built from its sdist without SETUPTOOLS_SCM_PRETEND_VERSION reports 0.0.0) is recorded with the version
+    its archive names: "1.1.0 (from norse-1.1.0.tar.gz; its metadata says 0.0.0)"."""
     try:
-        v = importlib.metadata.version(dist)
+        dist_obj = importlib.metadata.distribution(dist)
+        v = dist_obj.version
     except importlib.metadata.PackageNotFoundError:
         return None
     if v == "0.0.0":
         try:
-            url = json.loads(importlib.metadata.distribution(dist).read_text("direct_url.json") or "{}").get("url", "")
+            url = json.loads(dist_obj.read_text("direct_url.json") or "{}").get("url", "")
         except (OSError, ValueError):
             url = ""
-        if url:
-            return f"0.0.0 (metadata; installed from {url.rsplit('/', 1)[-1]})"
+        archive = url.rsplit("/", 1)[-1]
+        real = archive_version(dist, archive)
+        if real and real != "0.0.0":
+            return f"{real} (from {archive}; its metadata says 0.0.0)"
+        if archive:
+            return f"0.0.0 (metadata; installed from {archive})"
     return v
+
+
+def archive_version(dist: str, archive: str) -> Optional[str]:
+    """The version in an sdist's or wheel's file name: ('norse', 'norse-1.1.0.tar.gz') -> '1.1.0'."""
+    m = re.match(re.escape(dist).replace("\\-", "[-_]") + r"[-_]([0-9][0-9A-Za-z.+!]*?)(?:-py|\.tar|\.zip|-cp|$)",
+                 archive, re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def versions() -> Dict[str, Optional[str]]:

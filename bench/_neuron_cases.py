@@ -260,11 +260,20 @@ def element_size(dtype) -> int:
     return torch.empty((), dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype).element_size()
 
 
-def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype=None) -> int:
-    """Bytes the fused kernels must move for ``x [T, *S]`` of ``dtype`` (IF, LIF and PLIF alike).
+def h_element_size(neuron: str, dtype) -> int:
+    """Bytes per element of the H that ``neuron`` stores for backward from input of ``dtype``: the input
+    dtype, except PLIF (a learnable tau, so ``spiketriton.functional.neuron`` passes ``h_fp32``) which
+    keeps H in fp32 for bf16/fp16 input (the gradient of tau sums over every neuron-step)."""
+    e = element_size(dtype)
+    return max(e, 4) if neuron == "plif" else e
+
+
+def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype=None, neuron: str = "lif") -> int:
+    """Bytes the fused kernels must move for ``x [T, *S]`` of ``dtype`` through ``neuron`` (lif, if, plif).
 
     - ``infer`` (no_grad forward): read x, write spikes (dtype of x) and v_last (fp32);
-    - ``fwd`` (forward storing for backward): read x; write spikes, H (dtype of x), the spikes
+    - ``fwd`` (forward storing for backward): read x; write spikes, H (dtype of x; fp32 for PLIF, see
+      :func:`h_element_size`: 16.375 instead of 12.375 B per neuron-step fwd+bwd in bf16), the spikes
       packed 8 per byte along the last dimension ([T, R, ceil(L/8)] uint8) and v_last (fp32);
     - ``bwd``: read grad_spikes (``grad_dtype``, default the dtype of x), H and the packed bits;
       write grad_x (dtype of x). PLIF's per-program partial sums (8 bytes a program) are ignored;
@@ -279,11 +288,12 @@ def kernel_bytes(shape: Sequence[int], dtype, pass_: str = "fwd+bwd", grad_dtype
     M = R * L
     e = element_size(dtype)
     eg = element_size(grad_dtype if grad_dtype is not None else dtype)
+    eh = h_element_size(neuron, dtype)
     bits = T * R * ((L + 7) // 8)
     seq = T * M
     infer = seq * e + seq * e + M * 4
-    fwd = seq * e + 2 * seq * e + bits + M * 4
-    bwd = seq * eg + seq * e + bits + seq * e
+    fwd = seq * e + seq * e + seq * eh + bits + M * 4
+    bwd = seq * eg + seq * eh + bits + seq * e
     table = {"infer": infer, "fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}
     if pass_ not in table:
         raise ValueError(f"pass_ must be one of {sorted(table)}, got {pass_!r}")

@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU (H100/H200 via the device tool) should run: four calls, each
-# time-boxed inside the device's 10-minute command limit. See bench/README.md, "GPU session".
+# Everything a session with a lent GPU (H100/H200 via the device tool) should run: three calls, each
+# time-boxed inside the device's 10-minute command limit, the three inside the session's 30 minutes of
+# device time with the machine's start (bench/README.md, "GPU session").
 #
-#   bash bench/gpu_session.sh tests     # the test suite on CUDA, compiled kernels (no interpreter)
-#   bash bench/gpu_session.sh bench-a   # python -m bench: neuron (+ block-size sweep), memory (peak CUDA memory)
-#   bash bench/gpu_session.sh bench-b   # python -m bench: the Open Neuromorphic benchmark, spike_matmul, int_matmul
-#   bash bench/gpu_session.sh sweep     # spike_matmul tile / skip_zero sweep (bf16 forward slice), then the report
+#   bash bench/gpu_session.sh tests     # the test suite on CUDA, compiled kernels (no interpreter); 240 s box
+#   bash bench/gpu_session.sh bench-a   # python -m bench: memory, neuron (+ block-size sweep); 540 s box
+#   bash bench/gpu_session.sh bench-b   # python -m bench: int_matmul, spike_matmul, open_neuromorphic; 540 s box
+#   bash bench/gpu_session.sh sweep     # optional, a later session: spike_matmul tile / skip_zero sweep; 540 s box
 #
-# STAGE_SECONDS (default 540) bounds each stage: at that point the run gets SIGINT, writes the report of
-# what it measured, and the stage still packs its results. Optional wheels (SpikingJelly, snnTorch, Norse
-# and what they need that the image lacks) travel in .whl/ (carry it). Each stage leaves in $OUT (the
-# device tool brings back at most 8 files): device.txt, <stage>.log and results-<stage>.tar.gz, which
-# holds bench/results/<gpu-slug>/ as this stage left it. Here: tar -xzf each into bench/results/, then
-# `python -m bench --report-only --out bench/results/<gpu-slug>` and commit.
+# STAGE_SECONDS (default: the box above, capped at 540) bounds the whole stage, the wheel install included:
+# at that point the run gets SIGINT, keeps the files its suites wrote so far (neuron_gpu, open_neuromorphic and
+# the spike_matmul sweep write as they go), records the suites it did not start as not-run, writes the report, and the stage still packs its
+# results; SIGKILL 30 s later if it hangs. 540 + 30 s + packing stays under the 600 s command limit.
+# Optional wheels (SpikingJelly, snnTorch, Norse and what they need that the image lacks) travel in .whl/
+# (carry it). Each stage leaves in $OUT (the device tool brings back at most 8 files): device.txt,
+# <stage>.log and results-<stage>.tar.gz, which holds bench/results/<gpu-slug>/ as this stage left it.
+# Here: tar -xzf each into bench/results/, then `python -m bench --report-only --out bench/results/<gpu-slug>`
+# and commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: bash bench/gpu_session.sh tests|bench-a|bench-b|sweep}
 OUT=${OUT:-/tmp/spiketriton-out}
-SECS=${STAGE_SECONDS:-540}
+START=$SECONDS
+case "$stage" in tests) box=240 ;; *) box=540 ;; esac
+SECS=${STAGE_SECONDS:-$box}
+if [ "$SECS" -gt 540 ]; then  # 540 + the 30 s SIGKILL grace + packing: inside the device's 600 s per call
+  echo "STAGE_SECONDS=$SECS capped at 540"
+  SECS=540
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 unset TRITON_INTERPRET
@@ -47,9 +57,12 @@ pack() {  # the results folder as this stage left it -> $OUT/results-<stage>.tar
     echo "packed bench/results/$slug ($(ls "bench/results/$slug" | wc -l) files) into results-$stage.tar.gz"
   fi
 }
-run() {  # time-boxed: SIGINT at $SECS s (the runner then writes its report), SIGKILL 30 s later
+run() {  # time-boxed: SIGINT at $SECS s from the stage's start (the runner then writes its report), SIGKILL 30 s later
+  local left=$((SECS - (SECONDS - START)))
+  [ "$left" -gt 10 ] || left=10
+  echo "stage $stage: $left s for: $*"
   set +e
-  timeout -s INT -k 30 "$SECS" "$@" 2>&1 | tee "$OUT/$stage.log"
+  timeout -s INT -k 30 "$left" "$@" 2>&1 | tee "$OUT/$stage.log"
   local rc=${PIPESTATUS[0]}
   set -e
   echo "stage $stage: exit status $rc"
@@ -59,12 +72,12 @@ case "$stage" in
   tests)
     run python3 -m pytest tests -q -x -p no:cacheprovider
     ;;
-  bench-a)
-    run python3 -m bench --suites neuron,memory --sweep
+  bench-a)  # memory first (seconds); neuron writes after every neuron x dtype and before its sweep
+    run python3 -m bench --suites memory,neuron --sweep
     pack
     ;;
-  bench-b)
-    run python3 -m bench --suites open_neuromorphic,spike_matmul,int_matmul
+  bench-b)  # open_neuromorphic last: it writes after every n, so a time box keeps the sizes it finished
+    run python3 -m bench --suites int_matmul,spike_matmul,open_neuromorphic
     pack
     ;;
   sweep)

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     rows = []
     for c in cases:
         t = time_stats(c["times"])
-        nbytes = kernel_bytes(shape, c["dtype"], c["pass_"])
+        nbytes = kernel_bytes(shape, c["dtype"], c["pass_"], neuron="lif")
         rows.append({"neuron": "lif", "dtype": c["dtype"], "pass": c["pass_"], "impl": c["impl"], **t,
                      "kernel_bytes": nbytes, "gbps": gbps(nbytes, t["median_ms"]),
                      "pct_copy_bw": 100.0 * gbps(nbytes, t["median_ms"]) / copy["gbps"]})

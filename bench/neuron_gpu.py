@@ -19,7 +19,7 @@ Needs a CUDA GPU (exits with a message otherwise). For every neuron and dtype:
 
 Effective GB/s = the bytes the kernels must move (``kernel_bytes``: forward reads x and writes
 spikes, H, packed spike bits and v_last; backward reads grad_spikes, H and the bits and writes
-grad_x) / the measured time. The same byte count is used for SpikingJelly's GB/s, so its figure
+grad_x; H in x's dtype, fp32 for PLIF in bf16/fp16) / the measured time. The same byte count is used for SpikingJelly's GB/s, so its figure
 is "as if it moved only what ours must". Copy bandwidth: ``dst.copy_(src)`` on a ``--copy-gib``
 buffer, GB/s = 2 * bytes / time. Timing: ``triton.testing.do_bench`` (L2 flushed before each rep,
 median and 20/80 % quantiles of CUDA-event times).
@@ -41,7 +41,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -136,12 +136,14 @@ def agreement(st, other, x0, g) -> Dict[str, float]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_gbps, device="cuda") -> List[dict]:
-    """Time spiketriton's fwd, bwd and fwd+bwd for each (_BLOCK, _NUM_WARPS); restores the constants."""
+def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_gbps, device="cuda",
+                rows: Optional[List[dict]] = None, on_row=None) -> List[dict]:
+    """Time spiketriton's fwd, bwd and fwd+bwd for each (_BLOCK, _NUM_WARPS); restores the constants. Rows are
+    appended to ``rows`` (when given) as they come and ``on_row()`` is called after each (incremental files)."""
     import spiketriton.kernels.neuron as K
 
     original = (K._BLOCK, K._NUM_WARPS)
-    rows = []
+    rows = [] if rows is None else rows
     try:
         for dname in dtypes:
             x0, g = make_inputs(shape, DTYPES[dname], device=device)
@@ -155,7 +157,7 @@ def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_g
                             t = time_passes(run, x0, g, warmup_ms, rep_ms, passes=("fwd", "bwd", "fwd+bwd"))
                             for p, v in t.items():
                                 row[f"{p}_ms"] = v["median_ms"]
-                                row[f"{p}_gbps"] = gbps(kernel_bytes(shape, dname, p), v["median_ms"])
+                                row[f"{p}_gbps"] = gbps(kernel_bytes(shape, dname, p, neuron=neuron), v["median_ms"])
                             row["fwd+bwd_pct_copy_bw"] = 100.0 * row["fwd+bwd_gbps"] / copy_gbps
                         except Exception as e:  # noqa: BLE001 - e.g. out of registers/shared memory
                             row["error"] = _short_error(e)
@@ -163,6 +165,8 @@ def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_g
                         print(f"  sweep {neuron:4} {dname} BLOCK={block:5} warps={nw}: "
                               + (f"fwd+bwd {row['fwd+bwd_ms']:.3f} ms ({row['fwd+bwd_pct_copy_bw']:.0f}% copy bw)"
                                  if "error" not in row else row["error"]), flush=True)
+                        if on_row is not None:
+                            on_row()
             del x0, g
             _empty_cache(device)
     finally:
@@ -179,6 +183,29 @@ def sweep_best(rows: List[dict]) -> List[dict]:
         if key not in best or r["fwd+bwd_ms"] < best[key]["fwd+bwd_ms"]:
             best[key] = r
     return list(best.values())
+
+
+def add_speedups(rows: List[dict]) -> None:
+    """Speedups vs SpikingJelly's fastest variant, per neuron, dtype and pass (in place)."""
+    for r in rows:
+        sj = [o["median_ms"] for o in rows if o["impl"].startswith("spikingjelly") and o["neuron"] == r["neuron"]
+              and o["dtype"] == r["dtype"] and o["pass"] == r["pass"]]
+        r["sj_best_ms"] = min(sj) if sj else None
+        r["speedup_vs_sj_best"] = (min(sj) / r["median_ms"]) if sj else None
+
+
+def goal_summary(rows: List[dict]) -> List[dict]:
+    """spiketriton's fwd+bwd rows against the goals (% of copy bandwidth, x SpikingJelly's best)."""
+    out = []
+    for r in rows:
+        if r["impl"] == "spiketriton" and r["pass"] == "fwd+bwd":
+            out.append({
+                "neuron": r["neuron"], "dtype": r["dtype"], "pct_copy_bw": r["pct_copy_bw"],
+                "meets_copy_goal": r["pct_copy_bw"] >= 100 * GOAL_COPY_FRACTION,
+                "speedup_vs_sj_best": r.get("speedup_vs_sj_best"),
+                "meets_speedup_goal": (r["speedup_vs_sj_best"] or 0) >= GOAL_SPEEDUP if r.get("sj_best_ms") else None,
+            })
+    return out
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -276,6 +303,45 @@ def main(argv=None) -> int:
     checks: List[dict] = []
     sj_impl: Dict[str, object] = {}
     errors: List[dict] = []
+    sweep_rows: List[dict] = []
+    result.update({
+        "config": {
+            "shape_TBN": list(shape), "neurons": neurons, "dtypes": dtypes, "tau": TAU, "decay_input": True,
+            "v_threshold": V_THRESHOLD, "v_reset": V_RESET, "surrogate": f"Sigmoid(alpha={SG_ALPHA})",
+            "input": "x ~ N(1, 1)", "upstream_grad": "fixed N(0, 1)",
+            "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median",
+            "kernel_BLOCK": K._BLOCK, "kernel_NUM_WARPS": K._NUM_WARPS, "sj_impl_forced": args.sj_impl,
+            "gbps": "kernel_bytes (what the fused kernels must move) / median time, for every impl",
+            "context_impls": "spiketriton[torch path] = functional API with backend='torch'; reference = autograd oracle",
+        },
+        "copy_bandwidth": copy,
+        "spikingjelly_implementation": sj_impl,
+        "goals": {"copy_fraction": GOAL_COPY_FRACTION, "speedup_vs_sj": GOAL_SPEEDUP, "summary": []},
+        "cases": rows,
+        "saved_bytes": saved_rows,
+        "agreement": checks,
+        "errors": errors,
+        "sweep": sweep_rows,
+        "sweep_best": [],
+        "partial": True,
+        "skipped": skipped,
+    })
+
+    def dump(partial: bool) -> None:
+        """neuron_gpu.json and its CSVs as they stand: after every neuron x dtype, after the main run (before
+        any sweep) and after every sweep row, so that a run cut short (SIGINT at a stage's time box) keeps
+        what it measured and the report uses it (``partial`` says it was cut short)."""
+        add_speedups(rows)
+        result["goals"]["summary"] = goal_summary(rows)
+        result["sweep_best"] = sweep_best(sweep_rows)
+        result["partial"] = partial
+        write_json(out / "neuron_gpu.json", result)
+        meta = stamp(result)
+        for name, rs in (("neuron_gpu.csv", rows), ("neuron_gpu_saved_bytes.csv", saved_rows),
+                         ("neuron_gpu_sweep.csv", sweep_rows)):
+            if rs:
+                write_csv(out / name, rs, meta)
+
     if not args.sweep_only:
         bar = progress(len(dtypes) * len(neurons), "neuron_gpu")
         for dname in dtypes:
@@ -313,7 +379,7 @@ def main(argv=None) -> int:
                         _empty_cache(device)
                         continue
                     for p, v in t.items():
-                        nbytes = kernel_bytes(shape, dname, p)
+                        nbytes = kernel_bytes(shape, dname, p, neuron=neuron)
                         row = {"neuron": neuron, "dtype": dname, "impl": impl, "pass": p, **v,
                                "kernel_bytes": nbytes, "gbps": gbps(nbytes, v["median_ms"]),
                                "pct_copy_bw": 100.0 * gbps(nbytes, v["median_ms"]) / copy["gbps"],
@@ -325,26 +391,22 @@ def main(argv=None) -> int:
                     gc.collect()
                     _empty_cache(device)
                 bar.update(1)
+                dump(partial=True)
             del x0, g
             _empty_cache(device)
         bar.close()
 
-    # speedups vs SpikingJelly's fastest variant, per pass
-    for r in rows:
-        sj = [o["median_ms"] for o in rows if o["impl"].startswith("spikingjelly") and o["neuron"] == r["neuron"]
-              and o["dtype"] == r["dtype"] and o["pass"] == r["pass"]]
-        r["sj_best_ms"] = min(sj) if sj else None
-        r["speedup_vs_sj_best"] = (min(sj) / r["median_ms"]) if sj else None
+    add_speedups(rows)
 
-    sweep_rows: List[dict] = []
     if args.sweep or args.sweep_only:
+        dump(partial=True)  # the main numbers are on disk before the sweep starts
         print(f"block sweep: BLOCK {args.sweep_blocks} x num_warps {args.sweep_warps}", flush=True)
-        sweep_rows = block_sweep(shape, _names(args.sweep_neurons, NEURONS, "neuron"), dtypes,
-                                 _ints(args.sweep_blocks), _ints(args.sweep_warps), args.warmup_ms, args.rep_ms,
-                                 copy["gbps"], device)
+        block_sweep(shape, _names(args.sweep_neurons, NEURONS, "neuron"), dtypes, _ints(args.sweep_blocks),
+                    _ints(args.sweep_warps), args.warmup_ms, args.rep_ms, copy["gbps"], device,
+                    rows=sweep_rows, on_row=lambda: dump(partial=True))
 
     # report
-    summary = []
+    summary = goal_summary(rows)
     print()
     print(f"{'neuron':6} {'dtype':5} {'pass':8} {'ST ms':>8} {'GB/s':>7} {'%copy':>6} {'SJ best ms':>10} {'x SJ':>6}")
     for r in rows:
@@ -354,13 +416,6 @@ def main(argv=None) -> int:
         spd = f"{r['speedup_vs_sj_best']:6.2f}" if r["speedup_vs_sj_best"] else f"{'-':>6}"
         print(f"{r['neuron']:6} {r['dtype']:5} {r['pass']:8} {r['median_ms']:8.3f} {r['gbps']:7.0f} "
               f"{r['pct_copy_bw']:6.1f} {sjb} {spd}")
-        if r["pass"] == "fwd+bwd":
-            summary.append({
-                "neuron": r["neuron"], "dtype": r["dtype"], "pct_copy_bw": r["pct_copy_bw"],
-                "meets_copy_goal": r["pct_copy_bw"] >= 100 * GOAL_COPY_FRACTION,
-                "speedup_vs_sj_best": r["speedup_vs_sj_best"],
-                "meets_speedup_goal": (r["speedup_vs_sj_best"] or 0) >= GOAL_SPEEDUP if r["sj_best_ms"] else None,
-            })
     if summary:
         print(f"\ngoals (fwd+bwd): >= {GOAL_COPY_FRACTION:.0%} of copy bandwidth, >= {GOAL_SPEEDUP}x SpikingJelly best")
         for s in summary:
@@ -378,39 +433,9 @@ def main(argv=None) -> int:
         print(f"  check {c['neuron']} {c['dtype']} vs {c['vs']}: {c['spike_mismatches']} spike mismatches, "
               f"max |d grad x| {c['grad_x_max_abs_diff']:.3g}")
 
-    result.update({
-        "config": {
-            "shape_TBN": list(shape), "neurons": neurons, "dtypes": dtypes, "tau": TAU, "decay_input": True,
-            "v_threshold": V_THRESHOLD, "v_reset": V_RESET, "surrogate": f"Sigmoid(alpha={SG_ALPHA})",
-            "input": "x ~ N(1, 1)", "upstream_grad": "fixed N(0, 1)",
-            "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median",
-            "kernel_BLOCK": K._BLOCK, "kernel_NUM_WARPS": K._NUM_WARPS, "sj_impl_forced": args.sj_impl,
-            "gbps": "kernel_bytes (what the fused kernels must move) / median time, for every impl",
-            "context_impls": "spiketriton[torch path] = functional API with backend='torch'; reference = autograd oracle",
-        },
-        "copy_bandwidth": copy,
-        "spikingjelly_implementation": sj_impl,
-        "goals": {"copy_fraction": GOAL_COPY_FRACTION, "speedup_vs_sj": GOAL_SPEEDUP, "summary": summary},
-        "cases": rows,
-        "saved_bytes": saved_rows,
-        "agreement": checks,
-        "errors": errors,
-        "sweep": sweep_rows,
-        "sweep_best": best,
-        "skipped": skipped,
-    })
-    write_json(out / "neuron_gpu.json", result)
-    written = [out / "neuron_gpu.json"]
-    meta = stamp(result)
-    if rows:
-        write_csv(out / "neuron_gpu.csv", rows, meta)
-        written.append(out / "neuron_gpu.csv")
-    if saved_rows:
-        write_csv(out / "neuron_gpu_saved_bytes.csv", saved_rows, meta)
-        written.append(out / "neuron_gpu_saved_bytes.csv")
-    if sweep_rows:
-        write_csv(out / "neuron_gpu_sweep.csv", sweep_rows, meta)
-        written.append(out / "neuron_gpu_sweep.csv")
+    dump(partial=False)
+    written = [out / "neuron_gpu.json"] + [out / f for f, rs in (
+        ("neuron_gpu.csv", rows), ("neuron_gpu_saved_bytes.csv", saved_rows), ("neuron_gpu_sweep.csv", sweep_rows)) if rs]
     if rows and not args.no_plot:
         import plots
 

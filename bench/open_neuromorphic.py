@@ -237,6 +237,18 @@ def build_cases(n, state, x0, g0, todo, dname, device, errors, agreement, no_bas
     return cases
 
 
+def add_ratios(rows: List[dict]) -> None:
+    """Per n: each library's fastest variant, and the ratios the goals are about (in place)."""
+    for r in rows:
+        same_n = [o for o in rows if o["n"] == r["n"]]
+        st_ = [o["median_ms"] for o in same_n if o["library"] == "spiketriton"]
+        gm = [o["median_ms"] for o in same_n if o["library"] == "torch (3 GEMMs)"]
+        lib_best = min(o["median_ms"] for o in same_n if o["library"] == r["library"])
+        r["fastest_of_library"] = r["median_ms"] == lib_best
+        r["x_vs_spiketriton"] = r["median_ms"] / st_[0] if st_ else None
+        r["x_vs_3_gemms"] = r["median_ms"] / gm[0] if gm else None
+
+
 def peak_memory_MiB(step, device) -> float:
     """Peak CUDA memory of one step above what was allocated before it."""
     torch.cuda.synchronize(device)
@@ -314,6 +326,25 @@ def main(argv=None) -> int:
     rows: List[dict] = []
     errors: List[dict] = []
     agreement: List[dict] = []
+    result.update(
+        config={"sizes": sizes, "T": args.T, "batch": args.batch, "dtype": dname, "libraries": libraries,
+                "variants": [v for _, v, _ in todo], "warmup": args.warmup, "reps": args.reps,
+                "input": f"x = {INPUT_SCALE} * N(0, 1), requires grad; upstream grad g ~ N(0, 1) on the spikes",
+                "step": "forward, then torch.autograd.grad(spikes, [x, W, b], g)",
+                "linear": "PyTorch default init, seed 0, the same weights for every library",
+                "timer": "CUDA events around each step (median)" if device.type == "cuda"
+                         else "time.perf_counter around each step (median)",
+                "neurons": {"spiketriton": f"st.LIF(tau={TAU})", "spikingjelly": f"neuron.LIFNode(tau={TAU}, step_mode='m'), "
+                            "Sigmoid(alpha=4)", "snntorch": f"snn.Leaky(beta={1 - 1 / TAU}) (ATan surrogate, subtract reset)",
+                            "norse": f"LIFBoxCell / LIF with tau_mem_inv={1000 / TAU:g}, dt=1e-3 (SuperSpike)"}},
+        spikingjelly_implementation=sj_impl,
+        skipped=skipped,
+        errors=errors,
+        agreement_spiketriton_vs_spikingjelly=agreement,
+        cases=rows,
+        partial=True,
+        sizes_done=[],
+    )
     n_base = 0 if args.no_torch_baselines else 2
     bar = progress(len(sizes) * (len(todo) + n_base) * (1 + args.warmup + args.reps), "open_neuromorphic")
     for n in sizes:
@@ -350,17 +381,14 @@ def main(argv=None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # after every n: a run cut short (a stage's time box, SIGINT) keeps the sizes it finished
+        add_ratios(rows)
+        result["sizes_done"].append(n)
+        if n != sizes[-1]:
+            save_result(out, "open_neuromorphic", result, {"open_neuromorphic": rows})
     bar.close()
 
-    # per n: each library's fastest variant, and the ratios the goals are about
-    for r in rows:
-        same_n = [o for o in rows if o["n"] == r["n"]]
-        st_ = [o["median_ms"] for o in same_n if o["library"] == "spiketriton"]
-        gm = [o["median_ms"] for o in same_n if o["library"] == "torch (3 GEMMs)"]
-        lib_best = min(o["median_ms"] for o in same_n if o["library"] == r["library"])
-        r["fastest_of_library"] = r["median_ms"] == lib_best
-        r["x_vs_spiketriton"] = r["median_ms"] / st_[0] if st_ else None
-        r["x_vs_3_gemms"] = r["median_ms"] / gm[0] if gm else None
+    add_ratios(rows)
     print()
     print(f"{'n':>6} " + " ".join(f"{lib[:18]:>18}" for lib in dict.fromkeys(r["library"] for r in rows)) + "   (ms, fastest variant)")
     for n in sizes:
@@ -370,23 +398,7 @@ def main(argv=None) -> int:
                 best[r["library"]] = r["median_ms"]
         print(f"{n:6d} " + " ".join(f"{best.get(lib, float('nan')):18.2f}" for lib in dict.fromkeys(r["library"] for r in rows)))
 
-    result.update(
-        config={"sizes": sizes, "T": args.T, "batch": args.batch, "dtype": dname, "libraries": libraries,
-                "variants": [v for _, v, _ in todo], "warmup": args.warmup, "reps": args.reps,
-                "input": f"x = {INPUT_SCALE} * N(0, 1), requires grad; upstream grad g ~ N(0, 1) on the spikes",
-                "step": "forward, then torch.autograd.grad(spikes, [x, W, b], g)",
-                "linear": "PyTorch default init, seed 0, the same weights for every library",
-                "timer": "CUDA events around each step (median)" if device.type == "cuda"
-                         else "time.perf_counter around each step (median)",
-                "neurons": {"spiketriton": f"st.LIF(tau={TAU})", "spikingjelly": f"neuron.LIFNode(tau={TAU}, step_mode='m'), "
-                            "Sigmoid(alpha=4)", "snntorch": f"snn.Leaky(beta={1 - 1 / TAU}) (ATan surrogate, subtract reset)",
-                            "norse": f"LIFBoxCell / LIF with tau_mem_inv={1000 / TAU:g}, dt=1e-3 (SuperSpike)"}},
-        spikingjelly_implementation=sj_impl,
-        skipped=skipped,
-        errors=errors,
-        agreement_spiketriton_vs_spikingjelly=agreement,
-        cases=rows,
-    )
+    result.update(partial=False, sizes_done=sizes)
     save_result(out, "open_neuromorphic", result, {"open_neuromorphic": rows})
     return 0
 

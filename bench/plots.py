@@ -89,6 +89,13 @@ def _impl_group(impl: str) -> str:
             "reference": "autograd reference"}.get(impl, impl)
 
 
+def neuron_copy_goal_applies(result: Dict) -> bool:
+    """The neuron goal ">= 85 % of copy bandwidth" is set for CUDA GPUs (bench/README.md); a CPU result (or a
+    GPU script's --smoke-cpu check) has no such line to draw."""
+    dev = result.get("device") or {}
+    return dev.get("kind") == "cuda" and not dev.get("smoke_cpu")
+
+
 def plot_neuron(result: Dict, path: Path) -> Optional[str]:
     """fwd+bwd time and effective GB/s per neuron / dtype and implementation, against copy bandwidth."""
     plt = _plt()
@@ -115,7 +122,9 @@ def plot_neuron(result: Dict, path: Path) -> Optional[str]:
     copy = (result.get("copy_bandwidth") or {}).get("gbps")
     if copy:
         a2.axhline(copy, color="k", lw=1, label=f"measured copy {copy:.0f} GB/s")
-        a2.axhline(GOAL_COPY_FRACTION * copy, color="k", ls="--", lw=1, label=f"{GOAL_COPY_FRACTION:.0%} of copy (goal)")
+        if neuron_copy_goal_applies(result):  # the 85 %-of-copy goal is a GPU goal; the CPU's is >= SpikingJelly
+            a2.axhline(GOAL_COPY_FRACTION * copy, color="k", ls="--", lw=1,
+                       label=f"{GOAL_COPY_FRACTION:.0%} of copy (goal)")
         a2.legend(fontsize=7)
     a2.set_title("bandwidth (SpikingJelly etc. counted with spiketriton's bytes)")
     shape = (result.get("config") or {}).get("shape_TBN")

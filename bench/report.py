@@ -350,7 +350,8 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
     # the devices and dates of the results themselves (a folder can merge several runs)
     summary["results"] = {name: {"benchmark": r.get("benchmark"), "date": r.get("date"),
                                  "device": (r.get("device") or {}).get("name"), "command": r.get("command"),
-                                 "versions": versions_line(r.get("versions") or {})} for name, r in results.items()}
+                                 "versions": versions_line(r.get("versions") or {}),
+                                 "partial": bool(r.get("partial"))} for name, r in results.items()}
     summary.update(suites=suites, goals=gl, plots=sorted(set(pngs)),
                    measured_with=sorted({s["command"] for s in suites.values() if s.get("command")}))
     write_json(folder / "summary.json", summary)
@@ -360,7 +361,8 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
           "Measured with " + (", ".join(f"`{c}`" for c in summary["measured_with"]) or "the commands below")
           + f"; report built {summary['date']} with `{summary['command']}`; {versions_line(summary['versions'])}.", "",
           "| result file | measured on | date | command |", "|---|---|---|---|"]
-    md += [f"| {n}.json | {v['device']} | {v['date']} | `{v['command']}` |" for n, v in summary["results"].items()]
+    md += [f"| {n}.json{' (partial: cut short, what was measured)' if v['partial'] else ''} | {v['device']} | "
+           f"{v['date']} | `{v['command']}` |" for n, v in summary["results"].items()]
     md += ["", "## Goals", "", "| goal | target | status | value | note |", "|---|---|---|---|---|"]
     md += [f"| {g['goal']} | {g['target']} | {g['status']} | {_f(g['value'], '{}')} | {g['reason'] or ''} |" for g in gl]
     md += ["", "## Headline numbers", ""] + headline(results)

@@ -21,8 +21,13 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
                      and torch's three GEMMs (open_neuromorphic.py)
 
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
-a suite that raises is recorded as failed and the others still run (exit status 1 at the end). Speed
-goals are reported in ``summary.json`` / ``summary.md``, never asserted.
+a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
+(a stage's time box) stops the suite in progress, which keeps the files it has written so far (the long GPU
+suites write as they go: neuron_gpu after every neuron x dtype and before its sweep, open_neuromorphic after
+every n, the spike_matmul sweep after every config; ``"partial": true`` until they end); the suites after it are
+recorded as
+not-run and the report is built from what is in the folder. Speed goals are reported in ``summary.json`` /
+``summary.md``, never asserted.
 """
 
 from __future__ import annotations
@@ -203,7 +208,20 @@ def main(argv=None) -> int:
                 failed.append(name)
                 status["files"] = sorted(p.name for p in out.iterdir() if before.get(p.name) != p.stat().st_mtime)
                 write_json(out / f"suite-{name}.json", dict(status, seconds=time.time() - t0))
-                print(f"== {name}: interrupted; writing the report of what was measured", flush=True)
+                # The suites write their files as they go (after every case / size), so what this one measured
+                # is in the folder. The suites after it are NOT started: a SIGINT here is a stage's time box
+                # (bench/gpu_session.sh: timeout -s INT -k 30), whose SIGKILL follows 30 s later, so the time
+                # that is left belongs to writing the report, and a suite begun now would be killed half-way
+                # (for a whole run, order the suites that matter most first). They are recorded as not-run.
+                for later in steps[steps.index(st) + 1:]:
+                    rec = header("suite", f"run.py --suites {later['suite']}", [], device)
+                    rec.update(suite=later["suite"], mode=status["mode"], command=command, status="not-run",
+                               reason=f"not started: the run was interrupted during {name}")
+                    write_json(out / f"suite-{later['suite']}.json", rec)
+                    failed.append(later["suite"])
+                print(f"== {name}: interrupted; not starting "
+                      f"{', '.join(x['suite'] for x in steps[steps.index(st) + 1:]) or 'any other suite'}; "
+                      "writing the report of what was measured", flush=True)
                 break
             except Exception as e:  # noqa: BLE001 - one suite failing must not lose the others
                 status.update(status="failed", reason=short_error(e), traceback=traceback.format_exc(limit=8))

@@ -61,7 +61,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -297,13 +297,15 @@ def add_speedups(rows: List[dict]) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, meta: dict) -> List[dict]:
-    """Time the fwd / dW launchers for every tile config; restores _FWD and _DW."""
+def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, meta: dict,
+          rows: Optional[List[dict]] = None, on_config=None) -> List[dict]:
+    """Time the fwd / dW launchers for every tile config; restores _FWD and _DW. Rows are appended to ``rows``
+    (when given) as they come, and ``on_config()`` is called after each config (the JSON written as it goes)."""
     import spiketriton as st
     import spiketriton.kernels.spike_matmul as SM
 
     orig_fwd, orig_dw = dict(SM._FWD), dict(SM._DW)
-    rows: List[dict] = []
+    rows = [] if rows is None else rows
     blocks, warps, stages = grid
     tiles = list(itertools.product(blocks, blocks, blocks, warps, stages))
     try:
@@ -385,6 +387,8 @@ def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, write
                             print(f"  sweep {kernel:3} {shape_str(shape)} {dname} BM{bm} BN{bn} BK{bk} w{nw} s{ns}"
                                   + (f" skip={int(skip)}" if kernel == "fwd" else "") + f"  {desc}"
                                   + (f"  ({failed[:80]})" if failed else ""), flush=True)
+                            if on_config is not None:
+                                on_config()
                 del data, w
                 gc.collect()
                 _empty_cache(device)
@@ -629,17 +633,25 @@ def main(argv=None) -> int:
               f"rates {sweep_rates}; BLOCK in {grid[0]}, num_warps {grid[1]}, num_stages {grid[2]}, "
               f"skip_zero {list(skip_values)}: {n_comp} configs to compile", flush=True)
         writer = SweepWriter(out / f"{stem}_sweep.csv")
-        try:
-            sweep_rows = sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, skip_values, device, args,
-                               writer, meta)
-        finally:
-            writer.close()
-        best = sweep_best(sweep_rows)
-        result.update(sweep=sweep_rows, sweep_best=best,
+        result.update(sweep=sweep_rows, sweep_best=[],
                       sweep_config={"kernels": kernels, "shapes": [shape_str(s) for s in sweep_shapes],
                                     "dtypes": sweep_dtypes, "rates": sweep_rates, "blocks": grid[0], "num_warps": grid[1],
                                     "num_stages": grid[2], "skip_zero": list(skip_values),
                                     "timer": f"do_bench(warmup={args.sweep_warmup_ms}, rep={args.sweep_rep_ms})"})
+
+        def sweep_progress():  # the JSON (which the report reads) as the sweep goes, not only at its end
+            result.update(sweep_best=sweep_best(sweep_rows),
+                          goals={"vs_torch_fp32": GOAL_VS_FP32, "vs_torch_bf16": GOAL_VS_BF16,
+                                 "shape": shape_str(GOAL_SHAPE), "per_rate": goals(rows, result["sweep_best"])})
+            dump()
+
+        try:
+            sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, skip_values, device, args, writer, meta,
+                  rows=sweep_rows, on_config=sweep_progress)
+        finally:
+            writer.close()
+        best = sweep_best(sweep_rows)
+        result.update(sweep_best=best)
 
     # report
     if rows:
