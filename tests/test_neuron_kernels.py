@@ -190,3 +190,41 @@ def test_family_b_threshold_floor_binds(backend, mode, device):
     )
     case = Case(spec, LEAK, (8, 4, 33), carry_a=True)
     check_case(case, backend, device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", [0, 2])
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-threshold", "adaptive"])
+def test_family_b_carried_threshold_gradient(backend, T, adaptive):
+    """d a_last / d a0: without adaptation a_last is zeros whatever a0 is, so its gradient is 0 (also at
+    T = 0, where it was 1); with adaptation and no step a_last = a0 (gradient 1). Eager and the custom op."""
+    from spiketriton.functional import ExtendedLIFState, extended_lif, ops
+
+    kw = dict(v_th0=1.0, v_th_alpha=0.9, v_th_incre=0.2) if adaptive else dict(v_th0=1.0)
+    torch.manual_seed(0)
+    x = torch.randn(T, 2, 3, requires_grad=True)
+    v0 = torch.randn(2, 3, requires_grad=True)
+    a0 = torch.rand(2, 3, requires_grad=True)
+    _, state = extended_lif(x, ExtendedLIFState(v0, a0, None), backend=backend, **kw)
+    (ga0,) = torch.autograd.grad(state.v_th_adpt.sum(), a0)
+    if not adaptive:
+        assert torch.equal(state.v_th_adpt, torch.zeros(2, 3))
+        assert torch.equal(ga0, torch.zeros(2, 3))
+    elif T == 0:
+        assert torch.equal(state.v_th_adpt, a0.detach())
+        assert torch.equal(ga0, torch.ones(2, 3))
+    # the registered autograd of the custom op (the path torch.compile takes) gives the same
+    spec = extended_lif_spec_for(kw)
+    si, sf = ops.spec_args(spec)
+    params = torch.tensor([1.0, 0.0])
+    out = torch.ops.spiketriton.neuron_fwd(x, v0, a0, None, params, si, sf, backend == "triton", True, False, False)
+    (ga0_op,) = torch.autograd.grad(out[2].sum(), a0)
+    assert torch.equal(ga0_op, ga0)
+
+
+def extended_lif_spec_for(kw):
+    from spiketriton.functional.neuron import extended_lif_spec
+
+    return extended_lif_spec("t", v_reset=0.0, v_init=None, v_l=None, dv=0.0, ref_len=0, reset_mode="hard",
+                             v_th_alpha=kw.get("v_th_alpha", 1.0), v_th_beta=0.0, v_th_incre=kw.get("v_th_incre", 0.0),
+                             surrogate=None, detach_reset=False, v_th0=kw["v_th0"])

@@ -8,7 +8,8 @@ backward). float64 input always takes the PyTorch path, which then computes in f
 PyTorch path. Both are checked against the autograd reference in ``reference/neuron.py``.
 
 Both backends are reached through one ``torch.library`` custom op, ``spiketriton::neuron_fwd`` (with
-its autograd and fake registrations, ``functional/ops.py``), in eager mode and under ``torch.compile``.
+its autograd and fake registrations, ``functional/ops.py``), under ``torch.compile``; eager mode calls
+the same op body directly (``ops.call_neuron_fwd``), without the custom-op dispatch.
 
 State is fp32 whatever the input dtype: ``v_last`` is fp32, spikes are in the input dtype.
 """
@@ -131,9 +132,10 @@ def run_neuron(
     # (fp16/bf16: +2 bytes per neuron-step).
     h_fp32 = needs_grad and spec.family == FAMILY_A and params.requires_grad
     spec_i, spec_f = ops.spec_args(spec)
-    # one custom op (functional/ops.py) for both backends, eager and torch.compile; with a gradient
-    # it saves only what backward reads, without one nothing is written for backward
-    spikes, v_last, a_last, ref_last, _, bits, _, _, _ = torch.ops.spiketriton.neuron_fwd(
+    # one op body (functional/ops.py) for both backends: the custom op under torch.compile, called
+    # directly in eager mode; with a gradient it saves only what backward reads, without one nothing
+    # is written for backward
+    spikes, v_last, a_last, ref_last, _, bits, _, _, _ = ops.call_neuron_fwd(
         x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad, h_fp32, packed)
     if packed:
         spikes = SpikeTensor(bits, x_seq.shape[-1], spikes if needs_grad else None)

@@ -1,7 +1,8 @@
 """The kernels as ``torch.library`` custom operators: one opaque op per kernel for ``torch.compile``.
 
-Every launcher of ``kernels/`` (Triton, or the PyTorch path with ``triton=False``) is reached through
-exactly one of these ops, in eager mode as under ``torch.compile``, so there is one code path:
+Every launcher of ``kernels/`` (Triton, or the PyTorch path with ``triton=False``) is wrapped by
+exactly one of these ops. Under ``torch.compile`` the functional layer calls the ops; in eager mode
+it calls the same op bodies directly (``call_*`` below: one implementation, only the dispatch differs):
 
 ==============================  ==========================================================  =========
 op (``torch.ops.spiketriton.``)  wraps                                                       autograd
@@ -50,7 +51,8 @@ from ..kernels import spike_matmul as KSM
 from ..spec import FAMILY_A, NeuronSpec
 
 __all__ = ["spec_args", "spec_from_args", "neuron_fwd", "neuron_bwd", "pack", "unpack", "spike_matmul",
-           "spike_matmul_dw", "spike_matmul_int", "neuron_int", "no_double_backward"]
+           "spike_matmul_dw", "spike_matmul_int", "neuron_int", "no_double_backward", "call_neuron_fwd",
+           "call_pack", "call_unpack", "call_spike_matmul"]
 
 _NS = "spiketriton"
 
@@ -76,8 +78,8 @@ def _no_autocast(*tensors):
     return contextlib.nullcontext()
 
 
-def _none(t: Tensor) -> Optional[Tensor]:
-    return None if t.numel() == 0 else t
+def _none(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if (t is None or t.numel() == 0) else t
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -121,15 +123,9 @@ def _anchor(x: Tensor) -> Tensor:
     return x.new_zeros(1).as_strided(x.shape, (0,) * x.dim())
 
 
-@torch.library.custom_op(f"{_NS}::neuron_fwd", mutates_args=())
-def neuron_fwd(
-    x: Tensor, v0: Optional[Tensor], a0: Optional[Tensor], ref0: Optional[Tensor], params: Tensor,
-    spec_i: List[int], spec_f: List[float], triton: bool, store: bool, h_fp32: bool, packed: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Multi-step neuron forward. Returns ``(spikes, v_last, a_last, ref_last, h, bits, vth, gate, floor)``:
-    spikes in x's dtype (the anchor when ``packed``); state in fp32 (fp64 for fp64 input), family A
-    gets empty ``a_last``/``ref_last``; the rest is what backward reads (empty unless ``store``,
-    except ``bits``, also the packed spikes when ``packed``)."""
+def _neuron_fwd_body(x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed):
+    """The body of ``neuron_fwd`` (see its docstring), shared by the op and :class:`_NeuronFn`; the
+    tensors that a configuration does not produce are None here (the op returns them empty)."""
     spec = spec_from_args(spec_i, spec_f)
     impl = KN if triton else KNT
     x = x.contiguous()
@@ -146,18 +142,32 @@ def neuron_fwd(
         ref_last = ref_last if ref_last is not None else torch.zeros(S, dtype=torch.int32, device=x.device)
     h, bits, vth, gate, floor = saved
     bit_shape = (T,) + S[:-1] + ((S[-1] + 7) // 8,)
-    u8 = torch.empty(0, dtype=torch.uint8, device=x.device)
     return (
         _anchor(x) if packed else spikes,
         v_last.contiguous(),  # the PyTorch path clones a carried-in state with its strides
         a_last.contiguous(),
         ref_last.contiguous(),
-        h.view(x.shape) if h is not None else x.new_empty(0, dtype=h_dtype),
-        bits.view(bit_shape) if bits is not None else u8,
-        vth.view(x.shape) if vth is not None else x.new_empty(0, dtype=torch.float32),
-        gate.view(bit_shape) if gate is not None else u8.clone(),
-        floor.view(bit_shape) if floor is not None else u8.clone(),
+        h.view(x.shape) if h is not None else None,
+        bits.view(bit_shape) if bits is not None else None,
+        vth.view(x.shape) if vth is not None else None,
+        gate.view(bit_shape) if gate is not None else None,
+        floor.view(bit_shape) if floor is not None else None,
     )
+
+
+@torch.library.custom_op(f"{_NS}::neuron_fwd", mutates_args=())
+def neuron_fwd(
+    x: Tensor, v0: Optional[Tensor], a0: Optional[Tensor], ref0: Optional[Tensor], params: Tensor,
+    spec_i: List[int], spec_f: List[float], triton: bool, store: bool, h_fp32: bool, packed: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Multi-step neuron forward. Returns ``(spikes, v_last, a_last, ref_last, h, bits, vth, gate, floor)``:
+    spikes in x's dtype (the anchor when ``packed``); state in fp32 (fp64 for fp64 input), family A
+    gets empty ``a_last``/``ref_last``; the rest is what backward reads (empty unless ``store``,
+    except ``bits``, also the packed spikes when ``packed``)."""
+    out = _neuron_fwd_body(x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed)
+    # an op cannot return None: the body's absent tensors become (distinct) empty ones
+    dtypes = ((_state_dtype(x) if h_fp32 else x.dtype), torch.uint8, torch.float32, torch.uint8, torch.uint8)
+    return out[:4] + tuple(t if t is not None else x.new_empty(0, dtype=dt) for t, dt in zip(out[4:], dtypes))
 
 
 @neuron_fwd.register_fake
@@ -189,7 +199,7 @@ def _(x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed):
 def _neuron_setup_context(ctx, inputs, output):
     x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed = inputs
     spikes, v_last, a_last, ref_last, h, bits, vth, gate, floor = output
-    ctx.mark_non_differentiable(ref_last, h, bits, vth, gate, floor)
+    ctx.mark_non_differentiable(*(t for t in (ref_last, h, bits, vth, gate, floor) if t is not None))
     spec = spec_from_args(spec_i, spec_f)
     if spec.family == FAMILY_A:
         ctx.mark_non_differentiable(a_last)
@@ -206,7 +216,8 @@ def _neuron_setup_context(ctx, inputs, output):
     ctx.save_for_backward(h, bits, _none(vth), _none(gate), _none(floor), v0 if need_v0_saved else None, params)
 
 
-def _neuron_backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_h, _g_bits, _g_vth, _g_gate, _g_floor):
+def _neuron_backward_body(ctx, g_spikes, g_v_last, g_a_last, bwd):
+    """The neuron backward around ``bwd`` (the ``neuron_bwd`` op, or its body in eager mode)."""
     no_double_backward("spiketriton neurons")
     h, bits, vth, gate, floor, v0, params = ctx.saved_tensors
     spec_i, spec_f = ctx.spec_args
@@ -215,19 +226,20 @@ def _neuron_backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_h, _g_bits, _
     shape = ctx.x_shape
     T = shape[0]
     nothing = (None,) * 6
-    if T == 0 or h.numel() == 0:
+    if T == 0 or h is None or h.numel() == 0:
         # no step: the state passes straight through
         zeros = torch.zeros(shape[1:], device=params.device)
         gx = torch.zeros(shape, dtype=ctx.x_dtype, device=params.device)
         gv0 = (g_v_last if (g_v_last is not None and T == 0) else zeros) if need_v0 else None
-        ga0 = (g_a_last if (g_a_last is not None and T == 0) else zeros) if need_a0 else None
+        # a0 reaches a_last only with adaptation (without it a_last is zeros, whatever a0 is)
+        ga0 = (g_a_last if (g_a_last is not None and T == 0 and spec.adaptive) else zeros) if need_a0 else None
         gp = torch.zeros_like(params) if need_p else None
         return (gx if need_x else None, gv0, ga0, None, gp) + nothing
     if g_spikes is None:
         g_spikes = torch.zeros(shape, dtype=ctx.x_dtype, device=h.device)
     if spec.family == FAMILY_A:
         g_a_last = None
-    gx, gv0, ga0, gp = torch.ops.spiketriton.neuron_bwd(
+    gx, gv0, ga0, gp = bwd(
         g_spikes, g_v_last, g_a_last, h, bits, vth, gate, floor, v0, params, spec_i, spec_f, ctx.triton,
         bool(need_v0), bool(need_a0), bool(need_p))
     v_dt, a_dt = ctx.state_dtypes
@@ -242,17 +254,16 @@ def _neuron_backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_h, _g_bits, _
     ) + nothing
 
 
+def _neuron_backward(ctx, g_spikes, g_v_last, g_a_last, _g_ref, _g_h, _g_bits, _g_vth, _g_gate, _g_floor):
+    return _neuron_backward_body(ctx, g_spikes, g_v_last, g_a_last, torch.ops.spiketriton.neuron_bwd)
+
+
 neuron_fwd.register_autograd(_neuron_backward, setup_context=_neuron_setup_context)
 
 
-@torch.library.custom_op(f"{_NS}::neuron_bwd", mutates_args=())
-def neuron_bwd(
-    g_spikes: Tensor, g_v_last: Optional[Tensor], g_a_last: Optional[Tensor], h: Tensor, bits: Tensor,
-    vth: Optional[Tensor], gate: Optional[Tensor], floor: Optional[Tensor], v0: Optional[Tensor], params: Tensor,
-    spec_i: List[int], spec_f: List[float], triton: bool, need_v0: bool, need_a0: bool, need_params: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The hand-written neuron backward. Returns ``(grad_x [T, *S] in g_spikes' dtype, grad_v0,
-    grad_a0, grad_params)`` (state dtype; empty where not asked for, grad_a0 also without adaptation)."""
+def _neuron_bwd_body(g_spikes, g_v_last, g_a_last, h, bits, vth, gate, floor, v0, params, spec_i, spec_f, triton,
+                     need_v0, need_a0, need_params):
+    """The body of ``neuron_bwd`` (see its docstring), shared by the op and :class:`_NeuronFn`."""
     spec = spec_from_args(spec_i, spec_f)
     S = tuple(h.shape[1:])
     g_spikes = g_spikes.contiguous()
@@ -278,6 +289,18 @@ def neuron_bwd(
     )
 
 
+@torch.library.custom_op(f"{_NS}::neuron_bwd", mutates_args=())
+def neuron_bwd(
+    g_spikes: Tensor, g_v_last: Optional[Tensor], g_a_last: Optional[Tensor], h: Tensor, bits: Tensor,
+    vth: Optional[Tensor], gate: Optional[Tensor], floor: Optional[Tensor], v0: Optional[Tensor], params: Tensor,
+    spec_i: List[int], spec_f: List[float], triton: bool, need_v0: bool, need_a0: bool, need_params: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The hand-written neuron backward. Returns ``(grad_x [T, *S] in g_spikes' dtype, grad_v0,
+    grad_a0, grad_params)`` (state dtype; empty where not asked for, grad_a0 also without adaptation)."""
+    return _neuron_bwd_body(g_spikes, g_v_last, g_a_last, h, bits, vth, gate, floor, v0, params, spec_i, spec_f,
+                            triton, need_v0, need_a0, need_params)
+
+
 @neuron_bwd.register_fake
 def _(g_spikes, g_v_last, g_a_last, h, bits, vth, gate, floor, v0, params, spec_i, spec_f, triton, need_v0,
       need_a0, need_params):
@@ -301,6 +324,10 @@ def _(g_spikes, g_v_last, g_a_last, h, bits, vth, gate, floor, v0, params, spec_
 @torch.library.custom_op(f"{_NS}::pack", mutates_args=())
 def pack(s: Tensor, triton: bool) -> Tensor:
     """0/1 (float, bool or uint8) ``[..., K]`` -> uint8 ``[..., ceil(K/8)]``, nonzero packs as 1."""
+    return _pack_body(s, triton)
+
+
+def _pack_body(s: Tensor, triton: bool) -> Tensor:
     return KP.pack(s) if triton else KPT.pack_bits(s)
 
 
@@ -312,6 +339,10 @@ def _(s, triton):
 @torch.library.custom_op(f"{_NS}::unpack", mutates_args=())
 def unpack(p: Tensor, K: int, dtype: torch.dtype, triton: bool) -> Tensor:
     """uint8 ``[..., ceil(K/8)]`` -> ``[..., K]`` 0/1 in ``dtype`` (no gradient)."""
+    return _unpack_body(p, K, dtype, triton)
+
+
+def _unpack_body(p: Tensor, K: int, dtype: torch.dtype, triton: bool) -> Tensor:
     out = KP.unpack(p, K, dtype) if triton else KPT.unpack_bits(p, K, dtype)
     return out.contiguous()
 
@@ -355,6 +386,10 @@ def spike_matmul(packed: Tensor, K: int, anchor: Optional[Tensor], dense: Option
                  bias: Optional[Tensor], triton: bool) -> Tensor:
     """``Y [M, N] = S @ W.T + b`` for packed spikes ``[M, ceil(K/8)]`` (or their 0/1 values ``dense``
     on the PyTorch path). ``anchor`` is never read: it is the tensor the spikes' gradient goes to."""
+    return _smm_body(packed, K, anchor, dense, weight, bias, triton)
+
+
+def _smm_body(packed, K, anchor, dense, weight, bias, triton):
     with _no_autocast(weight):
         if triton:
             return KSM.spike_matmul_fwd(packed, K, weight, bias)
@@ -375,16 +410,21 @@ def _smm_setup_context(ctx, inputs, output):
     ctx.save_for_backward(packed, weight if need_ds else None)
 
 
-def _smm_backward(ctx, gy):
+def _smm_backward_body(ctx, gy, dw):
+    """The spike_matmul backward around ``dw`` (the ``spike_matmul_dw`` op, or its body in eager mode)."""
     no_double_backward("spike_matmul")
     packed, weight = ctx.saved_tensors
     need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
     gy = gy.contiguous()
     with _no_autocast(gy):
-        gw = torch.ops.spiketriton.spike_matmul_dw(gy, packed, ctx.K, ctx.triton) if need_w else None
+        gw = dw(gy, packed, ctx.K, ctx.triton) if need_w else None
         gb = gy.sum(0) if (need_b and ctx.has_bias) else None
         gs = _ds(gy, weight, ctx.triton).to(ctx.anchor_dtype) if weight is not None else None
     return None, None, gs, None, gw, gb, None
+
+
+def _smm_backward(ctx, gy):
+    return _smm_backward_body(ctx, gy, torch.ops.spiketriton.spike_matmul_dw)
 
 
 spike_matmul.register_autograd(_smm_backward, setup_context=_smm_setup_context)
@@ -393,6 +433,10 @@ spike_matmul.register_autograd(_smm_backward, setup_context=_smm_setup_context)
 @torch.library.custom_op(f"{_NS}::spike_matmul_dw", mutates_args=())
 def spike_matmul_dw(grad_out: Tensor, packed: Tensor, K: int, triton: bool) -> Tensor:
     """``dW [N, K] = grad_out.T @ S`` with S read from the packed spikes, in grad_out's dtype."""
+    return _smm_dw_body(grad_out, packed, K, triton)
+
+
+def _smm_dw_body(grad_out, packed, K, triton):
     if triton:
         return KSM.spike_matmul_dw(grad_out, packed, K)
     with _no_autocast(grad_out):
@@ -403,6 +447,99 @@ def spike_matmul_dw(grad_out: Tensor, packed: Tensor, K: int, triton: bool) -> T
 @spike_matmul_dw.register_fake
 def _(grad_out, packed, K, triton):
     return grad_out.new_empty((grad_out.shape[1], K))
+
+
+# --------------------------------------------------------------------------------------------- #
+# Eager dispatch: the same bodies, without the custom-op dispatcher
+# --------------------------------------------------------------------------------------------- #
+#
+# Under torch.compile (``torch.compiler.is_compiling()``) the callers below go through the custom ops,
+# so Dynamo sees one opaque node per kernel (also for meta/fake/subclass tensors: the fake functions). In eager mode they call the ops' bodies directly: without
+# a gradient as plain functions, with one through a thin torch.autograd.Function whose setup_context
+# and backward are the ops' own (the backward calling the backward op's body). The math is the same
+# code; only the dispatch differs. Eager never enters torch's custom-op wrappers, so it does not import
+# torch._dynamo (they do, ~1.5 s on the first call in a process).
+#
+# Measured (bench script: torch path, 1 thread, min of 9 runs, 2-core CPU shared with other jobs, so
+# +-10%; "ops" = every eager call through the custom ops, "a1cc38c" = before the custom ops existed):
+#                                    a1cc38c    ops       this
+#   lif no_grad [4,8,64]             173 us     260 us    200 us
+#   lif fwd+grad [4,8,64]            948 us     1145 us   1094 us
+#   pack_spikes [32,64]              31 us      65 us     31 us
+#   spike_matmul fwd+dW [32x64x16]   358 us     514 us    412 us
+#   first lif call in a process      -          1.28 s    2 ms (torch._dynamo not imported)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _use_op(t: Tensor) -> bool:
+    """The custom op under torch.compile, and for meta, fake or subclass tensors (its fake function
+    and the dispatcher handle those); the body otherwise."""
+    return torch.compiler.is_compiling() or t.is_meta or type(t) not in _PLAIN
+
+
+def _requires_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _NeuronFn(torch.autograd.Function):
+    """Eager twin of ``neuron_fwd``'s autograd registration (same forward, setup_context, backward)."""
+
+    @staticmethod
+    def forward(*args):
+        return _neuron_fwd_body(*args)
+
+    setup_context = staticmethod(_neuron_setup_context)
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_v_last, g_a_last, *_):
+        return _neuron_backward_body(ctx, g_spikes, g_v_last, g_a_last, _neuron_bwd_body)
+
+
+class _SpikeMatmulFn(torch.autograd.Function):
+    """Eager twin of ``spike_matmul``'s autograd registration."""
+
+    @staticmethod
+    def forward(*args):
+        return _smm_body(*args)
+
+    setup_context = staticmethod(_smm_setup_context)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return _smm_backward_body(ctx, gy, _smm_dw_body)
+
+
+def call_neuron_fwd(x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed):
+    """``torch.ops.spiketriton.neuron_fwd`` under torch.compile, its body in eager mode."""
+    args = (x, v0, a0, ref0, params, spec_i, spec_f, triton, store, h_fp32, packed)
+    if _use_op(x):
+        return torch.ops.spiketriton.neuron_fwd(*args)
+    if _requires_grad(x, v0, a0, params):
+        return _NeuronFn.apply(*args)
+    return _neuron_fwd_body(*args)
+
+
+def call_pack(s: Tensor, triton: bool) -> Tensor:
+    if _use_op(s):
+        return torch.ops.spiketriton.pack(s, triton)
+    return _pack_body(s, triton)
+
+
+def call_unpack(p: Tensor, K: int, dtype: torch.dtype, triton: bool) -> Tensor:
+    if _use_op(p):
+        return torch.ops.spiketriton.unpack(p, K, dtype, triton)
+    return _unpack_body(p, K, dtype, triton)
+
+
+def call_spike_matmul(packed, K, anchor, dense, weight, bias, triton):
+    args = (packed, K, anchor, dense, weight, bias, triton)
+    if _use_op(weight):
+        return torch.ops.spiketriton.spike_matmul(*args)
+    if _requires_grad(anchor, weight, bias):
+        return _SpikeMatmulFn.apply(*args)
+    return _smm_body(*args)
 
 
 # --------------------------------------------------------------------------------------------- #

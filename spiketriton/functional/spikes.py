@@ -112,7 +112,7 @@ def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> S
         raise TypeError(f"pack_spikes: spikes must be float, bool or uint8 0/1, got {s.dtype}")
     if check and not is_binary(s):
         raise ValueError("pack_spikes: values other than 0 and 1 found; spikes must be binary")
-    data = torch.ops.spiketriton.pack(s, use_triton(backend, s, op="pack_spikes"))
+    data = ops.call_pack(s, use_triton(backend, s, op="pack_spikes"))
     anchor = s if (s.is_floating_point() and s.requires_grad) else None
     return SpikeTensor(data, s.shape[-1], anchor)
 
@@ -122,7 +122,7 @@ def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: s
     if not isinstance(p, SpikeTensor):
         raise TypeError(f"unpack_spikes: expected a SpikeTensor, got {type(p).__name__}")
     triton = use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES
-    return torch.ops.spiketriton.unpack(p.data, p.k, dtype, triton)
+    return ops.call_unpack(p.data, p.k, dtype, triton)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -190,8 +190,8 @@ def spike_matmul(
             # inference on the PyTorch path: nothing to save, no packing
             with torch.autocast(device.type, enabled=False):
                 return ops.torch_spike_matmul_fwd(None, K, weight, bias, s)
-        packed = torch.ops.spiketriton.pack(s.reshape(M, K), triton_ok)
+        packed = ops.call_pack(s.reshape(M, K), triton_ok)
     with torch.autocast(device.type, enabled=False):
-        y = torch.ops.spiketriton.spike_matmul(packed, K, anchor.reshape(M, K) if anchor is not None else None,
-                                               dense, weight, bias, triton_ok)
+        y = ops.call_spike_matmul(packed, K, anchor.reshape(M, K) if anchor is not None else None,
+                                   dense, weight, bias, triton_ok)
     return y.reshape(lead + (weight.shape[0],))
