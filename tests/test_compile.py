@@ -306,6 +306,49 @@ def test_check_binary_under_compile():
         fn(s * 0.5 + 0.25)
 
 
+HYBRID = {
+    "a2s-rate": lambda H: (H.A2SRate(5), H.S2AGlobalRate()),
+    "a2s-latency": lambda H: (H.A2SLatency(5), H.S2AWindowRate(5)),
+    "a2s-learnable": lambda H: (H.A2SLearnable(5), H.S2ALearnable(5, 5)),
+    "a2s-poisson": lambda H: (H.A2SPoisson(5), H.S2AGlobalRate()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HYBRID))
+def test_hybrid_units_compile_like_eager(name):
+    from spiketriton import hybrid as H
+
+    torch.manual_seed(0)
+    a2s, s2a = HYBRID[name](H)
+    net = nn.Sequential(a2s, nn.Linear(8, 6), st.LIF(), s2a)
+    with torch.no_grad():
+        net[1].weight.mul_(4)
+    x = torch.rand(3, 8)
+    compiled = torch.compile(net, fullgraph=True, backend=AOT)
+    outs, grads = [], []
+    for fn in (net, compiled):
+        net.zero_grad()
+        torch.manual_seed(1)  # the Poisson draws
+        y = fn(x)
+        st.reset(net)
+        (y * torch.arange(1.0, y.shape[-1] + 1)).sum().backward()
+        outs.append(y.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert outs[0].abs().sum() > 0
+    assert torch.equal(outs[0], outs[1])
+    for g0, g1 in zip(*grads):
+        assert torch.equal(g0, g1)
+
+
+def test_hybrid_rate_check_under_compile():
+    from spiketriton import hybrid as H
+
+    fn = torch.compile(H.A2SRate(4), fullgraph=True, backend=AOT)
+    fn(torch.rand(2, 3))
+    with pytest.raises(RuntimeError, match="A2SRate: input has inf/NaN or values outside"):
+        fn(torch.rand(2, 3) + 1.5)
+
+
 def test_double_backward_under_compile_is_an_error():
     model = MODELS["LIF"]("auto")
     x = torch.randn(3, 2, 6, requires_grad=True)

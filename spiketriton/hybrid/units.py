@@ -43,6 +43,13 @@ def _check_unit_interval(x, name):
     """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp."""
     if x.numel() == 0:
         return
+    if torch.compiler.is_compiling():
+        # reading the values on the host would break the graph: a traced assert (a RuntimeError with
+        # the message when the compiled code runs on the CPU; a device-side assert on CUDA)
+        torch._assert_async(torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all(),
+                            f"{name}: input has inf/NaN or values outside [0, 1]; a rate code needs finite values "
+                            f"in [0, 1]")
+        return
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
