@@ -550,6 +550,10 @@ def call_spike_matmul(packed, K, anchor, dense, weight, bias, triton):
 @torch.library.custom_op(f"{_NS}::spike_matmul_int", mutates_args=())
 def spike_matmul_int(packed: Tensor, K: int, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """Packed spikes ``[M, ceil(K/8)]`` x int8 ``weight [N, K]`` (+ int32 ``bias``) -> exact int32 ``[M, N]``."""
+    return _smm_int_body(packed, K, weight, bias)
+
+
+def _smm_int_body(packed, K, weight, bias):
     return KSM.spike_matmul_int(packed, K, weight, bias)
 
 
@@ -565,6 +569,10 @@ def neuron_int(u: Tensor, v0: Optional[Tensor], a0: Optional[Tensor], ref0: Opti
     order of :data:`INT_SPEC_FIELDS` (a tensor, so that scales computed on the device need no host
     round trip in the traced graph; read here, once per call). Returns ``(spikes uint8 [T, *S], v, a,
     ref)`` (int32 states)."""
+    return _neuron_int_body(u, v0, a0, ref0, consts)
+
+
+def _neuron_int_body(u, v0, a0, ref0, consts):
     from ..spec import IntNeuronSpec
     from ..kernels.neuron_int import neuron_int_forward
 
@@ -582,3 +590,17 @@ def _(u, v0, a0, ref0, consts):
     S = tuple(u.shape[1:])
     return (u.new_empty(u.shape, dtype=torch.uint8), u.new_empty(S, dtype=torch.int32),
             u.new_empty(S, dtype=torch.int32), u.new_empty(S, dtype=torch.int32))
+
+
+def call_spike_matmul_int(packed: Tensor, K: int, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``torch.ops.spiketriton.spike_matmul_int`` under torch.compile, its body in eager mode (no
+    gradient: integer inference)."""
+    if _use_op(packed):
+        return torch.ops.spiketriton.spike_matmul_int(packed, K, weight, bias)
+    return _smm_int_body(packed, K, weight, bias)
+
+
+def call_neuron_int(u: Tensor, v0, a0, ref0, consts: Tensor):
+    if _use_op(u):
+        return torch.ops.spiketriton.neuron_int(u, v0, a0, ref0, consts)
+    return _neuron_int_body(u, v0, a0, ref0, consts)

@@ -32,6 +32,7 @@ from ..functional.neuron import extended_lif_spec, run_neuron
 from ..functional.spikes import SpikeTensor
 from ..neuron import BaseNeuron
 from ..functional._backend import use_triton
+from ..functional import ops as OPS
 from ..functional.ops import INT_SPEC_FIELDS
 from ..reference.neuron_int import family_b_int_steps, leak
 from ..spec import INT28_MAX, INT28_MIN
@@ -175,9 +176,9 @@ class _QLayer:
         elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear"):
             # spikes x int8 weights on the integer spike-matmul kernel (exact int32)
             K = self.in_features
-            packed = torch.ops.spiketriton.pack(x.reshape(-1, K), True)
+            packed = OPS.call_pack(x.reshape(-1, K), True)
             b = self.bias_int if self.bias is not None else None
-            u = torch.ops.spiketriton.spike_matmul_int(packed, K, self.weight_int.contiguous(), b)
+            u = OPS.call_spike_matmul_int(packed, K, self.weight_int.contiguous(), b)
             u = u.reshape(tuple(x.shape[:-1]) + (-1,))
             u = u.clamp(INT28_MIN, INT28_MAX)
         else:
@@ -385,7 +386,7 @@ class QLIF(BaseNeuron):
         c = dict(c, reset_mode=s.reset_mode, ref_len=s.ref_len)
         consts = torch.stack([torch.as_tensor(c[k], dtype=torch.int64, device=x.device).reshape(())
                               for k in INT_SPEC_FIELDS])
-        spikes, v, a, ref = torch.ops.spiketriton.neuron_int(x.to(torch.int32), self.v, self.v_th_adpt, self.ref_cnt,
+        spikes, v, a, ref = OPS.call_neuron_int(x.to(torch.int32), self.v, self.v_th_adpt, self.ref_cnt,
                                                              consts)
         self.v, self.v_th_adpt, self.ref_cnt = v, a, ref
         return spikes.float()
