@@ -23,6 +23,8 @@ from spiketriton import functional as F
 from spiketriton import quant as Q
 from spiketriton import surrogate as sg
 from spiketriton.functional import ops
+
+from helpers import calibrated
 from spiketriton.functional.neuron import extended_lif_spec, family_a_spec
 
 AOT = "aot_eager"
@@ -370,15 +372,7 @@ def test_quant_modes_compile(mode, backend):
         net[0].bias.add_(0.5)
         net[2].bias.add_(0.5)
     x = torch.rand(4, 3, 6)
-    q = Q.prepare(net)
-    for m in q.modules():
-        if hasattr(m, "backend"):
-            m.backend = backend
-    q.collect_q_params()
-    with torch.no_grad():
-        q(x)
-    q.reset()
-    q.calculate_q_params()
+    q = calibrated(net, x, backend)
     {"float": q.restore_float, "aware": q.aware, "quantized": q.quantize}[mode]()
     results = []
     for fn in (q, torch.compile(q, fullgraph=True, backend=AOT)):
