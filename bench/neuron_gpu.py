@@ -24,11 +24,19 @@ is "as if it moved only what ours must". Copy bandwidth: ``dst.copy_(src)`` on a
 buffer, GB/s = 2 * bytes / time. Timing: ``triton.testing.do_bench`` (L2 flushed before each rep,
 median and 20/80 % quantiles of CUDA-event times).
 
-Goals (bench/README.md): fwd+bwd at >= 85 % of copy bandwidth and >= 1.3x SpikingJelly's best.
+Roofline (``roofline.py``): every row also carries ``bytes`` (= ``kernel_bytes``), ``flops`` (an estimate of the
+model equations' arithmetic), ``bound_ms`` = max(bytes / copy bandwidth, flops / the fp32 peak) and
+``roofline_fraction`` = bound_ms / median ms.
+
+Goals (issue 11, bench/README.md): fwd+bwd at >= 90 % of copy bandwidth and >= 1.5x SpikingJelly's best.
+
+The neurons run one after the other, each in every dtype (``--neurons lif,if,plif`` runs LIF fp32, LIF bf16,
+then IF ...), and the files are rewritten after each neuron x dtype, so a time box keeps the first ones.
 
 Writes ``bench/results/<gpu-name-slug>/neuron_gpu.json``, ``neuron_gpu.csv``,
 ``neuron_gpu_saved_bytes.csv``, ``neuron_gpu_sweep.csv`` (with ``--sweep``) and ``neuron_gpu.png``
-(if matplotlib imports).
+(if matplotlib imports); with ``--tag T`` the names are ``neuron_gpu_T.*`` (the report merges every
+``neuron_gpu*.json``).
 """
 
 from __future__ import annotations
@@ -54,10 +62,11 @@ from _neuron_cases import (  # noqa: E402
     DTYPES, NEURONS, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, kernel_bytes, make_inputs, parse_shape,
     reference_runner, saved_bytes, sj_implementation, sj_variants, spiketriton_runner,
 )
+import roofline  # noqa: E402
 
 PASSES = ("infer", "fwd", "bwd", "fwd+bwd")
-GOAL_COPY_FRACTION = 0.85
-GOAL_SPEEDUP = 1.3
+GOAL_COPY_FRACTION = 0.90  # issue 11 (was 0.85)
+GOAL_SPEEDUP = 1.5         # issue 11 (was 1.3)
 SJ_ENV = {"lif": "SJ_LIF_CUDA_IMPLEMENTATION", "if": "SJ_IF_CUDA_IMPLEMENTATION", "plif": "SJ_PLIF_CUDA_IMPLEMENTATION"}
 
 
@@ -137,7 +146,7 @@ def agreement(st, other, x0, g) -> Dict[str, float]:
 
 
 def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_gbps, device="cuda",
-                rows: Optional[List[dict]] = None, on_row=None) -> List[dict]:
+                rows: Optional[List[dict]] = None, on_row=None, gpu: Optional[str] = None) -> List[dict]:
     """Time spiketriton's fwd, bwd and fwd+bwd for each (_BLOCK, _NUM_WARPS); restores the constants. Rows are
     appended to ``rows`` (when given) as they come and ``on_row()`` is called after each (incremental files)."""
     import spiketriton.kernels.neuron as K
@@ -159,6 +168,11 @@ def block_sweep(shape, neurons, dtypes, blocks, warps, warmup_ms, rep_ms, copy_g
                                 row[f"{p}_ms"] = v["median_ms"]
                                 row[f"{p}_gbps"] = gbps(kernel_bytes(shape, dname, p, neuron=neuron), v["median_ms"])
                             row["fwd+bwd_pct_copy_bw"] = 100.0 * row["fwd+bwd_gbps"] / copy_gbps
+                            nb, terms = roofline.neuron_case(neuron, "fwd+bwd", shape,
+                                                             kernel_bytes(shape, dname, "fwd+bwd", neuron=neuron))
+                            rl = roofline.roofline(nb, terms, copy_gbps, gpu, row["fwd+bwd_ms"])
+                            row["fwd+bwd_bound_ms"] = rl["bound_ms"]
+                            row["fwd+bwd_roofline_fraction"] = rl["roofline_fraction"]
                         except Exception as e:  # noqa: BLE001 - e.g. out of registers/shared memory
                             row["error"] = _short_error(e)
                         rows.append(row)
@@ -202,6 +216,7 @@ def goal_summary(rows: List[dict]) -> List[dict]:
             out.append({
                 "neuron": r["neuron"], "dtype": r["dtype"], "pct_copy_bw": r["pct_copy_bw"],
                 "meets_copy_goal": r["pct_copy_bw"] >= 100 * GOAL_COPY_FRACTION,
+                "roofline_fraction": r.get("roofline_fraction"),
                 "speedup_vs_sj_best": r.get("speedup_vs_sj_best"),
                 "meets_speedup_goal": (r["speedup_vs_sj_best"] or 0) >= GOAL_SPEEDUP if r.get("sj_best_ms") else None,
             })
@@ -234,6 +249,7 @@ def parse_args(argv=None):
     ap.add_argument("--sweep-neurons", default="lif", help="neurons to sweep (default lif)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<gpu-name-slug>)")
+    ap.add_argument("--tag", default=None, help="suffix of the output file names: neuron_gpu_TAG.json ...")
     ap.add_argument("--smoke-cpu", action="store_true",
                     help="check the script itself without a GPU: tiny CPU tensors (default shape 4,2,64), "
                          "perf_counter timing, output to a temporary folder unless --out; numbers are meaningless")
@@ -288,6 +304,7 @@ def main(argv=None) -> int:
         gpu = torch.cuda.get_device_name(device)
         out = Path(args.out) if args.out else RESULTS_DIR / device_slug(device)
     result = header("neuron_gpu", "neuron_gpu.py", argv, device)
+    stem = "neuron_gpu" + (f"_{args.tag}" if args.tag else "")
     if args.smoke_cpu:
         result["device"].update(smoke_cpu=True, name="cpu-smoke-test (numbers meaningless)")
     out.mkdir(parents=True, exist_ok=True)
@@ -315,6 +332,7 @@ def main(argv=None) -> int:
             "context_impls": "spiketriton[torch path] = functional API with backend='torch'; reference = autograd oracle",
         },
         "copy_bandwidth": copy,
+        "roofline": roofline.context(copy, None if args.smoke_cpu else gpu),
         "spikingjelly_implementation": sj_impl,
         "goals": {"copy_fraction": GOAL_COPY_FRACTION, "speedup_vs_sj": GOAL_SPEEDUP, "summary": []},
         "cases": rows,
@@ -335,18 +353,23 @@ def main(argv=None) -> int:
         result["goals"]["summary"] = goal_summary(rows)
         result["sweep_best"] = sweep_best(sweep_rows)
         result["partial"] = partial
-        write_json(out / "neuron_gpu.json", result)
+        write_json(out / f"{stem}.json", result)
         meta = stamp(result)
-        for name, rs in (("neuron_gpu.csv", rows), ("neuron_gpu_saved_bytes.csv", saved_rows),
-                         ("neuron_gpu_sweep.csv", sweep_rows)):
+        for name, rs in ((f"{stem}.csv", rows), (f"{stem}_saved_bytes.csv", saved_rows),
+                         (f"{stem}_sweep.csv", sweep_rows)):
             if rs:
                 write_csv(out / name, rs, meta)
 
+    rl_gpu = None if args.smoke_cpu else gpu  # the smoke test's "GPU" is a CPU: no peaks
     if not args.sweep_only:
         bar = progress(len(dtypes) * len(neurons), "neuron_gpu")
-        for dname in dtypes:
-            x0, g = make_inputs(shape, DTYPES[dname], device=device)
-            for neuron in neurons:
+        inputs: Dict[str, tuple] = {}
+        # neuron-major (LIF fp32, LIF bf16, IF fp32 ...): a time box keeps the first neuron in every dtype
+        for neuron in neurons:
+            for dname in dtypes:
+                if dname not in inputs:  # made once per dtype, shared by the neurons (both fit on a GPU)
+                    inputs[dname] = make_inputs(shape, DTYPES[dname], device=device)
+                x0, g = inputs[dname]
                 bar.set_postfix_str(f"{neuron} {dname}")
                 runners = [("spiketriton", spiketriton_runner(neuron, device=device), None)]
                 if have_sj:
@@ -384,6 +407,8 @@ def main(argv=None) -> int:
                                "kernel_bytes": nbytes, "gbps": gbps(nbytes, v["median_ms"]),
                                "pct_copy_bw": 100.0 * gbps(nbytes, v["median_ms"]) / copy["gbps"],
                                "ns_per_neuron_step": v["median_ms"] * 1e6 / n_steps, "grad_fn": grad_fn}
+                        nb, terms = roofline.neuron_case(neuron, p, shape, nbytes)
+                        roofline.with_roofline(row, nb, terms, copy["gbps"], rl_gpu)
                         rows.append(row)
                     print(f"  {neuron:4} {dname} {impl:40} fwd+bwd {t['fwd+bwd']['median_ms']:8.3f} ms  "
                           f"fwd {t['fwd']['median_ms']:7.3f}  bwd {t['bwd']['median_ms']:7.3f}  "
@@ -392,8 +417,8 @@ def main(argv=None) -> int:
                     _empty_cache(device)
                 bar.update(1)
                 dump(partial=True)
-            del x0, g
-            _empty_cache(device)
+        del inputs, x0, g
+        _empty_cache(device)
         bar.close()
 
     add_speedups(rows)
@@ -403,19 +428,21 @@ def main(argv=None) -> int:
         print(f"block sweep: BLOCK {args.sweep_blocks} x num_warps {args.sweep_warps}", flush=True)
         block_sweep(shape, _names(args.sweep_neurons, NEURONS, "neuron"), dtypes, _ints(args.sweep_blocks),
                     _ints(args.sweep_warps), args.warmup_ms, args.rep_ms, copy["gbps"], device,
-                    rows=sweep_rows, on_row=lambda: dump(partial=True))
+                    rows=sweep_rows, on_row=lambda: dump(partial=True), gpu=rl_gpu)
 
     # report
     summary = goal_summary(rows)
     print()
-    print(f"{'neuron':6} {'dtype':5} {'pass':8} {'ST ms':>8} {'GB/s':>7} {'%copy':>6} {'SJ best ms':>10} {'x SJ':>6}")
+    print(f"{'neuron':6} {'dtype':5} {'pass':8} {'ST ms':>8} {'GB/s':>7} {'%copy':>6} {'bound ms':>8} {'%roof':>6} "
+          f"{'SJ best ms':>10} {'x SJ':>6}")
     for r in rows:
         if r["impl"] != "spiketriton":
             continue
         sjb = f"{r['sj_best_ms']:10.3f}" if r["sj_best_ms"] else f"{'-':>10}"
         spd = f"{r['speedup_vs_sj_best']:6.2f}" if r["speedup_vs_sj_best"] else f"{'-':>6}"
+        frac = r.get("roofline_fraction")
         print(f"{r['neuron']:6} {r['dtype']:5} {r['pass']:8} {r['median_ms']:8.3f} {r['gbps']:7.0f} "
-              f"{r['pct_copy_bw']:6.1f} {sjb} {spd}")
+              f"{r['pct_copy_bw']:6.1f} {r['bound_ms']:8.3f} {(100 * frac if frac else float('nan')):6.1f} {sjb} {spd}")
     if summary:
         print(f"\ngoals (fwd+bwd): >= {GOAL_COPY_FRACTION:.0%} of copy bandwidth, >= {GOAL_SPEEDUP}x SpikingJelly best")
         for s in summary:
@@ -434,12 +461,12 @@ def main(argv=None) -> int:
               f"max |d grad x| {c['grad_x_max_abs_diff']:.3g}")
 
     dump(partial=False)
-    written = [out / "neuron_gpu.json"] + [out / f for f, rs in (
-        ("neuron_gpu.csv", rows), ("neuron_gpu_saved_bytes.csv", saved_rows), ("neuron_gpu_sweep.csv", sweep_rows)) if rs]
+    written = [out / f"{stem}.json"] + [out / f for f, rs in (
+        (f"{stem}.csv", rows), (f"{stem}_saved_bytes.csv", saved_rows), (f"{stem}_sweep.csv", sweep_rows)) if rs]
     if rows and not args.no_plot:
         import plots
 
-        p = plots.plot_neuron(result, out / "neuron_gpu.png")
+        p = plots.plot_neuron(result, out / f"{stem}.png")
         if p:
             written.append(Path(p))
         else:

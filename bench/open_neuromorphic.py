@@ -37,6 +37,11 @@ not depend on them in any library measured here. Timing: every case is built and
 memory of a step is recorded on CUDA. A library that fails in the requested dtype is tried in fp32
 (its rows say which dtype ran); failures are recorded under ``errors``, missing packages under ``skipped``.
 
+On CUDA every row also carries the roofline of its step (``roofline.py``, ``open_neuromorphic_case``): ``bytes``
+(the three products' operands and outputs once each, plus the LIF's fused-kernel bytes for a library row),
+``flops`` (``3 * 2*T*B*n*n`` + the LIF's), ``bound_ms`` = max(bytes / the copy bandwidth measured at the start,
+flops / the GPU's peak for the dtype) and ``roofline_fraction`` = bound_ms / median ms.
+
 Writes ``open_neuromorphic.json`` and ``open_neuromorphic.csv`` under ``bench/results/<device>/`` (or ``--out``).
 """
 
@@ -55,9 +60,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, device_slug, header, int_list, ms_stats, progress, save_result, short_error, time_one,
+    RESULTS_DIR, copy_bandwidth, device_slug, header, int_list, ms_stats, progress, save_result, short_error,
+    time_one,
 )
-from _neuron_cases import DTYPES, sj_implementation, sj_precision_node, spikingjelly_node  # noqa: E402
+from _neuron_cases import DTYPES, kernel_bytes, sj_implementation, sj_precision_node, spikingjelly_node  # noqa: E402
+import roofline  # noqa: E402
 
 LIBRARIES = ("spiketriton", "spikingjelly", "snntorch", "norse")
 GPU_SIZES, CPU_SIZES = "512,4096,8192,16384", "256,512,1024"
@@ -291,6 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     ap.add_argument("--no-torch-baselines", action="store_true", help="skip the torch GEMM / Linear-only rows")
+    ap.add_argument("--copy-gib", type=float, default=1.0, help="CUDA: copy-bandwidth buffer in GiB (roofline)")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
     args = ap.parse_args(argv)
 
@@ -326,6 +334,11 @@ def main(argv=None) -> int:
     rows: List[dict] = []
     errors: List[dict] = []
     agreement: List[dict] = []
+    copy, gpu = None, None
+    if device.type == "cuda":  # the roofline's memory term
+        copy = copy_bandwidth(int(args.copy_gib * 2**30), device, 25, 100)
+        gpu = result["device"]["name"]
+        print(f"copy bandwidth: {copy['gbps']:.0f} GB/s", flush=True)
     result.update(
         config={"sizes": sizes, "T": args.T, "batch": args.batch, "dtype": dname, "libraries": libraries,
                 "variants": [v for _, v, _ in todo], "warmup": args.warmup, "reps": args.reps,
@@ -338,6 +351,8 @@ def main(argv=None) -> int:
                             "Sigmoid(alpha=4)", "snntorch": f"snn.Leaky(beta={1 - 1 / TAU}) (ATan surrogate, subtract reset)",
                             "norse": f"LIFBoxCell / LIF with tau_mem_inv={1000 / TAU:g}, dt=1e-3 (SuperSpike)"}},
         spikingjelly_implementation=sj_impl,
+        copy_bandwidth=copy,
+        roofline=roofline.context(copy, gpu) if copy else None,
         skipped=skipped,
         errors=errors,
         agreement_spiketriton_vs_spikingjelly=agreement,
@@ -374,9 +389,15 @@ def main(argv=None) -> int:
                    "batch": args.batch, **ms_stats(c["times"]), "firing_rate": c.get("firing_rate")}
             if device.type == "cuda":
                 row["peak_extra_MiB"] = peak_memory_MiB(c["step"], device)
+                nb, terms = roofline.open_neuromorphic_case(
+                    c["library"], args.T, args.batch, n, c["dtype"],
+                    kernel_bytes((args.T, args.batch, n), c["dtype"], "fwd+bwd", neuron="lif"))
+                roofline.with_roofline(row, nb, terms, copy["gbps"], gpu)
             rows.append(row)
             rate = f" (rate {row['firing_rate']:.3f})" if row["firing_rate"] is not None else ""
-            print(f"  n={n:6d} {c['variant']:36} {c['dtype']}: {row['median_ms']:10.2f} ms{rate}", flush=True)
+            roof = (f" ({100 * row['roofline_fraction']:.0f}% of the {row['bound_ms']:.2f} ms roofline)"
+                    if row.get("roofline_fraction") else "")
+            print(f"  n={n:6d} {c['variant']:36} {c['dtype']}: {row['median_ms']:10.2f} ms{rate}{roof}", flush=True)
         del cases
         gc.collect()
         if device.type == "cuda":

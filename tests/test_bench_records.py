@@ -192,3 +192,83 @@ def test_bench_pytest_files_pass():
                            "bench"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
+
+
+# --------------------------------------------------------------------------------------------- #
+# Roofline arithmetic (bench/roofline.py)
+# --------------------------------------------------------------------------------------------- #
+
+
+def test_roofline_of_a_bf16_gemm_on_an_h200_is_compute_bound():
+    """torch.matmul bf16 at 4096^3 on an H200, copy bandwidth 4300 GB/s, measured 0.2 ms: bytes = A, B and C once
+    (3 * 4096^2 * 2), flops = 2 * 4096^3; compute bound 2*4096^3 / 989.5e12 s = 0.1389 ms beats the memory bound
+    (100.7 MB / 4.3 TB/s = 0.0234 ms), so the fraction is 0.1389 / 0.2."""
+    import roofline
+
+    nb, terms = roofline.matmul_case("fwd", "torch.matmul", "bf16", 4096, 4096, 4096)
+    assert nb == 3 * 4096 * 4096 * 2
+    r = roofline.roofline(nb, terms, 4300.0, "NVIDIA H200", measured_ms=0.2)
+    flops = 2 * 4096**3
+    assert r["flops"] == r["tc_flops"] == flops
+    assert r["memory_bound_ms"] == pytest.approx(nb / 4300e9 * 1e3)
+    assert r["compute_bound_ms"] == pytest.approx(flops / 989.5e12 * 1e3)
+    assert r["bound_ms"] == pytest.approx(0.138898, rel=1e-4) and r["bound_by"] == "compute"
+    assert r["roofline_fraction"] == pytest.approx(0.138898 / 0.2, rel=1e-4)
+    assert "bound_note" not in r
+
+
+def test_roofline_fp32_spike_matmul_counts_three_bf16_products_and_packed_spikes():
+    import roofline
+
+    M = K = N = 4096
+    nb, terms = roofline.matmul_case("fwd", "spike_matmul", "fp32", M, K, N)
+    assert nb == M * K // 8 + N * K * 4 + M * N * 4  # packed spikes, fp32 W and Y
+    r = roofline.roofline(nb, terms, 4300.0, "NVIDIA H100 80GB HBM3", measured_ms=1.0)
+    assert r["flops"] == 2 * M * N * K and r["tc_flops"] == 3 * 2 * M * N * K
+    assert r["compute_bound_ms"] == pytest.approx(3 * 2 * 4096**3 / 989.5e12 * 1e3)
+    assert r["roofline_fraction"] == pytest.approx(r["bound_ms"] / 1.0)
+    # cuBLAS fp32 ("highest", no TF32) runs on the CUDA cores: 67 TFLOP/s
+    _, t32 = roofline.matmul_case("fwd", "torch.matmul", "fp32", M, K, N)
+    assert roofline.roofline(1, t32, 4300.0, "NVIDIA H200")["compute_bound_ms"] == pytest.approx(
+        2 * 4096**3 / 67e12 * 1e3)
+    # dW reads dY and the packed spikes and writes dW
+    assert roofline.matmul_case("dw", "spike_matmul_dw", "bf16", M, K, N)[0] == M * N * 2 + M * K // 8 + N * K * 2
+
+
+def test_roofline_of_a_neuron_is_memory_bound_and_unknown_gpus_get_the_bandwidth_term_alone():
+    import roofline
+    from _neuron_cases import kernel_bytes
+
+    shape = (32, 64, 65536)
+    n = 32 * 64 * 65536
+    nb, terms = roofline.neuron_case("lif", "fwd+bwd", shape, kernel_bytes(shape, "bf16", "fwd+bwd"))
+    assert nb == 12.375 * n
+    r = roofline.roofline(nb, terms, 4300.0, "NVIDIA H200", measured_ms=0.5)
+    assert r["bound_by"] == "memory" and r["bound_ms"] == pytest.approx(12.375 * n / 4300e9 * 1e3)
+    assert r["roofline_fraction"] == pytest.approx(r["bound_ms"] / 0.5)
+    assert r["compute_bound_ms"] < 0.2 * r["memory_bound_ms"]  # the neurons' arithmetic is small
+    u = roofline.roofline(nb, terms, 4300.0, "Some Future GPU", measured_ms=0.5)
+    assert u["compute_bound_ms"] is None and u["bound_ms"] == r["memory_bound_ms"] and u["bound_note"]
+    for name, cls in (("NVIDIA H200", "H200/H100 SXM"), ("NVIDIA H100 80GB HBM3", "H200/H100 SXM"),
+                      ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA A100-SXM4-80GB", "A100"),
+                      ("NVIDIA H200 NVL", None), ("NVIDIA GeForce RTX 4090", None)):
+        assert roofline.gpu_class(name) == cls, name
+
+
+def test_roofline_of_open_neuromorphic_at_16384():
+    """The three bf16 products of one step at n = 16384, T = 500, batch 16: 12.9 TFLOP, 13.0 ms at 989.5 TFLOP/s;
+    a library row adds the LIF's fused-kernel bytes and arithmetic to the products'."""
+    import roofline
+    from _neuron_cases import kernel_bytes
+
+    T, B, n = 500, 16, 16384
+    lif = kernel_bytes((T, B, n), "bf16", "fwd+bwd")
+    g_bytes, g_terms = roofline.open_neuromorphic_case("torch (3 GEMMs)", T, B, n, "bf16", lif)
+    assert g_bytes == 6 * T * B * n * 2 + 3 * n * n * 2
+    rg = roofline.roofline(g_bytes, g_terms, 4300.0, "NVIDIA H200", measured_ms=16.0)
+    assert rg["flops"] == 6 * T * B * n * n == pytest.approx(12.88e12, rel=1e-3)
+    assert rg["bound_ms"] == pytest.approx(6 * T * B * n * n / 989.5e12 * 1e3) and rg["bound_by"] == "compute"
+    s_bytes, s_terms = roofline.open_neuromorphic_case("spiketriton", T, B, n, "bf16", lif)
+    assert s_bytes == g_bytes + 2 * n * 2 + lif
+    rs = roofline.roofline(s_bytes, s_terms, 4300.0, "NVIDIA H200", measured_ms=18.0)
+    assert rs["bound_ms"] > rg["bound_ms"] and rs["roofline_fraction"] == pytest.approx(rs["bound_ms"] / 18.0)
