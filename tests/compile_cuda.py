@@ -18,6 +18,7 @@ import time
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("compile_cuda.py needs TRITON_INTERPRET unset: the interpreter replaces the compiled kernels")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -71,17 +72,28 @@ def other_cases():
             yield KP._unpack_kernel, {"p_ptr": "*u8", "s_ptr": f"*{dt}", "M": "i32", "K": "i32", "KB": "i32"}, \
                 dict(BLOCK_M=4, BLOCK_K=1024)
     mm = {n: "i32" for n in ("M", "N", "K", "KB", "stride_pm", "stride_wn", "stride_wk", "stride_ym", "stride_gm",
-                             "stride_dwn")}
-    for dt, skip in itertools.product(["fp32", "fp16", "bf16", "i8"], [False, True]):
+                             "stride_dwn", "K_PER_SPLIT", "N_FLAGS")}
+    for dt, split, bias in itertools.product(["fp32", "fp16", "bf16", "i8"], [1, 4], [False, True]):
         out = "i32" if dt == "i8" else dt
-        types = dict(mm, p_ptr="*u8", w_ptr=f"*{dt}", b_ptr=f"*{out}", y_ptr=f"*{out}")
-        flags = dict(IEEE=dt == "fp32", DOT_FP32=False, IS_INT=dt == "i8", HAS_BIAS=True, SKIP_ZERO=skip)
-        yield KS._spike_matmul_fwd_kernel, types, dict(flags, **{k: v for k, v in KS._FWD.items()
-                                                                   if k not in ("num_warps", "num_stages")})
+        torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "i8": torch.int8}[dt]
+        mode = KS._mode(torch_dt)
+        types = dict(mm, p_ptr="*u8", w_ptr=f"*{dt}", b_ptr=f"*{out}", y_ptr="*fp32" if split > 1 else f"*{out}",
+                     flag_ptr="*i8")
+        cfg = {k: v for k, v in KS.fwd_config(64, 1024, 1024, torch_dt).items() if k not in ("num_warps", "num_stages")}
+        cfg["SPLIT"] = split
+        yield KS._spike_matmul_fwd_kernel, types, dict(cfg, MODE=mode, ONE_BITS=KS._one_bits(torch_dt, False),
+                                                        HAS_BIAS=bias, INTERP=False, DIV=8, P_DIV=4)
     for dt in ("fp32", "fp16", "bf16"):
-        types = dict(mm, g_ptr=f"*{dt}", p_ptr="*u8", dw_ptr=f"*{dt}")
-        yield KS._spike_matmul_dw_kernel, types, dict(IEEE=dt == "fp32", DOT_FP32=False,
-                                                      **{k: v for k, v in KS._DW.items() if k not in ("num_warps", "num_stages")})
+        torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+        types = dict(mm, g_ptr=f"*{dt}", p_ptr="*u8", dw_ptr=f"*{dt}", flag_ptr="*i8")
+        cfg = {k: v for k, v in KS.dw_config(1024, 1024, 1024, torch_dt).items() if k not in ("num_warps", "num_stages")}
+        yield KS._spike_matmul_dw_kernel, types, dict(cfg, MODE=KS._mode(torch_dt), ONE_BITS=KS._one_bits(torch_dt, False),
+                                                       INTERP=False, DIV=16, P_DIV=16)
+    fb = {k: v for k, v in KS._FALLBACK.items() if k not in ("num_warps", "num_stages")}
+    types = dict(mm, p_ptr="*u8", w_ptr="*fp32", b_ptr="*fp32", y_ptr="*fp32", flag_ptr="*i8", g_ptr="*fp32",
+                 dw_ptr="*fp32")
+    yield KS._fallback_fwd_kernel, types, dict(fb, HAS_BIAS=True, SPLIT=4, INTERP=False, DIV=1, P_DIV=1, MAIN_BLOCK_N=128)
+    yield KS._fallback_dw_kernel, types, dict(fb, INTERP=False, DIV=1, P_DIV=1, MAIN_BLOCK_N=128)
     ints = {n: "i32" for n in ("T", "R", "L", "LB", "v_th0", "v_reset", "v_l", "dv", "alpha_q", "beta_q", "ref_len",
                                "th_alpha_q", "th_beta_q", "th_incre", "v_init")}
     for mode, feats in itertools.product([0, 1, 2], [False, True]):

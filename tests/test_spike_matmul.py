@@ -122,17 +122,6 @@ def test_leading_dims_and_no_bias(backend, device):
     torch.testing.assert_close(y, s @ w.T, rtol=1e-6, atol=1e-5)
 
 
-def test_triton_zero_tile_skip_is_exact(device):
-    # the SKIP_ZERO variant (for low firing rates) gives the same result as the plain loop
-    from spiketriton.kernels import spike_matmul as SM
-
-    s = torch.zeros(70, 200, device=device)
-    s[3, 5] = s[69, 199] = s[40, 64:72] = 1
-    w = torch.randn(9, 200, device=device)
-    p = PK.pack(s)
-    assert torch.equal(SM.spike_matmul_fwd(p, 200, w, None, skip_zero=True), SM.spike_matmul_fwd(p, 200, w, None))
-
-
 def test_fp32_weights_are_summed_exactly_not_in_tf32(device):
     # weights 1 + j*2^-20 need 21 mantissa bits; with K = 8 every partial sum (< 16) fits fp32's 24
     # bits, so the fp32 result is exact, while TF32 (10 bits) would round every weight to 1.0. The
