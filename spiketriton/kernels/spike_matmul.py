@@ -380,18 +380,19 @@ def dw_config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
 # --------------------------------------------------------------------------------------------- #
 
 
-def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias) -> torch.Tensor:
-    """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype."""
-    return _launch_fwd(packed, K, weight, bias, weight.dtype)
+def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, config=None) -> torch.Tensor:
+    """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype. ``config``
+    replaces ``fwd_config``'s choice (the benchmarks' tile sweep)."""
+    return _launch_fwd(packed, K, weight, bias, weight.dtype, config)
 
 
-def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias) -> torch.Tensor:
+def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, config=None) -> torch.Tensor:
     """Integer mode: ``packed [M, KB]``, int8 ``weight [N, K]``, int32 ``bias [N]`` or None ->
     int32 ``[M, N]`` (exact: |sum| <= K * 128 + |bias| must stay below 2^31)."""
-    return _launch_fwd(packed, K, weight, bias, torch.int32)
+    return _launch_fwd(packed, K, weight, bias, torch.int32, config)
 
 
-def _launch_fwd(packed, K, weight, bias, out_dtype) -> torch.Tensor:
+def _launch_fwd(packed, K, weight, bias, out_dtype, config=None) -> torch.Tensor:
     M, KB = packed.shape
     N = weight.shape[0]
     dev = weight.device
@@ -401,7 +402,7 @@ def _launch_fwd(packed, K, weight, bias, out_dtype) -> torch.Tensor:
     if K == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(M, N))
     mode = _mode(weight.dtype)
-    cfg = fwd_config(M, N, K, weight.dtype, _num_sms(dev))
+    cfg = dict(config) if config is not None else fwd_config(M, N, K, weight.dtype, _num_sms(dev))
     split = cfg.pop("SPLIT")
     bk = cfg["BLOCK_K"]
     k_per_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
@@ -434,8 +435,9 @@ def _launch_fwd(packed, K, weight, bias, out_dtype) -> torch.Tensor:
     return y
 
 
-def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int) -> torch.Tensor:
-    """``grad_out [M, N]``, ``packed [M, KB]`` -> ``dW [N, K] = grad_out.T @ S`` in grad_out's dtype."""
+def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int, config=None) -> torch.Tensor:
+    """``grad_out [M, N]``, ``packed [M, KB]`` -> ``dW [N, K] = grad_out.T @ S`` in grad_out's dtype.
+    ``config`` replaces ``dw_config``'s choice."""
     M, N = grad_out.shape
     g = grad_out.contiguous()
     dw = torch.empty((N, K), device=g.device, dtype=g.dtype)
@@ -444,7 +446,7 @@ def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int) -> tor
     if M == 0:
         return dw.zero_()
     mode = _mode(g.dtype)
-    cfg = dw_config(M, N, K, g.dtype)
+    cfg = dict(config) if config is not None else dw_config(M, N, K, g.dtype)
     KB = packed.shape[1]
     flags = torch.empty((triton.cdiv(N, cfg["BLOCK_N"]),), device=g.device, dtype=torch.int8)
     interp = interpret_mode()
