@@ -23,10 +23,9 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
 a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
 (a stage's time box) stops the suite in progress, which keeps the files it has written so far (the long GPU
-suites write as they go: neuron_gpu after every neuron x dtype and before its sweep, open_neuromorphic after
-every n, the spike_matmul sweep after every config; ``"partial": true`` until they end); the suites after it are
-recorded as
-not-run and the report is built from what is in the folder. Speed goals are reported in ``summary.json`` /
+suites write as they go: neuron_gpu after every neuron x dtype and before its sweep, spike_matmul_gpu and
+int_matmul_gpu after every case group, open_neuromorphic after every n, the spike_matmul sweep after every config;
+``"partial": true`` until they end); the suites after it are recorded as not-run and the report is built from what is in the folder. Speed goals are reported in ``summary.json`` /
 ``summary.md``, never asserted.
 """
 
@@ -209,10 +208,10 @@ def main(argv=None) -> int:
                 status["files"] = sorted(p.name for p in out.iterdir() if before.get(p.name) != p.stat().st_mtime)
                 write_json(out / f"suite-{name}.json", dict(status, seconds=time.time() - t0))
                 # The suites write their files as they go (after every case / size), so what this one measured
-                # is in the folder. The suites after it are NOT started: a SIGINT here is a stage's time box
-                # (bench/gpu_session.sh: timeout -s INT -k 30), whose SIGKILL follows 30 s later, so the time
-                # that is left belongs to writing the report, and a suite begun now would be killed half-way
-                # (for a whole run, order the suites that matter most first). They are recorded as not-run.
+                # is in the folder. The suites after it are NOT started: a SIGINT here is a time box (e.g.
+                # `timeout -s INT -k 30`, or a stage of bench/gpu_session.py, whose SIGKILL follows GRACE_S later),
+                # so the time that is left belongs to writing the report, and a suite begun now would be killed
+                # half-way (for a whole run, order the suites that matter most first). They are recorded as not-run.
                 for later in steps[steps.index(st) + 1:]:
                     rec = header("suite", f"run.py --suites {later['suite']}", [], device)
                     rec.update(suite=later["suite"], mode=status["mode"], command=command, status="not-run",
