@@ -19,8 +19,8 @@ dtype for torch):
   ``spike_matmul``          the public API on a ``SpikeTensor`` (packed beforehand): what a layer fed by a
                             neuron writing packed spikes runs;
   ``spike_matmul(dense)``   the public API on the dense 0/1 tensor (packs with the Triton kernel, then the matmul);
-  ``spike_matmul_fwd``      the launcher ``kernels.spike_matmul.spike_matmul_fwd`` (no Python checks), and
-  ``spike_matmul_fwd[skip_zero]`` the same with the zero-tile skip;
+  ``spike_matmul_fwd``      the launcher ``kernels.spike_matmul.spike_matmul_fwd`` (no Python checks; its tiles
+                            from ``fwd_config``, recorded per shape and dtype in ``config.default_tiles``);
 - ``dw`` (weight gradient ``dW = dY.T @ S``, ``dY ~ N(0, 1)``): ``torch`` = ``dY.t() @ S`` dense vs the
   launcher ``spike_matmul_dw(dY, packed, K)``;
 - ``fwd+bwd`` (``--no-train`` skips it): ``nn.Linear`` vs ``SpikeLinear`` (default ``check_binary=True``,
@@ -33,13 +33,12 @@ spiketriton, dense ``M*K*element_size`` for torch. Timing: ``triton.testing.do_b
 before each repetition; median, 20/80 % quantiles of CUDA-event times; Python launch overhead is part
 of the time, which matters at 32 x 512 x 512).
 
-Tile sweep (``--sweep``): monkeypatches ``spiketriton.kernels.spike_matmul._FWD`` (BLOCK_M/N/K x num_warps
-x num_stages, GROUP_M kept, x skip_zero) and ``_DW`` (BLOCK_M/N/K x num_warps x num_stages) between runs,
-times the launchers, checks every result, and reports the best per shape, dtype and rate next to the
-default constants and torch; the constants are restored afterwards. Rows are appended to
-``spike_matmul_gpu_sweep.csv`` as they are measured, so a run cut short keeps what it measured.
-The full default grid (27 tiles x 2 warps x 3 stages, x 2 skip_zero for fwd) is ~320 compilations for
-two dtypes at one shape: several minutes; split it with ``--sweep-kernels`` / ``--sweep-dtypes``.
+Tile sweep (``--sweep``): the launchers' ``config`` argument replaces ``fwd_config`` / ``dw_config``'s choice:
+BLOCK_M/N/K x num_warps x num_stages (the forward keeps the default's GROUP_N and SPLIT), plus the default config
+itself, timed and checked per config; reports the best per shape, dtype and rate next to the default and torch.
+Rows are appended to ``spike_matmul_gpu_sweep.csv`` as they are measured, so a run cut short keeps what it
+measured. The full default grid (27 tiles x 2 warps x 3 stages) is ~160 compilations per kernel and dtype at one
+shape: minutes; split it with ``--sweep-kernels`` / ``--sweep-dtypes``.
 
 Roofline (``roofline.py``): every case and sweep row also carries ``bytes`` (the minimum: each operand read
 once, each output written once; the spike operand packed for spiketriton, dense for torch), ``flops``
@@ -89,8 +88,8 @@ GOAL_VS_BF16 = 0.95  # issue 11 (was 1.0): bf16 weights vs cuBLAS bf16, forward 
 ROOF: dict = {"copy_gbps": None, "gpu": None}
 SMOKE_SHAPES = "16x64x48,8x40x24"  # odd sizes: K not a multiple of BLOCK_K, N not of BLOCK_N
 TRAIN_IMPLS = ("nn.Linear", "SpikeLinear", "SpikeLinear(check_binary=False)")
-SWEEP_COLS = ["kernel", "shape", "dtype", "rate", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps",
-              "num_stages", "skip_zero", "median_ms", "p20_ms", "p80_ms", "tflops_equiv", "max_abs_err", "tol",
+SWEEP_COLS = ["kernel", "shape", "dtype", "rate", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_N", "SPLIT", "num_warps",
+              "num_stages", "median_ms", "p20_ms", "p80_ms", "tflops_equiv", "max_abs_err", "tol",
               "ok", "is_default", "bytes", "flops", "tc_flops", "bound_ms", "roofline_fraction", "error"]
 
 
@@ -205,8 +204,6 @@ def run_cases(shapes, rates, dtypes, device, args, errors: List[dict], rows: Opt
                     ("spike_matmul", lambda: st.spike_matmul(packed, w), pbytes, None),
                     ("spike_matmul(dense)", lambda: st.spike_matmul(s, w), pbytes, None),
                     ("spike_matmul_fwd", lambda: SM.spike_matmul_fwd(packed.data, K, w, None), pbytes, None),
-                    ("spike_matmul_fwd[skip_zero]",
-                     lambda: SM.spike_matmul_fwd(packed.data, K, w, None, skip_zero=True), pbytes, None),
                 ]
                 if dname == "fp32" and not args.no_tf32:
                     fwd.insert(1, ("torch.matmul[tf32]", lambda: torch.matmul(s, wt), dbytes, "high"))
@@ -313,107 +310,116 @@ def add_speedups(rows: List[dict]) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def sweep(kernels, shapes, dtypes, rates, grid, skip_values, device, args, writer: SweepWriter, meta: dict,
+def default_config(kernel: str, shape, dtype, device) -> Optional[dict]:
+    """The launcher's own tiles for ``kernel`` (fwd / dw) at ``shape`` (M, K, N): ``fwd_config`` / ``dw_config``."""
+    import spiketriton.kernels.spike_matmul as SM
+
+    M, K, N = shape
+    try:
+        if kernel == "fwd":
+            return dict(SM.fwd_config(M, N, K, dtype, SM._num_sms(torch.device(device))))
+        return dict(SM.dw_config(M, N, K, dtype))
+    except Exception:  # noqa: BLE001 - a kernel module without these helpers: nothing to record
+        return None
+
+
+def sweep(kernels, shapes, dtypes, rates, grid, device, args, writer: SweepWriter, meta: dict,
           rows: Optional[List[dict]] = None, on_config=None) -> List[dict]:
-    """Time the fwd / dW launchers for every tile config; restores _FWD and _DW. Rows are appended to ``rows``
-    (when given) as they come, and ``on_config()`` is called after each config (the JSON written as it goes)."""
+    """Time the fwd / dW launchers for the default config and every tile config of ``grid`` (through their
+    ``config`` argument). Rows are appended to ``rows`` (when given) as they come, and ``on_config()`` is called
+    after each config (the JSON written as it goes)."""
     import spiketriton as st
     import spiketriton.kernels.spike_matmul as SM
 
-    orig_fwd, orig_dw = dict(SM._FWD), dict(SM._DW)
     rows = [] if rows is None else rows
     blocks, warps, stages = grid
     tiles = list(itertools.product(blocks, blocks, blocks, warps, stages))
-    try:
-        for shape in shapes:
-            M, K, N = shape
-            for dname in dtypes:
-                dt = DTYPES[dname]
-                w = make_weight(N, K, dt, device)
-                data = {}
-                for rate in rates:
-                    s32 = make_spikes(M, K, rate, torch.float32, device)
-                    p = st.pack_spikes(s32, check=False).data
-                    ref = s32.double() @ w.double().t()
-                    g = make_grad(M, N, dt, device) if "dw" in kernels else None
-                    dref = g.double().t() @ s32.double() if g is not None else None
-                    data[rate] = (p, ref, g, dref)
-                    del s32
-                # the torch baselines for this shape, dtype and rate
-                for rate in rates:
-                    s = st.unpack_spikes(st.SpikeTensor(data[rate][0], K), dt)
-                    with torch.no_grad(), _Fp32Precision("highest"):
-                        t = bench_ms(lambda: torch.matmul(s, w.t()), args.sweep_warmup_ms, args.sweep_rep_ms, device)
-                        row = {"kernel": "torch.matmul", "shape": shape_str(shape), "dtype": dname, "rate": rate,
-                               **t, "tflops_equiv": tflops(matmul_flops(M, K, N), t["median_ms"]), "ok": True}
-                        _sweep_roofline(row, "fwd", "torch.matmul", dname, shape)
+    for shape in shapes:
+        M, K, N = shape
+        for dname in dtypes:
+            dt = DTYPES[dname]
+            w = make_weight(N, K, dt, device)
+            data = {}
+            for rate in rates:
+                s32 = make_spikes(M, K, rate, torch.float32, device)
+                p = st.pack_spikes(s32, check=False).data
+                ref = s32.double() @ w.double().t()
+                g = make_grad(M, N, dt, device) if "dw" in kernels else None
+                dref = g.double().t() @ s32.double() if g is not None else None
+                data[rate] = (p, ref, g, dref)
+                del s32
+            # the torch baselines for this shape, dtype and rate
+            for rate in rates:
+                s = st.unpack_spikes(st.SpikeTensor(data[rate][0], K), dt)
+                with torch.no_grad(), _Fp32Precision("highest"):
+                    t = bench_ms(lambda: torch.matmul(s, w.t()), args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                    row = {"kernel": "torch.matmul", "shape": shape_str(shape), "dtype": dname, "rate": rate,
+                           **t, "tflops_equiv": tflops(matmul_flops(M, K, N), t["median_ms"]), "ok": True}
+                    _sweep_roofline(row, "fwd", "torch.matmul", dname, shape)
+                    rows.append(row)
+                    writer.add(row, **meta)
+                    if "dw" in kernels:
+                        g = data[rate][2]
+                        t = bench_ms(lambda: g.t() @ s, args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                        row = {"kernel": "torch dY.T@S", "shape": shape_str(shape), "dtype": dname, "rate": rate,
+                               **t, "tflops_equiv": tflops(matmul_flops(M, K, N, "dw"), t["median_ms"]), "ok": True}
+                        _sweep_roofline(row, "dw", "torch", dname, shape)
                         rows.append(row)
                         writer.add(row, **meta)
-                        if "dw" in kernels:
-                            g = data[rate][2]
-                            t = bench_ms(lambda: g.t() @ s, args.sweep_warmup_ms, args.sweep_rep_ms, device)
-                            row = {"kernel": "torch dY.T@S", "shape": shape_str(shape), "dtype": dname, "rate": rate,
-                                   **t, "tflops_equiv": tflops(matmul_flops(M, K, N, "dw"), t["median_ms"]), "ok": True}
-                            _sweep_roofline(row, "dw", "torch", dname, shape)
-                            rows.append(row)
-                            writer.add(row, **meta)
-                    del s
-                for kernel in kernels:
-                    sk = skip_values if kernel == "fwd" else (False,)
-                    # dW has no zero skip and does the same work at every rate: one rate is enough
-                    krates = rates if kernel == "fwd" else rates[:1]
-                    for (bm, bn, bk, nw, ns) in tiles:
-                        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": nw, "num_stages": ns}
-                        if kernel == "fwd":
-                            SM._FWD = dict(orig_fwd, **cfg)
-                            is_default = all(orig_fwd.get(k) == v for k, v in cfg.items())
+                del s
+            for kernel in kernels:
+                default = default_config(kernel, shape, dt, device)
+                # dW does the same work at every rate: one rate is enough
+                krates = rates if kernel == "fwd" else rates[:1]
+                configs = ([dict(default)] if default else []) + [
+                    dict(default or {}, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+                    for (bm, bn, bk, nw, ns) in tiles]
+                seen = []
+                for cfg in configs:
+                    if cfg in seen:
+                        continue
+                    seen.append(cfg)
+                    failed = None
+                    for rate in krates:
+                        p, ref, g, dref = data[rate]
+                        row = {"kernel": kernel, "shape": shape_str(shape), "dtype": dname, "rate": rate, **cfg,
+                               "is_default": cfg == default}
+                        if failed is not None:  # a config that does not compile fails at every rate
+                            row.update(error=failed, ok=False)
                         else:
-                            SM._DW = dict(orig_dw, **cfg)
-                            is_default = all(orig_dw.get(k) == v for k, v in cfg.items())
-                        for skip in sk:
-                            failed = None
-                            for rate in krates:
-                                p, ref, g, dref = data[rate]
-                                row = {"kernel": kernel, "shape": shape_str(shape), "dtype": dname, "rate": rate, **cfg,
-                                       "GROUP_M": orig_fwd.get("GROUP_M") if kernel == "fwd" else None,
-                                       "skip_zero": skip if kernel == "fwd" else None, "is_default": is_default}
-                                if failed is not None:  # a config that does not compile fails at every rate
-                                    row.update(error=failed, ok=False)
+                            try:
+                                if kernel == "fwd":
+                                    fn = lambda p=p, cfg=cfg: SM.spike_matmul_fwd(p, K, w, None, config=cfg)  # noqa: E731
+                                    r_ = ref
                                 else:
-                                    try:
-                                        if kernel == "fwd":
-                                            fn = lambda p=p, skip=skip: SM.spike_matmul_fwd(p, K, w, None, skip_zero=skip)  # noqa: E731
-                                            r_ = ref
-                                        else:
-                                            fn = lambda p=p, g=g: SM.spike_matmul_dw(g, p, K)  # noqa: E731
-                                            r_ = dref
-                                        err = max_err(fn(), r_)
-                                        tol = tolerance(dname, r_)
-                                        t = bench_ms(fn, args.sweep_warmup_ms, args.sweep_rep_ms, device)
-                                        row.update(**t, tflops_equiv=tflops(matmul_flops(M, K, N, "dw" if kernel == "dw" else "fwd"),
-                                                                            t["median_ms"]),
-                                                   max_abs_err=err, tol=tol, ok=err <= tol)
-                                        _sweep_roofline(row, kernel, "spike_matmul_fwd" if kernel == "fwd"
-                                                        else "spike_matmul_dw", dname, shape)
-                                    except Exception as e:  # noqa: BLE001 - out of shared memory / registers
-                                        failed = _short_error(e)
-                                        row.update(error=failed, ok=False)
-                                rows.append(row)
-                                writer.add(row, **meta)
-                            last = [r for r in rows[-len(krates):]]
-                            desc = " ".join(
-                                (f"{r['rate']:.0%}:{r['median_ms']:.4f}" + ("" if r["ok"] else "(BAD)")) if "median_ms" in r
-                                else f"{r['rate']:.0%}:err" for r in last)
-                            print(f"  sweep {kernel:3} {shape_str(shape)} {dname} BM{bm} BN{bn} BK{bk} w{nw} s{ns}"
-                                  + (f" skip={int(skip)}" if kernel == "fwd" else "") + f"  {desc}"
-                                  + (f"  ({failed[:80]})" if failed else ""), flush=True)
-                            if on_config is not None:
-                                on_config()
-                del data, w
-                gc.collect()
-                _empty_cache(device)
-    finally:
-        SM._FWD, SM._DW = orig_fwd, orig_dw
+                                    fn = lambda p=p, g=g, cfg=cfg: SM.spike_matmul_dw(g, p, K, config=cfg)  # noqa: E731
+                                    r_ = dref
+                                err = max_err(fn(), r_)
+                                tol = tolerance(dname, r_)
+                                t = bench_ms(fn, args.sweep_warmup_ms, args.sweep_rep_ms, device)
+                                row.update(**t, tflops_equiv=tflops(matmul_flops(M, K, N, "dw" if kernel == "dw" else "fwd"),
+                                                                    t["median_ms"]),
+                                           max_abs_err=err, tol=tol, ok=err <= tol)
+                                _sweep_roofline(row, kernel, "spike_matmul_fwd" if kernel == "fwd"
+                                                else "spike_matmul_dw", dname, shape)
+                            except Exception as e:  # noqa: BLE001 - out of shared memory / registers
+                                failed = _short_error(e)
+                                row.update(error=failed, ok=False)
+                        rows.append(row)
+                        writer.add(row, **meta)
+                    last = rows[-len(krates):]
+                    desc = " ".join(
+                        (f"{r['rate']:.0%}:{r['median_ms']:.4f}" + ("" if r["ok"] else "(BAD)")) if "median_ms" in r
+                        else f"{r['rate']:.0%}:err" for r in last)
+                    print(f"  sweep {kernel:3} {shape_str(shape)} {dname} BM{cfg.get('BLOCK_M')} BN{cfg.get('BLOCK_N')} "
+                          f"BK{cfg.get('BLOCK_K')} w{cfg.get('num_warps')} s{cfg.get('num_stages')}"
+                          + (" (default)" if cfg == default else "") + f"  {desc}"
+                          + (f"  ({failed[:80]})" if failed else ""), flush=True)
+                    if on_config is not None:
+                        on_config()
+            del data, w
+            gc.collect()
+            _empty_cache(device)
     return rows
 
 
@@ -438,27 +444,22 @@ def sweep_best(rows: List[dict]) -> List[dict]:
             continue
         best = min(cand, key=lambda r: r["median_ms"])
         default = [r for r in cand if r.get("is_default")]
-        default_noskip = [r for r in default if not r.get("skip_zero")]
         torch_kernel = "torch.matmul" if k[0] == "fwd" else "torch dY.T@S"
         tr = [r for r in rows if r["kernel"] == torch_kernel and r["shape"] == k[1] and r["dtype"] == k[2] and r["rate"] == k[3]]
         t32 = [r for r in rows if r["kernel"] == "torch.matmul" and r["shape"] == k[1] and r["dtype"] == "fp32" and r["rate"] == k[3]]
         tbf = [r for r in rows if r["kernel"] == "torch.matmul" and r["shape"] == k[1] and r["dtype"] == "bf16" and r["rate"] == k[3]]
         e = {"kernel": k[0], "shape": k[1], "dtype": k[2], "rate": k[3],
-             "best": {c: best.get(c) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages",
-                                                "skip_zero")},
+             "best": {c: best.get(c) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_N", "SPLIT", "num_warps",
+                                                "num_stages")},
              "best_ms": best["median_ms"], "best_tflops_equiv": best["tflops_equiv"],
              "best_roofline_fraction": best.get("roofline_fraction"),
-             "default_ms": default_noskip[0]["median_ms"] if default_noskip else None,
+             "default_ms": default[0]["median_ms"] if default else None,
              "torch_ms": tr[0]["median_ms"] if tr else None}
         e["best_vs_default"] = e["default_ms"] / e["best_ms"] if e["default_ms"] else None
         e["x_torch_same_dtype"] = e["torch_ms"] / e["best_ms"] if e["torch_ms"] else None
         if k[0] == "fwd":
             e["x_torch_fp32"] = t32[0]["median_ms"] / e["best_ms"] if t32 else None
             e["x_torch_bf16"] = tbf[0]["median_ms"] / e["best_ms"] if tbf else None
-            skip_rows = [r for r in cand if r.get("skip_zero")]
-            noskip_rows = [r for r in cand if not r.get("skip_zero")]
-            e["best_skip_zero_ms"] = min(r["median_ms"] for r in skip_rows) if skip_rows else None
-            e["best_no_skip_ms"] = min(r["median_ms"] for r in noskip_rows) if noskip_rows else None
         out.append(e)
     return out
 
@@ -566,7 +567,6 @@ def parse_args(argv=None):
     ap.add_argument("--sweep-blocks", default=None, help="values of BLOCK_M, BLOCK_N and BLOCK_K (default 32,64,128)")
     ap.add_argument("--sweep-warps", default=None, help="values of num_warps (default 4,8)")
     ap.add_argument("--sweep-stages", default=None, help="values of num_stages (default 2,3,4)")
-    ap.add_argument("--sweep-skip-zero", default="both", choices=("both", "true", "false"), help="fwd skip_zero values")
     ap.add_argument("--copy-gib", type=float, default=1.0, help="copy-bandwidth buffer in GiB (roofline memory term)")
     ap.add_argument("--sweep-warmup-ms", type=int, default=10)
     ap.add_argument("--sweep-rep-ms", type=int, default=50)
@@ -630,10 +630,9 @@ def main(argv=None) -> int:
     for b in grid[0]:
         if b % 8 or b < 16:
             raise SystemExit(f"spike_matmul_gpu.py: block sizes must be multiples of 8 and >= 16, got {b}")
-    skip_values = {"both": (False, True), "true": (True,), "false": (False,)}[args.sweep_skip_zero]
     out.mkdir(parents=True, exist_ok=True)
     print(f"{gpu}: shapes {[shape_str(s) for s in shapes]}, rates {rates}, dtypes {dtypes}; "
-          f"default tiles fwd {SM._FWD}, dW {SM._DW}", flush=True)
+          f"tiles from fwd_config / dw_config per shape and dtype", flush=True)
 
     errors: List[dict] = []
     result = header("spike_matmul_gpu", "spike_matmul_gpu.py", argv, device)
@@ -650,7 +649,8 @@ def main(argv=None) -> int:
             "timer": f"triton.testing.do_bench(warmup={args.warmup_ms}, rep={args.rep_ms}), median"
                      if not args.smoke_cpu else "time.perf_counter (smoke test)",
             "fp32_matmul_precision": "highest (no TF32) for torch fp32, except the torch.matmul[tf32] rows",
-            "default_fwd_tiles": dict(SM._FWD), "default_dw_tiles": dict(SM._DW),
+            "default_tiles": {f"{shape_str(sh)} {d}": {k: default_config(k, sh, DTYPES[d], device) for k in ("fwd", "dw")}
+                              for sh in shapes for d in dtypes},
             "flops": "2*M*N*K per matmul; fwd+bwd = 3 matmuls",
         },
         "copy_bandwidth": copy,
@@ -684,15 +684,15 @@ def main(argv=None) -> int:
     best: List[dict] = []
     if args.sweep or args.sweep_only:
         n_tiles = len(grid[0]) ** 3 * len(grid[1]) * len(grid[2])
-        n_comp = sum(n_tiles * (len(skip_values) if k == "fwd" else 1) for k in kernels) * len(sweep_dtypes) * len(sweep_shapes)
+        n_comp = (n_tiles + 1) * len(kernels) * len(sweep_dtypes) * len(sweep_shapes)
         print(f"tile sweep: kernels {kernels}, shapes {[shape_str(s) for s in sweep_shapes]}, dtypes {sweep_dtypes}, "
               f"rates {sweep_rates}; BLOCK in {grid[0]}, num_warps {grid[1]}, num_stages {grid[2]}, "
-              f"skip_zero {list(skip_values)}: {n_comp} configs to compile", flush=True)
+              f"and the defaults: {n_comp} configs to compile", flush=True)
         writer = SweepWriter(out / f"{stem}_sweep.csv")
         result.update(sweep=sweep_rows, sweep_best=[],
                       sweep_config={"kernels": kernels, "shapes": [shape_str(s) for s in sweep_shapes],
                                     "dtypes": sweep_dtypes, "rates": sweep_rates, "blocks": grid[0], "num_warps": grid[1],
-                                    "num_stages": grid[2], "skip_zero": list(skip_values),
+                                    "num_stages": grid[2],
                                     "timer": f"do_bench(warmup={args.sweep_warmup_ms}, rep={args.sweep_rep_ms})"})
 
         def sweep_progress():  # the JSON (which the report reads) as the sweep goes, not only at its end
@@ -702,7 +702,7 @@ def main(argv=None) -> int:
             dump()
 
         try:
-            sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, skip_values, device, args, writer, meta,
+            sweep(kernels, sweep_shapes, sweep_dtypes, sweep_rates, grid, device, args, writer, meta,
                   rows=sweep_rows, on_config=sweep_progress)
         finally:
             writer.close()
@@ -731,14 +731,12 @@ def main(argv=None) -> int:
             extra = ""
             if b["kernel"] == "fwd":
                 extra = (f"  x torch fp32 {b['x_torch_fp32']:.2f}" if b.get("x_torch_fp32") else "") + \
-                        (f"  x torch bf16 {b['x_torch_bf16']:.2f}" if b.get("x_torch_bf16") else "") + \
-                        (f"  best skip_zero {b['best_skip_zero_ms']:.4f} / no skip {b['best_no_skip_ms']:.4f} ms"
-                         if b.get("best_skip_zero_ms") and b.get("best_no_skip_ms") else "")
+                        (f"  x torch bf16 {b['x_torch_bf16']:.2f}" if b.get("x_torch_bf16") else "")
             dflt = f"{b['default_ms']:.4f}" if b.get("default_ms") else "n/a"
             same = f"{b['x_torch_same_dtype']:.2f}" if b.get("x_torch_same_dtype") else "n/a"
             print(f"  {b['kernel']:3} {b['shape']} {b['dtype']} {b['rate']:.0%}: BM{cfg['BLOCK_M']} BN{cfg['BLOCK_N']} "
                   f"BK{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}"
-                  + (f" skip={cfg['skip_zero']}" if b["kernel"] == "fwd" else "")
+                  + (f" GN{cfg['GROUP_N']} SPLIT{cfg['SPLIT']}" if b["kernel"] == "fwd" and cfg.get("SPLIT") else "")
                   + f": {b['best_ms']:.4f} ms ({b['best_tflops_equiv']:.1f} TFLOP/s-eq), default {dflt} ms, "
                     f"x torch same dtype {same}{extra}")
     gl = goals(rows, best)

@@ -487,3 +487,26 @@ def test_report_applies_issue_11_goals_and_shows_the_roofline(tmp_path):
     assert md.count("% of roofline") >= 3
     lif = next(c for c in files["neuron_gpu"]["cases"] if c["dtype"] == "bf16")
     assert f"| {100 * lif['roofline_fraction']:.0f}% |" in md
+
+
+def test_gpu_matmul_scripts_run_on_the_current_kernels_with_roofline_columns(tmp_path):
+    """spike_matmul_gpu.py (cases and a one-config sweep) and int_matmul_gpu.py against the kernels as they are
+    now, in Triton's interpreter (--smoke-cpu): they run, every row is checked, and the rows carry the roofline."""
+    env = dict(_env(), TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(BENCH / "spike_matmul_gpu.py"), "--smoke-cpu", "--shapes", "8x40x24",
+                           "--rates", "10", "--no-train", "--sweep", "--sweep-shapes", "8x40x24", "--sweep-blocks", "32",
+                           "--sweep-warps", "4", "--sweep-stages", "2", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "spike_matmul_gpu.json").read_text())
+    assert r["partial"] is False and not r["errors"] and all(c["ok"] for c in r["cases"])
+    assert {c["impl"] for c in r["cases"]} >= {"torch.matmul", "spike_matmul", "spike_matmul_fwd", "spike_matmul_dw"}
+    for c in r["cases"] + [x for x in r["sweep"] if "median_ms" in x]:
+        assert c["bytes"] > 0 and c["flops"] > 0 and c["bound_ms"] > 0 and c["roofline_fraction"] > 0, c
+        assert c["bound_note"]  # a CPU smoke test: no GPU peak, the bandwidth term alone
+    fwd32 = next(c for c in r["cases"] if c["impl"] == "spike_matmul" and c["dtype"] == "fp32")
+    assert fwd32["tc_flops"] == 3 * fwd32["flops"]
+    assert {x["kernel"] for x in r["sweep"] if x.get("is_default")} == {"fwd", "dw"}
+    proc = subprocess.run([sys.executable, str(BENCH / "int_matmul_gpu.py"), "--smoke-cpu"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "smoke check passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
