@@ -380,16 +380,17 @@ def headline(results: Dict[str, dict]) -> List[str]:
         libs = list(dict.fromkeys(c["library"] for c in r.get("cases", [])))
         md += [f"**Open Neuromorphic benchmark** (`open_neuromorphic.json`: Linear(n, n) + LIF, batch {cfg.get('batch')}, "
                f"T = {cfg.get('T')}, {cfg.get('dtype')}, ms per forward + backward, each library's fastest variant)", "",
-               "| n | " + " | ".join(libs) + " | spiketriton / 3 GEMMs | spiketriton bytes | flops | bound ms | "
-               "spiketriton % of roofline | 3 GEMMs % of roofline |", "|---:|" + "---:|" * (len(libs) + 6)]
+               "| n | " + " | ".join(libs) + " | spiketriton / 3 GEMMs |"
+               + (" spiketriton bytes | flops | bound ms | spiketriton % of roofline | 3 GEMMs % of roofline |"
+                  if _on_cuda(r) else ""), "|---:|" + "---:|" * (len(libs) + (6 if _on_cuda(r) else 1))]
         for n in cfg.get("sizes", []):
             best = _on_best(r, n)
             st, gm = best.get("spiketriton"), best.get("torch (3 GEMMs)")
+            roof = (f" {roofline.fmt_bytes((st or {}).get('bytes'))} | {roofline.fmt_flops((st or {}).get('flops'))} | "
+                    f"{_f((st or {}).get('bound_ms'))} | {roofline.fmt_fraction((st or {}).get('roofline_fraction'))} | "
+                    f"{roofline.fmt_fraction((gm or {}).get('roofline_fraction'))} |") if _on_cuda(r) else ""
             md.append(f"| {n} | " + " | ".join(_f(best[lb]["median_ms"]) if lb in best else "-" for lb in libs)
-                      + f" | {_f(st['median_ms'] / gm['median_ms'] if st and gm else None, '{:.2f}x')} | "
-                      f"{roofline.fmt_bytes((st or {}).get('bytes'))} | {roofline.fmt_flops((st or {}).get('flops'))} | "
-                      f"{_f((st or {}).get('bound_ms'))} | {roofline.fmt_fraction((st or {}).get('roofline_fraction'))} | "
-                      f"{roofline.fmt_fraction((gm or {}).get('roofline_fraction'))} |")
+                      + f" | {_f(st['median_ms'] / gm['median_ms'] if st and gm else None, '{:.2f}x')} |{roof}")
         skipped = r.get("skipped") or []
         if skipped:
             md.append("")
