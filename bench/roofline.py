@@ -289,7 +289,7 @@ def measure_ceilings(device="cuda", copy_gib: float = 2.0, rep_ms: int = 100,
                 g = torch.Generator(device=device).manual_seed(0)
                 if kind == "int8":
                     a = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device, generator=g)
-                    b = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device, generator=g).t()
+                    b = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device, generator=g)  # as int_matmul_gpu
                     fn = lambda a=a, b=b: torch._int_mm(a, b)  # noqa: E731
                 else:
                     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(kind, torch.float32)

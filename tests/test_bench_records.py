@@ -510,3 +510,21 @@ def test_gpu_matmul_scripts_run_on_the_current_kernels_with_roofline_columns(tmp
     proc = subprocess.run([sys.executable, str(BENCH / "int_matmul_gpu.py"), "--smoke-cpu"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "smoke check passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_ceilings_measure_and_report(tmp_path):
+    """roofline.measure_ceilings (the runbook's 'ceilings' stage; CPU-sized here) measures the copy bandwidth and a
+    product per unit, and the report shows them against the datasheet peaks of the GPU."""
+    import report
+    import roofline
+
+    c = roofline.measure_ceilings("cpu", copy_gib=1 / 256, rep_ms=5,
+                                  products=(("bf16", 32), ("int8", 32), ("tf32", 32), ("fp32", 32)))
+    assert c["copy_bandwidth"]["gbps"] > 0
+    for k in ("bf16", "int8", "tf32", "fp32"):
+        assert c["cublas_rates"][k].get("tflops", 0) > 0 or c["cublas_rates"][k].get("error"), k
+    rec = {"benchmark": "ceilings", "device": {"kind": "cuda", "name": "NVIDIA H200"}, "date": "d", "versions": {},
+           "roofline": roofline.context(c["copy_bandwidth"], "NVIDIA H200"), **c}
+    rec["cublas_rates"]["bf16"] = {"n": 8192, "tflops": 791.6}
+    md = "\n".join(report.headline({"ceilings": rec}))
+    assert "**Ceilings**" in md and "| bf16 | 8192^3 | 792 | 990 | 80% |" in md
