@@ -10,7 +10,7 @@ which installs the carried wheels first; the 8 minutes count from the start of t
 
 Default plan (box = the stage's hard limit in seconds, SIGINT ``GRACE_S`` before it, SIGKILL at it):
 
-  stamp              15  GPU name, driver, clocks (nvidia-smi), versions, git commit -> session-gpu.json
+  stamp              30  GPU name, driver, clocks (nvidia-smi), versions, git commit -> session-gpu.json
   ceilings           20  copy bandwidth; cuBLAS bf16 / fp16 / int8 / TF32 / fp32 rates (roofline.py)
   lif                80  LIF fwd+bwd, fp32 then bf16, [32, 64, 65536] vs SpikingJelly's Triton neurons
   spike_matmul       70  spike_matmul fwd and dW at 4096^3, 10 % firing, fp32 and bf16 vs cuBLAS
@@ -18,7 +18,7 @@ Default plan (box = the stage's hard limit in seconds, SIGINT ``GRACE_S`` before
   open_neuromorphic  75  Open Neuromorphic at n = 16384, bf16, T = 500, batch 16 (the libraries installed)
   if_plif            55  IF and PLIF fwd+bwd, fp32 and bf16 (neuron_gpu_if_plif.json)
   cuda_tests       rest  the CUDA kernel tests, then this window's slice of the rest of the CUDA suite
-  report             20  summary.md / summary.json / plots of the results folder
+  report             25  summary.md / summary.json / plots of the results folder
 
 The boxes and ``BUDGET_S`` (480 s) leave the tests what the others do not use; a stage that starts with less
 than its box left until the deadline gets what is left (less the report's box), or is skipped under 8 s.
@@ -110,7 +110,7 @@ def _tests_argv(c: Ctx) -> List[str]:
 
 
 STAGES: List[Stage] = [
-    Stage("stamp", 15, "GPU name, driver, clocks, versions, git commit -> session-gpu.json",
+    Stage("stamp", 30, "GPU name, driver, clocks, versions, git commit -> session-gpu.json",
           lambda c: [c.py, "bench/gpu_session.py", "--stamp", c.stamp_file]),
     Stage("ceilings", 20, "copy bandwidth; cuBLAS bf16 / fp16 / int8 / TF32 / fp32 rates on random data",
           _script("roofline.py", "--copy-gib", "2", "--rep-ms", "50")),
@@ -129,7 +129,7 @@ STAGES: List[Stage] = [
                   "--rep-ms", "100", "--tag", "if_plif")),
     Stage("cuda_tests", None, "the CUDA kernel tests, then this window's slice of the rest of the CUDA suite",
           _tests_argv),
-    Stage("report", 20, "summary.md / summary.json / plots of the results folder",
+    Stage("report", 25, "summary.md / summary.json / plots of the results folder",
           lambda c: [c.py, "bench/report.py", c.rel()]),
     # not in the default plan: for a later window with --stages (the budget check still applies)
     Stage("neuron_sweep", 200, "neuron block-size sweep (LIF, fp32 and bf16) -> neuron_gpu_sweep.json",
@@ -366,14 +366,15 @@ def stamp(dry_run: bool) -> Dict[str, object]:
 # --------------------------------------------------------------------------------------------- #
 
 DRY_CODE = r"""
-import json, signal, sys, time
+import json, os, signal, sys, time
 name, sleep_s, mode, real, results, junit, tests = sys.argv[1:8]
 print(f"dry run: stage {name} stands for: {real}", flush=True)
 if mode == "ignore-int":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 if mode in ("overrun", "ignore-int"):
     sleep_s = 1e6
-open(f"{results}/dry-{name}.txt", "w").write(real + "\n")
+if os.path.isdir(results):  # (not before the stamp has named it)
+    open(f"{results}/dry-{name}.txt", "w").write(real + "\n")
 if junit != "-":
     cases = "".join(f'<testcase classname="tests.{f.split("/")[-1][:-3]}" name="test_dry" time="0.01"/>'
                     for f in json.loads(tests))
@@ -471,7 +472,7 @@ def main(argv=None) -> int:
             box = min(boxes[name] if name != "cuda_tests" else left - later, left - later)
             rec: Dict[str, object] = {"stage": name, "box_s": round(boxes[name], 1), "what": st.what}
             if name != "stamp" and results is None:
-                rec.update(status="skipped", reason="no results folder: the stamp stage did not finish")
+                rec.update(status="skipped", reason="no results folder: the stamp stage did not run")
             elif name == "cuda_tests" and not ctx.slices:
                 rec.update(status="skipped", reason="no test files")
             elif box < MIN_STAGE_S * scale:
@@ -483,7 +484,7 @@ def main(argv=None) -> int:
                     rec.update(slice=ctx.slice_index, files=selected_tests(ctx))
                 real = st.argv(ctx)
                 argv = dry_argv(name, real, box, overrun.get(name, "normal"), ctx) if args.dry_run else real
-                if name == "stamp" and args.dry_run:
+                if name == "stamp" and args.dry_run and name not in overrun:
                     argv = [sys.executable, str(BENCH / "gpu_session.py"), "--stamp", ctx.stamp_file, "--dry-run"]
                 rec.update(command=shlex.join(real), effective_box_s=round(box, 1), started=_now())
                 print(f"\n== stage {name} (box {box:.0f} s, {left:.0f} s left): {shlex.join(real)}", flush=True)
@@ -516,14 +517,16 @@ def _now() -> str:
 
 
 def _after_stamp(rec: dict, root: Path, ctx: Ctx, session: dict) -> Optional[Path]:
+    """The results folder named by the stamp; if the stamp failed or ran out of time (a cold start that is slow to
+    import torch, say), ``unknown-gpu``: the stages still run and their own files name the GPU."""
     info = load_json(Path(ctx.stamp_file))
     try:
         os.unlink(ctx.stamp_file)
     except OSError:
         pass
     if rec["status"] != "ok" or "slug" not in info:
-        rec["reason"] = "the stamp failed: nothing else runs (see the log)"
-        return None
+        rec["reason"] = "the stamp failed: results go to unknown-gpu/ (every result file names its GPU; see the log)"
+        info = {"slug": "unknown-gpu", "header": {"date": _now()}}
     results = root / info["slug"]
     results.mkdir(parents=True, exist_ok=True)
     ctx.results = results
