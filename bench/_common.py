@@ -103,11 +103,15 @@ def git_state() -> Dict[str, object]:
         out["spiketriton_imported_from"] = str(pkg)
     except ImportError:
         pkg = None
+    env_commit = os.environ.get("SPIKETRITON_COMMIT")  # a copy of the tree without .git (a lent GPU machine)
+    if env_commit:
+        out.update(commit=env_commit, commit_source="SPIKETRITON_COMMIT (set by the caller: no git repository used)")
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return out
         out["commit"] = head.stdout.strip()
+        out.pop("commit_source", None)
         if pkg is not None and pkg == (REPO_DIR / "spiketriton").resolve():
             dirty = subprocess.run(["git", "status", "--porcelain", "--", "spiketriton"], cwd=REPO_DIR,
                                    capture_output=True, text=True, timeout=10)

@@ -351,6 +351,7 @@ def stamp(dry_run: bool) -> Dict[str, object]:
         raise SystemExit("gpu_session: CUDA is not available here (torch "
                          f"{torch.__version__}); the runbook needs a GPU (--dry-run checks the plumbing on a CPU)")
     h = header("gpu_session", "gpu_session.sh", sys.argv[1:], "cuda")
+    h["source_sha256"] = source_digest()  # names the code measured even where the tree travelled without .git
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,"
                             "power.limit,temperature.gpu,memory.total", "--format=csv"],
@@ -359,6 +360,20 @@ def stamp(dry_run: bool) -> Dict[str, object]:
     except (OSError, subprocess.SubprocessError) as e:
         h["nvidia_smi"] = f"{type(e).__name__}: {e}"
     return {"slug": device_slug("cuda"), "header": h}
+
+
+def source_digest(repo: Path = REPO) -> Dict[str, str]:
+    """sha256 over the sorted (path, content) of spiketriton/**/*.py, and of bench/*.py: compare with
+    ``python bench/gpu_session.py --digest`` here to know which code a GPU window measured."""
+    import hashlib
+
+    out = {}
+    for name, pattern in (("spiketriton", "spiketriton/**/*.py"), ("bench", "bench/*.py")):
+        h = hashlib.sha256()
+        for p in sorted(repo.glob(pattern)):
+            h.update(str(p.relative_to(repo)).encode() + b"\0" + p.read_bytes() + b"\0")
+        out[name] = h.hexdigest()
+    return out
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -415,12 +430,16 @@ def parse_args(argv=None):
                     help="stand-in stages (print the real command, sleep a tenth of the box): the plumbing on a CPU")
     ap.add_argument("--dry-overrun", action="append", default=[], metavar="STAGE[:ignore-int]",
                     help="dry run: that stand-in outlives its box (ignore-int: it also ignores SIGINT)")
+    ap.add_argument("--digest", action="store_true", help="print the source digests a session records, then exit")
     ap.add_argument("--stamp", default=None, metavar="FILE", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.digest:
+        print(json.dumps(source_digest(), indent=1))
+        return 0
     if args.stamp:
         info = stamp(args.dry_run)
         write_json(Path(args.stamp), info)

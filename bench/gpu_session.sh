@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runbook: ONE device call of about 8 minutes (bench/README.md, "GPU session"). On a lent GPU:
 #
-#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540)      # then give_back
+#   run(command="SPIKETRITON_COMMIT=<sha of HEAD> bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540)
+#   (then give_back; the commit is recorded where the tree travels without .git)
 #
 # It installs the carried wheels (.whl/: SpikingJelly and the other peers, none of which the device image has;
 # at most 45 s), then runs bench/gpu_session.py: the stages in priority order (copy bandwidth and cuBLAS rates,
