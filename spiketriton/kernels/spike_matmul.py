@@ -73,19 +73,25 @@ def _pow2_div(*values: int, cap: int = 16) -> int:
 
 
 @triton.jit
-def _spike_operand(p_ptr, rows, k0, KB, stride_pm, mask_rows, ONE_BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Spikes ``S[rows, k0 : k0 + BLOCK_K]`` read from the packed bytes, as a ``[BLOCK_K, len(rows)]``
-    0/1 tile (the B operand of ``W @ S.T``).
+def _spike_operand(p_ptr, rows, k0, KB, stride_pm, mask_rows, ONE_BITS: tl.constexpr, BLOCK_K: tl.constexpr,
+                   K_FIRST: tl.constexpr):
+    """Spikes ``S[rows, k0 : k0 + BLOCK_K]`` read from the packed bytes as a 0/1 tile:
+    ``[BLOCK_K, len(rows)]`` when ``K_FIRST`` (the B operand of ``W @ S.T``), else
+    ``[len(rows), BLOCK_K]`` (dW's B operand).
 
-    Every element loads its own byte (the 8 elements of a byte share it; the compiler keeps the
-    load per byte) and takes its bit: no reshape, so the tile is born in the layout the dot wants.
+    The bytes are read as a ``[len(rows), BLOCK_K / 8]`` tile and every byte is expanded to its 8
+    bits in registers. Chosen from the sm_90 SASS per k-step of ``W @ S.T`` (bench/codegen.py), bf16
+    4096^3: 237 instructions, against 318 when every element loads its own byte and 428 with the
+    spikes as the A operand instead of the weights.
     ``ONE_BITS``: 0x3F80 / 0x3C00, bf16 / fp16 made from the integer bit pattern of 1.0 (no conversion
     instruction); 0: int8 0/1; -1: fp32 (the interpreter, and the IEEE fallback)."""
-    k = k0 + tl.arange(0, BLOCK_K)
-    kb = k // 8
-    byte = tl.load(p_ptr + rows[None, :] * stride_pm + kb[:, None],
-                   mask=mask_rows[None, :] & (kb < KB)[:, None], other=0)
-    bit = (byte.to(tl.int32) >> (k % 8)[:, None]) & 1
+    kb = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    byte = tl.load(p_ptr + rows[:, None] * stride_pm + kb[None, :], mask=mask_rows[:, None] & (kb < KB)[None, :],
+                   other=0)
+    bit = (byte.to(tl.int32)[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1
+    bit = tl.reshape(bit, [rows.shape[0], BLOCK_K])
+    if K_FIRST:
+        bit = tl.trans(bit)
     if ONE_BITS == 0x3F80:
         return (bit * ONE_BITS).to(tl.int16).to(tl.bfloat16, bitcast=True)
     elif ONE_BITS == 0x3C00:
@@ -187,7 +193,7 @@ def _spike_matmul_fwd_kernel(
         rk = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :] * stride_wk,
                     mask=mask_n[:, None] & (rk < k_hi)[None, :], other=0)
-        s = _spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, ONE_BITS, BLOCK_K)
+        s = _spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, ONE_BITS, BLOCK_K, True)
         acc, lost_k = _mma(w, s, acc, MODE, INTERP, check)
         lost = lost | lost_k
     if MODE == 1:
@@ -236,7 +242,7 @@ def _spike_matmul_dw_kernel(
         # dY.T tile [BLOCK_N, BLOCK_M]: the A operand
         g = tl.load(g_ptr + rm[None, :] * stride_gm + rn[:, None], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
         # S tile [BLOCK_M, BLOCK_K]: the 0/1 B operand (the transpose of what _spike_operand gives)
-        s = tl.trans(_spike_operand(p_ptr, rm, pid_k * BLOCK_K, KB, stride_pm, mask_m, ONE_BITS, BLOCK_K))
+        s = _spike_operand(p_ptr, rm, pid_k * BLOCK_K, KB, stride_pm, mask_m, ONE_BITS, BLOCK_K, False)
         acc, lost_m = _mma(g, s, acc, MODE, INTERP, check)
         lost = lost | lost_m
     if MODE == 1:
@@ -276,7 +282,7 @@ def _fallback_fwd_kernel(
                 rk = k0 + tl.arange(0, BLOCK_K)
                 w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :] * stride_wk,
                             mask=mask_n[:, None] & (rk < K)[None, :], other=0)
-                s = _spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, -1, BLOCK_K)
+                s = _spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, -1, BLOCK_K, True)
                 acc, _unused = _mma(w, s, acc, 3, INTERP, False)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rn, mask=mask_n, other=0).to(tl.float32)[:, None]
@@ -307,7 +313,7 @@ def _fallback_dw_kernel(
                 mask_m = rm < M
                 g = tl.load(g_ptr + rm[None, :] * stride_gm + rn[:, None], mask=mask_n[:, None] & mask_m[None, :],
                             other=0.0)
-                s = tl.trans(_spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, -1, BLOCK_K))
+                s = _spike_operand(p_ptr, rm, k0, KB, stride_pm, mask_m, -1, BLOCK_K, False)
                 acc, _unused = _mma(g, s, acc, 3, INTERP, False)
             tl.store(dw_ptr + rn[:, None] * stride_dwn + rk[None, :], acc, mask=mask_n[:, None] & (rk < K)[None, :])
 
@@ -345,7 +351,7 @@ def fwd_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT
       most 128; a small batch therefore costs no padded work.
     - ``BLOCK_K`` 64 (one 64-byte row of bf16 weights per 4 k-steps; 32 for fp32 weights, whose split
       keeps three bf16 copies of the tile live).
-    - Less than one wave of output tiles (``n_sms`` programs): ``BLOCK_N`` 64, then ``SPLIT``: K is
+    - Less than one wave of output tiles (``n_sms`` programs): 64 x 64 tiles, then ``SPLIT``: K is
       split (up to 16 ways) until the programs fill a wave, keeping at least 2 k-steps per program.
       32 x 1024 x 1024 in bf16: 16 tiles x 8 splits = 128 programs instead of 16 with 64 x 64 tiles.
     """
@@ -353,9 +359,11 @@ def fwd_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT
     block_m = min(max(triton.next_power_of_2(max(M, 1)), 16), 128)
     block_n = 128 if N > 64 else 64
     if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < n_sms:
-        block_n = 64  # less than a wave: narrower tiles first
+        # less than a wave: narrower tiles first (64 x 128 on sm_80 spilled 24 B with 8 warps, 232 B with 4)
+        block_n = 64
+        block_m = min(block_m, 64)
     block_k = 32 if mode == MODE_SPLIT3 else 64
-    num_warps = 8 if block_n == 128 and block_m >= 64 else 4
+    num_warps = 8 if block_n * block_m >= 64 * 128 else 4  # 64 fp32 accumulators a thread at most: 64x128 on 4 warps spilled 232 B on sm_80
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     split = 1
     while tiles * split < n_sms and K >= 2 * split * 2 * block_k and split < 16:
