@@ -125,10 +125,12 @@ def test_split_k_equals_one_pass(dtype, device):
 
 
 def test_tile_choice():
-    # large shapes: 128-row weight tiles, 8 warps, no split; a small batch keeps its own width and
+    # large shapes: 128 x 256 tiles, 8 warps, no split; a small batch keeps its own width and
     # is split along K until the tiles fill two waves of a 132-SM GPU
     big = KS.fwd_config(4096, 4096, 4096, torch.bfloat16)
-    assert (big["BLOCK_N"], big["BLOCK_M"], big["SPLIT"], big["num_warps"]) == (128, 128, 1, 8)
+    assert (big["BLOCK_N"], big["BLOCK_M"], big["SPLIT"], big["num_warps"]) == (128, 256, 1, 8)
+    mid = KS.fwd_config(1024, 1024, 1024, torch.bfloat16)  # 4 x 8 tiles of 256: less than a wave
+    assert (mid["BLOCK_N"], mid["BLOCK_M"]) == (64, 64)
     small = KS.fwd_config(32, 1024, 1024, torch.bfloat16)
     assert small["BLOCK_M"] == 32
     assert (1024 // small["BLOCK_N"]) * small["SPLIT"] == 128  # 16 programs without the split
