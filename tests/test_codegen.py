@@ -111,3 +111,33 @@ def test_committed_report_is_current(report):
     assert got.keys() == want.keys(), "cases differ: run `python -m bench.codegen` and commit bench/results/codegen"
     stale = [k for k in got if got[k] != want[k]]
     assert not stale, f"the compiled code changed for {stale[:5]}: run `python -m bench.codegen` and commit the report"
+
+
+def test_sass_reader_on_a_known_listing():
+    """The SASS reader itself, on a hand-written listing: widths, tensor-core ops, the hot loop."""
+    sys.path.insert(0, str(REPO))
+    env_interp = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        import importlib
+        codegen = importlib.import_module("bench.codegen")
+    finally:
+        if env_interp is not None:
+            os.environ["TRITON_INTERPRET"] = env_interp
+    sass = """
+        /*0000*/                   LDG.E.U8 R2, desc[UR4][R4.64] ;                 /* 0x0 */
+        /*0010*/                   LDGSTS.E.BYPASS.128 [R9], desc[UR4][R12.64], P0 ;
+        /*0020*/                   SHF.R.U32.HI R3, RZ, 0x1, R2 ;
+        /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspB, R24 ;
+        /*0040*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspB, R24, gsb0 ;
+        /*0050*/              @!P4 BRA 0x10 ;
+        /*0060*/                   STG.E.64 desc[UR4][R6.64], R24 ;
+        /*0070*/                   STL [R1], R3 ;
+        /*0080*/                   BRA 0x80;
+    """
+    r = codegen.analyse_sass(sass)
+    assert r["tensor_core"] == 2 and r["tensor_core_ops"] == ["HGMMA.64x128x16.F32.BF16"]
+    assert r["widest_global_load_bits"] == 128 and r["widest_global_store_bits"] == 64
+    assert r["ldl_stl"] == 1
+    assert r["hot_loop"]["instructions"] == 5 and r["hot_loop"]["tensor_core"] == 2  # 0x10 .. 0x50
+    assert r["hot_loop"]["global_loads"] == 1
+    assert codegen.analyse_sass("")["hot_loop"] is None
