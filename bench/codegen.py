@@ -75,6 +75,9 @@ NV_BIN = Path(triton.__file__).resolve().parent / "backends" / "nvidia" / "bin"
 # vendors' peak TFLOP/s divided by 2 x SMs x boost clock: 989e12 / (2 * 132 * 1.83e9) ~ 2048 flops).
 TC_FMA_PER_CLK = {90: {"bf16": 1024, "fp16": 1024, "i8": 2048}, 80: {"bf16": 512, "fp16": 512, "i8": 1024}}
 ISSUE_PER_CLK = 4  # four warp schedulers per SM, one instruction each per clock
+# SMs of the GPU each target stands for (H100 SXM / H200: 132; A100: 108): the launchers size their
+# grids from the SM count, read from the device on a GPU and from ``_DEFAULT_SMS`` here.
+SMS = {90: 132, 80: 108}
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -112,7 +115,8 @@ class Launch:
 
 @contextlib.contextmanager
 def capture(arch: int):
-    """Within the block every Triton launch compiles for ``sm_<arch>`` and is recorded, not run."""
+    """Within the block every Triton launch compiles for ``sm_<arch>`` and is recorded, not run; the
+    launchers see the SM count of the GPU the target stands for (``SMS``)."""
     launches: List[Launch] = []
     original = JITFunction.run
 
@@ -122,12 +126,18 @@ def capture(arch: int):
         launches.append(Launch(self.fn.__name__, tuple(grid) if not callable(grid) else (), compiled, consts))
         return compiled
 
+    modules = (KS, KN, KP, KI)
+    saved_sms = {m: m._DEFAULT_SMS for m in modules if hasattr(m, "_DEFAULT_SMS")}
     _driver.set_active(_CudaTargetDriver(arch))
     JITFunction.run = run
+    for m in saved_sms:
+        m._DEFAULT_SMS = SMS.get(arch, 132)
     try:
         yield launches
     finally:
         JITFunction.run = original
+        for m, v in saved_sms.items():
+            m._DEFAULT_SMS = v
         _driver._active = None  # back to the machine's own driver, resolved lazily
         # the kernels' per-device caches now hold sm_<arch> binaries under device 0: drop them
         for obj in list(vars(KS).values()) + list(vars(KN).values()) + list(vars(KP).values()) + list(vars(KI).values()):
@@ -428,7 +438,8 @@ def build(arch: int, cases: List[Case], sass_dir: Optional[Path]) -> List[dict]:
 
 def markdown(records: List[dict], header: dict) -> str:
     lines = [f"# Codegen report ({header['triton']}, {header['date']})", "",
-             "Compiled without a GPU exactly as a launch at the stated shape would be (bench/codegen.py). "
+             "Compiled without a GPU exactly as a launch at the stated shape would be (bench/codegen.py), "
+             f"grids sized for {', '.join(f'{n} SMs on sm_{a}' for a, n in header['sms'].items())}. "
              "`tc/iter`: tensor-core instructions per hot-loop iteration; `ins/iter`: SASS instructions per "
              "iteration; `util≤` is an issue-bound *estimate* of tensor-core utilisation, not a measurement.", "",
              "| arch | case | kernel | grid | warps | stages | regs | stack | LDL/STL | smem | TC | ld bits | st bits "
@@ -458,7 +469,7 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     header = dict(triton=f"triton {triton.__version__}", torch=torch.__version__,
-                  date=time.strftime("%Y-%m-%d"), archs=args.arch,
+                  date=time.strftime("%Y-%m-%d"), archs=args.arch, sms={a: SMS.get(a, 132) for a in args.arch},
                   command="python -m bench.codegen " + " ".join(argv if argv is not None else sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     records = []
