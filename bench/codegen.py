@@ -342,7 +342,9 @@ def pack_cases() -> List[Case]:
 def matmul_cases() -> List[Case]:
     out = []
     shapes = [("4096x4096x4096", 4096, 4096, 4096), ("32x1024x1024", 32, 1024, 1024),
-              ("1000x1000x1000", 1000, 1000, 1000)]
+              ("1000x1000x1000", 1000, 1000, 1000),
+              ("1x4096x4096", 1, 4096, 4096),        # one time step of one sample (streaming inference)
+              ("16384x10x1024", 16384, 10, 1024)]    # a classifier head over T x B rows
     for (label, M, N, K), dt in [(s, d) for s in shapes for d in (torch.float32, torch.bfloat16, torch.float16,
                                                                     torch.int8)]:
         dn = str(dt).replace("torch.", "")

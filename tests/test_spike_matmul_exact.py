@@ -124,6 +124,33 @@ def test_split_k_equals_one_pass(dtype, device):
     assert ((y.double() - exact).abs() <= eps * exact.abs() + K * 2.0**-24 * scale).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dw_split_m_equals_one_pass(dtype, device):
+    # a classifier head (N = 10) over many rows: few dW tiles, so M is split into fixed-order partials
+    M, N, K = 512, 10, 40
+    cfg = KS.dw_config(M, N, K, dtype)
+    assert cfg["SPLIT"] > 1, cfg
+    g = torch.Generator().manual_seed(6)
+    s = (torch.rand(M, K, generator=g) < 0.3).float()
+    gy = torch.randn(M, N, generator=g).to(dtype)
+    p = PK.pack(s.to(device))
+    dw = KS.spike_matmul_dw(gy.to(device), p, K).cpu()
+    exact = gy.double().T @ s.double()
+    scale = gy.double().abs().T @ s.double()
+    # one ulp of the output dtype (up to 2^-7 relative in bf16): the interpreter's in-kernel fp32 ->
+    # bf16 cast truncates (measured 0.0070 relative on this data), a GPU's rounds to nearest
+    eps = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-7}[dtype]
+    assert ((dw.double() - exact).abs() <= eps * exact.abs() + M * 2.0**-24 * scale).all()
+    one = KS.spike_matmul_dw(gy.to(device), p, K, config=dict(cfg, SPLIT=1)).cpu()
+    assert ((one.double() - exact).abs() <= eps * exact.abs() + M * 2.0**-24 * scale).all()
+    if dtype == torch.float32:  # a tiny gradient in one split's rows is still found and recomputed
+        gy[400, 3] = 1.5 * 2.0**-126
+        gy[:, 3] *= 2.0**-120
+        dw = KS.spike_matmul_dw(gy.to(device), p, K).cpu()
+        exact = gy.double().T @ s.double()
+        assert ((dw.double() - exact).abs()[3] <= M * 2.0**-24 * (gy.double().abs().T @ s.double())[3] + M * 2.0**-149).all()
+
+
 def test_tile_choice():
     # large shapes: 128 x 256 tiles, 8 warps, no split; a small batch keeps its own width and
     # is split along K until the tiles fill two waves of a 132-SM GPU
@@ -134,6 +161,8 @@ def test_tile_choice():
     small = KS.fwd_config(32, 1024, 1024, torch.bfloat16)
     assert small["BLOCK_M"] == 32
     assert (1024 // small["BLOCK_N"]) * small["SPLIT"] == 128  # 16 programs without the split
+    head = KS.dw_config(16384, 10, 1024, torch.float32)  # 16 dW tiles: M split 16 ways
+    assert head["SPLIT"] == 16
     one = KS.fwd_config(1, 4096, 4096, torch.float32)
     assert one["BLOCK_M"] == 16 and (4096 // one["BLOCK_N"]) * one["SPLIT"] >= 132
     for dt in (torch.float32, torch.bfloat16, torch.int8):

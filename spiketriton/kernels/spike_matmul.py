@@ -213,11 +213,14 @@ def _spike_matmul_fwd_kernel(
 def _spike_matmul_dw_kernel(
     g_ptr,       # [M, N] upstream gradient dY (dtype of w), row stride stride_gm
     p_ptr,       # [M, KB] uint8 packed spikes
-    dw_ptr,      # [N, K] out: dW = dY.T @ S, dtype of dY (row stride stride_dwn)
-    flag_ptr,    # [cdiv(N, BLOCK_N)] int8 out: 1 where a dY value lost bits in the split (MODE_SPLIT3)
+    dw_ptr,      # [N, K] out: dW = dY.T @ S, dtype of dY (row stride stride_dwn), or the [SPLIT, N, K] fp32
+                 # workspace if SPLIT > 1
+    flag_ptr,    # [SPLIT, cdiv(N, BLOCK_N)] int8 out: 1 where a dY value lost bits in the split (MODE_SPLIT3)
     M, N, K, KB,
     stride_gm, stride_pm, stride_dwn,
+    M_PER_SPLIT,                 # rows of M per split (a multiple of BLOCK_M)
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, INTERP: tl.constexpr,
+    SPLIT: tl.constexpr,         # programs along M per dW tile (1: write dW directly)
     DIV: tl.constexpr,           # a power of two dividing N, K, stride_gm and stride_dwn
     P_DIV: tl.constexpr,         # a power of two dividing KB and stride_pm
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -230,15 +233,18 @@ def _spike_matmul_dw_kernel(
     stride_pm = stride_pm // P_DIV * P_DIV
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    pid_s = tl.program_id(2)
     rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_n = rn < N
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     check = pid_k == 0  # the first K tile checks the gradients of its N block
     lost = 0
-    for m0 in range(0, M, BLOCK_M):
+    m_lo = pid_s * M_PER_SPLIT
+    m_hi = min(m_lo + M_PER_SPLIT, M)
+    for m0 in range(m_lo, m_hi, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        mask_m = rm < M
+        mask_m = rm < m_hi
         # dY.T tile [BLOCK_N, BLOCK_M]: the A operand
         g = tl.load(g_ptr + rm[None, :] * stride_gm + rn[:, None], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
         # S tile [BLOCK_M, BLOCK_K]: the 0/1 B operand (the transpose of what _spike_operand gives)
@@ -247,9 +253,11 @@ def _spike_matmul_dw_kernel(
         lost = lost | lost_m
     if MODE == 1:
         if check:
-            tl.store(flag_ptr + pid_n, lost.to(tl.int8))
-    tl.store(dw_ptr + rn[:, None] * stride_dwn + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
-             mask=mask_n[:, None] & (rk < K)[None, :])
+            tl.store(flag_ptr + pid_s * tl.num_programs(0) + pid_n, lost.to(tl.int8))
+    out = dw_ptr + rn[:, None] * stride_dwn + rk[None, :]
+    if SPLIT > 1:  # fp32 partial sum of this M range; the launcher adds them
+        out += pid_s.to(tl.int64) * N * K
+    tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=mask_n[:, None] & (rk < K)[None, :])
 
 
 @triton.jit
@@ -292,7 +300,8 @@ def _fallback_fwd_kernel(
 @triton.jit
 def _fallback_dw_kernel(
     g_ptr, p_ptr, dw_ptr, flag_ptr, M, N, K, KB, stride_gm, stride_pm, stride_dwn,
-    INTERP: tl.constexpr, DIV: tl.constexpr, P_DIV: tl.constexpr, MAIN_BLOCK_N: tl.constexpr,
+    N_FLAGS,                                # flags per split row: cdiv(N, BLOCK_N of the main kernel)
+    INTERP: tl.constexpr, DIV: tl.constexpr, P_DIV: tl.constexpr, SPLIT: tl.constexpr, MAIN_BLOCK_N: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dW rows whose dY values the split could not hold, with exact fp32 FMAs (see the forward's)."""
@@ -301,7 +310,10 @@ def _fallback_dw_kernel(
     stride_dwn = stride_dwn // DIV * DIV
     stride_pm = stride_pm // P_DIV * P_DIV
     pid_n = tl.program_id(0)
-    flagged = tl.load(flag_ptr + (pid_n * BLOCK_N) // MAIN_BLOCK_N).to(tl.int32)
+    blk = (pid_n * BLOCK_N) // MAIN_BLOCK_N
+    flagged = tl.load(flag_ptr + blk).to(tl.int32)
+    for sp in tl.static_range(1, SPLIT):
+        flagged = flagged | tl.load(flag_ptr + sp * N_FLAGS + blk).to(tl.int32)
     if flagged != 0:
         rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = rn < N
@@ -359,9 +371,7 @@ def fwd_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT
     block_m = min(max(triton.next_power_of_2(max(M, 1)), 16), 128)
     block_n = 128 if N > 64 else 64
     if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < n_sms:
-        # less than a wave: narrower tiles first (64 x 128 on sm_80 spilled 24 B with 8 warps, 232 B with 4)
-        block_n = 64
-        block_m = min(block_m, 64)
+        block_n = 64  # less than a wave: narrower tiles first
     block_k = 32 if mode == MODE_SPLIT3 else 64
     if mode != MODE_SPLIT3 and M >= 256 and block_n == 128 and triton.cdiv(M, 256) * triton.cdiv(N, 128) >= n_sms:
         # large shapes: 128 x 256 tiles halve the weight re-reads from L2 (W is read once per M tile:
@@ -370,7 +380,9 @@ def fwd_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT
         # keeps bf16 at 210 registers with a bias (64: 234 without). fp32 weights stay at 128 x 128:
         # with 256 they spilled (24 B on sm_90, 5 KB on sm_80).
         block_m, block_k = 256, 32
-    num_warps = 8 if block_n * block_m >= 64 * 128 else 4  # 64 fp32 accumulators a thread at most: 64x128 on 4 warps spilled 232 B on sm_80
+    if block_n == 64:
+        block_m = min(block_m, 64)  # 64 x 128 tiles spilled on sm_80 (fp32 weights: 24 B on 8 warps, 232 B on 4)
+    num_warps = 8 if block_n * block_m >= 128 * 64 else 4
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     split = 1
     while tiles * split < n_sms and K >= 2 * split * 2 * block_k and split < 16:
@@ -379,15 +391,22 @@ def fwd_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT
                 num_warps=num_warps, num_stages=3)
 
 
-def dw_config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
+def dw_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT_SMS) -> dict:
     """Tiles for ``dW [N, K] = dY.T @ S``: each program owns a ``[BLOCK_N, BLOCK_K]`` tile of dW and
-    walks M. 128 x 128 with 8 warps (fp32 dY: 128 x 64, the split keeps three bf16 copies of the dY
-    tile), 32 rows of M per step."""
+    walks M, 32 rows a step. 128 x 128 with 8 warps (fp32 dY: 128 x 64, the split keeps three bf16
+    copies of the dY tile). When the dW tiles fill less than a wave (a classifier head: N = 10 gives
+    8 to 16 tiles), M is split (up to 16 ways, at least 2 steps a program) into fp32 partial sums that
+    the launcher adds in a fixed order."""
     mode = _mode(dtype)
     block_n = 128 if N > 64 else 64
     block_k = 64 if (mode == MODE_SPLIT3 or K <= 64) else 128
-    return dict(BLOCK_N=block_n, BLOCK_M=32, BLOCK_K=block_k, num_warps=8 if block_n * block_k >= 8192 else 4,
-                num_stages=3)
+    block_m = 32
+    tiles = triton.cdiv(N, block_n) * triton.cdiv(K, block_k)
+    split = 1
+    while tiles * split < n_sms and M >= 2 * split * 2 * block_m and split < 16:
+        split *= 2
+    return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, SPLIT=split,
+                num_warps=8 if block_n * block_k >= 8192 else 4, num_stages=3)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -461,21 +480,30 @@ def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int, config
     if M == 0:
         return dw.zero_()
     mode = _mode(g.dtype)
-    cfg = dict(config) if config is not None else dw_config(M, N, K, g.dtype)
+    cfg = dict(config) if config is not None else dw_config(M, N, K, g.dtype, _num_sms(g.device))
+    split = cfg.pop("SPLIT", 1)
+    bm = cfg["BLOCK_M"]
+    m_per_split = triton.cdiv(triton.cdiv(M, split), bm) * bm
+    split = triton.cdiv(M, m_per_split)
     KB = packed.shape[1]
-    flags = torch.empty((triton.cdiv(N, cfg["BLOCK_N"]),), device=g.device, dtype=torch.int8)
+    n_n = triton.cdiv(N, cfg["BLOCK_N"])
+    flags = torch.empty((split, n_n), device=g.device, dtype=torch.int8)
+    out = dw if split == 1 else torch.empty((split, N, K), device=g.device, dtype=torch.float32)
     interp = interpret_mode()
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(K, cfg["BLOCK_K"]))
+    div = _pow2_div(N, K, g.stride(0), dw.stride(0))
+    grid = (n_n, triton.cdiv(K, cfg["BLOCK_K"]), split)
     _spike_matmul_dw_kernel[grid](
-        g, packed, dw, flags, M, N, K, KB, g.stride(0), packed.stride(0), dw.stride(0),
-        MODE=mode, ONE_BITS=_one_bits(g.dtype, interp), INTERP=interp,
-        DIV=_pow2_div(N, K, g.stride(0), dw.stride(0)), P_DIV=_pow2_div(packed.stride(0), KB), **cfg,
+        g, packed, out, flags, M, N, K, KB, g.stride(0), packed.stride(0), dw.stride(0), m_per_split,
+        MODE=mode, ONE_BITS=_one_bits(g.dtype, interp), INTERP=interp, SPLIT=split,
+        DIV=div, P_DIV=_pow2_div(packed.stride(0), KB), **cfg,
     )
+    if split > 1:  # the partial sums in a fixed order, then one rounding
+        dw.copy_(out.sum(0))
     if mode == MODE_SPLIT3:
         fb = _FALLBACK
         _fallback_dw_kernel[(triton.cdiv(N, fb["BLOCK_N"]),)](
-            g, packed, dw, flags, M, N, K, KB, g.stride(0), packed.stride(0), dw.stride(0),
-            INTERP=interp, MAIN_BLOCK_N=cfg["BLOCK_N"], DIV=_pow2_div(N, K, g.stride(0), dw.stride(0)),
+            g, packed, dw, flags, M, N, K, KB, g.stride(0), packed.stride(0), dw.stride(0), n_n,
+            INTERP=interp, SPLIT=split, MAIN_BLOCK_N=cfg["BLOCK_N"], DIV=div,
             P_DIV=_pow2_div(packed.stride(0), KB), **fb,
         )
     return dw
