@@ -12,6 +12,7 @@ import torch
 from spiketriton.kernels import pack as PK
 from spiketriton.kernels import spike_matmul as SM
 from spiketriton.kernels.neuron_int import neuron_int_forward
+from spiketriton.reference import pack as PR
 from spiketriton.reference.neuron_int import int_neuron_reference
 from spiketriton.spec import INT28_MAX, INT28_MIN, IntNeuronSpec
 
@@ -118,3 +119,38 @@ def test_integer_spike_matmul_exact(M, N, K, device):
     sp, wp, bp = s.cpu().tolist(), w.cpu().tolist(), b.cpu().tolist()
     want = [[sum(wp[n][k] for k in range(K) if sp[m][k]) + bp[n] for n in range(N)] for m in range(M)]
     assert y.cpu().tolist() == want
+
+
+@pytest.mark.parametrize("name", ["soft-floor", "softconst-ref", "adaptive", "saturating"])
+@pytest.mark.parametrize("shape", [(5, 3, 16), (4, 2, 40), (5, 3, 13), (3, 1, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_integer_neuron_int32_extremes(name, shape, device):
+    """The kernel computes in int32 (no 64-bit state): inputs over the whole int32 range and carried-in
+    states outside int28 (which the reference takes as they are, in int64) give the reference's
+    results bit for bit, on the flat (L multiple of 8) and the row layouts."""
+    spec = SPECS[name]
+    g = torch.Generator().manual_seed(sum(shape))
+    T, S = shape[0], shape[1:]
+    I32 = torch.iinfo(torch.int32)
+    u = torch.randint(I32.min, I32.max, shape, generator=g, dtype=torch.int32)
+    u[0, ..., 0], u[-1, ..., 0] = I32.max, I32.min
+    v0 = torch.randint(I32.min, I32.max, S, generator=g, dtype=torch.int32)
+    a0 = torch.randint(I32.min, I32.max, S, generator=g, dtype=torch.int32)
+    r0 = torch.randint(-3, 3, S, generator=g, dtype=torch.int32)
+    v0.view(-1)[:2] = torch.tensor([I32.max, I32.min])
+    a0.view(-1)[:2] = torch.tensor([I32.max, I32.min])
+    r0.view(-1)[0] = I32.min
+    want = int_neuron_reference(u, v0, a0, r0, spec)
+    s, bits, v, a, ref = neuron_int_forward(u.to(device), v0.to(device), a0.to(device), r0.to(device), spec,
+                                            write_spikes=True, write_bits=True)
+    assert torch.equal(s.cpu(), want.spikes)
+    assert torch.equal(bits.cpu(), PR.pack_bits(want.spikes))
+    assert torch.equal(v.cpu(), want.v)
+    if spec.adaptive:
+        assert torch.equal(a.cpu(), want.a)
+    if spec.refractory:
+        assert torch.equal(ref.cpu(), want.ref)
+    assert want.spikes.any() and not want.spikes.all()
+    # without packed bits the launch views every shape flat (odd L included)
+    s2, bits2, v2, a2, ref2 = neuron_int_forward(u.to(device), v0.to(device), a0.to(device), r0.to(device), spec)
+    assert bits2 is None and torch.equal(s2.cpu(), want.spikes) and torch.equal(v2.cpu(), want.v)
+    assert torch.equal(a2, a) and torch.equal(ref2, ref)

@@ -1,8 +1,19 @@
 """Integer family-B neuron (quantized inference, the chip form): one program per tile of neurons walks
-the T steps with int32 state in registers; products for the leak are taken in int64 and floored by an
-arithmetic shift. The spec, and the CPU path, is ``reference/neuron_int.py``; this kernel must match
-it bit for bit. Spikes can be written as uint8 0/1 and/or packed 8 per byte for the next integer
-spike matmul.
+the T steps with int32 state in registers. The spec, and the CPU path, is ``reference/neuron_int.py``
+(int64 tensors); this kernel must match it bit for bit. Spikes can be written as uint8 0/1 and/or
+packed 8 per byte for the next integer spike matmul.
+
+Everything is computed in int32 (a 64-bit integer add or multiply is 2+ instructions on the GPU and
+doubles the registers of the state), exactly as the reference's int64 for any int32 input and any
+int32 carried-in state:
+- ``_sat_add(x, y)`` = sat(x + y) for any int32 x, y: the wrapped sum, and where it overflowed (x and y
+  of one sign, the sum of the other) the bound of x's sign;
+- the leak floor(x * q / 256) for any int32 x and 0 <= q <= 256 (x q up to 2^39) is
+  (x >> 8) * q + (((x & 255) * q) >> 8): x = 256 hi + lo with 0 <= lo < 256 also for negative x, so
+  floor(x q / 256) = hi q + floor(lo q / 256) exactly, and hi q + 255 <= 2^31 - 1;
+- after the first step every state is int28, and the differences and sums the step takes of int28
+  values (h - vth, h - dv, leak + beta_q, ...) stay within +-2^29;
+- max(ref - 1, 0) is written max(ref, 1) - 1 (no wrap at ref = -2^31).
 """
 
 from __future__ import annotations
@@ -15,12 +26,33 @@ import triton
 import triton.language as tl
 
 from ..spec import INT28_MAX, INT28_MIN, IntNeuronSpec
-from .neuron import _NUM_WARPS, _store_bits, _tile, _tiles
+from . import neuron as _kn
+from .neuron import _load_step, _store_bits, _tile
+
+# At most one 128-bit int32 vector per thread at 4 warps: the uint8 spikes then leave 32 bits per
+# thread in the tile's own layout. With 1024 (two vectors) the sm_90 SASS stores them 64 bits per
+# thread after a layout change through shared memory every step (STS.128 / LDS.128); the grid rule
+# (kernels/neuron._tiles) then halves it like the float kernels'.
+_BLOCK = 512
 
 
 @triton.jit
 def _sat(x):
     return tl.minimum(tl.maximum(x, -134217728), 134217727)  # int28 [-2^27, 2^27 - 1]
+
+
+@triton.jit
+def _sat_add(x, y):
+    """sat(x + y) for any int32 x, y (see the module docstring)."""
+    s = x + y  # two's complement wrap
+    overflow = ((x ^ s) & (y ^ s)) < 0
+    return tl.where(overflow, tl.where(x < 0, -134217728, 134217727), _sat(s))
+
+
+@triton.jit
+def _leak(x, q):
+    """floor(x * q / 256) for any int32 x and 0 <= q <= 256, in int32 (see the module docstring)."""
+    return (x >> 8) * q + (((x & 255) * q) >> 8)
 
 
 @triton.jit
@@ -32,34 +64,42 @@ def _neuron_int_kernel(
     s_ptr,        # [T, R, L] out: uint8 0/1 spikes (written if WRITE_SPIKES)
     bits_ptr,     # [T, R, LB] out: packed spikes (written if WRITE_BITS)
     vT_ptr, aT_ptr, refT_ptr,  # [R, L] int32 out: state after the last step
-    T, R, L, LB,
+    T, R, L_div, LB,
     v_th0, v_reset, v_l, dv, alpha_q, beta_q, ref_len, th_alpha_q, th_beta_q, th_incre, v_init,
     RESET_MODE: tl.constexpr, ADAPTIVE: tl.constexpr, REFRACTORY: tl.constexpr,
     HAS_V0: tl.constexpr, HAS_A0: tl.constexpr, HAS_REF0: tl.constexpr,
     WRITE_SPIKES: tl.constexpr, WRITE_BITS: tl.constexpr,
+    L_MULT: tl.constexpr, E: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    pid_l, rows, cols, mask_r, mask, offs, step, step_b = _tile(R, L, LB, BLOCK_R, BLOCK_L)
-    zero = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.int64)
+    L = L_div * L_MULT
+    pid_l, rows, mask_r, mask, offs, step = _tile(R, L, BLOCK_R, BLOCK_L)
+    step_b = tl.cast(R, tl.int64) * LB
+    zero = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.int32)
     if HAS_V0:
-        v = tl.load(v0_ptr + offs, mask=mask, other=0).to(tl.int64)
+        v = tl.load(v0_ptr + offs, mask=mask, other=0)
     else:
         v = zero + v_init
     a = zero
     if ADAPTIVE:
         if HAS_A0:
-            a = tl.load(a0_ptr + offs, mask=mask, other=0).to(tl.int64)
+            a = tl.load(a0_ptr + offs, mask=mask, other=0)
     ref = zero
     if REFRACTORY:
         if HAS_REF0:
-            ref = tl.load(ref0_ptr + offs, mask=mask, other=0).to(tl.int64)
+            ref = tl.load(ref0_ptr + offs, mask=mask, other=0)
+    # u[t] is loaded two steps ahead, as in the float forward (kernels/neuron.py)
+    u_next = _load_step(u_ptr, tl.cast(0, tl.int64), T, step, offs, mask)
+    u_next2 = _load_step(u_ptr, tl.cast(1, tl.int64), T, step, offs, mask)
     for t in range(T):
         t64 = tl.cast(t, tl.int64)
-        u = tl.load(u_ptr + t64 * step + offs, mask=mask, other=0).to(tl.int64)
-        vth = tl.maximum(_sat(v_th0 + a), v_l)
+        u = u_next
+        u_next = u_next2
+        u_next2 = _load_step(u_ptr, t64 + 2, T, step, offs, mask)
+        vth = tl.maximum(_sat_add(a, v_th0), v_l)
         if REFRACTORY:
             u = tl.where(ref == 0, u, 0)
-        h = _sat(u + v)
+        h = _sat_add(u, v)
         spike = h > vth
         if RESET_MODE == 0:
             v2 = tl.where(spike, zero + v_reset, h)
@@ -67,18 +107,19 @@ def _neuron_int_kernel(
             v2 = tl.where(spike, _sat(h - vth), h)
         else:
             v2 = tl.where(spike, _sat(h - dv), h)
-        v = tl.maximum(_sat(((v2 * alpha_q) >> 8) + beta_q), v_l)  # floor(v'' alpha_q / 256) + beta_q
+        v = tl.maximum(_sat(_leak(v2, alpha_q) + beta_q), v_l)  # floor(v'' alpha_q / 256) + beta_q
         if ADAPTIVE:
-            a = _sat(((a * th_alpha_q) >> 8) + th_beta_q + tl.where(spike, th_incre, 0))
+            a = _sat_add(_leak(a, th_alpha_q), th_beta_q + tl.where(spike, th_incre, 0))
         if REFRACTORY:
-            ref = tl.where(spike, zero + ref_len, tl.maximum(ref - 1, 0))
+            ref = tl.where(spike, zero + ref_len, tl.maximum(ref, 1) - 1)
         if WRITE_SPIKES:
             tl.store(s_ptr + t64 * step + offs, tl.where(spike, 1, 0).to(tl.uint8), mask=mask)
         if WRITE_BITS:
-            _store_bits(bits_ptr + t64 * step_b, tl.where(spike & mask, 1, 0), rows, pid_l, LB, mask_r, BLOCK_R, BLOCK_L)
-    tl.store(vT_ptr + offs, v.to(tl.int32), mask=mask)
-    tl.store(aT_ptr + offs, a.to(tl.int32), mask=mask)
-    tl.store(refT_ptr + offs, ref.to(tl.int32), mask=mask)
+            _store_bits(bits_ptr + t64 * step_b, spike & mask, rows, pid_l, LB, mask_r,
+                        BLOCK_R, BLOCK_L, E)
+    tl.store(vT_ptr + offs, v, mask=mask)
+    tl.store(aT_ptr + offs, a, mask=mask)
+    tl.store(refT_ptr + offs, ref, mask=mask)
 
 
 def neuron_int_forward(
@@ -110,19 +151,19 @@ def neuron_int_forward(
         a_last = a0c.clone() if a0c is not None else torch.zeros_like(v_last)
         ref_last = r0c.clone() if r0c is not None else torch.zeros_like(v_last)
     else:
-        block_r, block_l, grid = _tiles(R, L)
+        shape, grid = _kn._launch_shape(R, L, dev, torch.int32, packed=write_bits, max_block=_BLOCK)
         dummy = v_last
         _neuron_int_kernel[grid](
             u, v0c if v0c is not None else dummy, a0c if a0c is not None else dummy,
             r0c if r0c is not None else dummy,
             spikes if spikes is not None else dummy, bits if bits is not None else dummy,
-            v_last, a_last, ref_last, T, R, L, LB,
-            spec.v_th0, spec.v_reset, spec.v_l, spec.dv, spec.alpha_q, spec.beta_q, spec.ref_len,
-            spec.v_th_alpha_q, spec.v_th_beta_q, spec.v_th_incre, spec.v_init,
+            v_last, a_last, ref_last, T, **shape,
+            v_th0=spec.v_th0, v_reset=spec.v_reset, v_l=spec.v_l, dv=spec.dv, alpha_q=spec.alpha_q,
+            beta_q=spec.beta_q, ref_len=spec.ref_len, th_alpha_q=spec.v_th_alpha_q, th_beta_q=spec.v_th_beta_q,
+            th_incre=spec.v_th_incre, v_init=spec.v_init,
             RESET_MODE=spec.reset_mode, ADAPTIVE=spec.adaptive, REFRACTORY=spec.refractory,
             HAS_V0=v0c is not None, HAS_A0=a0c is not None, HAS_REF0=r0c is not None,
-            WRITE_SPIKES=write_spikes, WRITE_BITS=write_bits, BLOCK_R=block_r, BLOCK_L=block_l,
-            num_warps=_NUM_WARPS,
+            WRITE_SPIKES=write_spikes, WRITE_BITS=write_bits,
         )
     return (
         spikes.view(u_seq.shape) if spikes is not None else None,

@@ -2,6 +2,11 @@
 
 Layout (DESIGN.md): element ``8*k + i`` of a row is bit ``i`` of byte ``k``; ``[M, K]`` spikes become
 ``[M, ceil(K/8)]`` uint8. Each program owns a ``[BLOCK_M, BLOCK_K]`` tile of spikes, i.e. whole bytes.
+When K is a multiple of 8 the rows' bytes are a flat bitstream and the launchers view ``[M, K]`` as
+``[1, M * K]`` (see ``kernels/neuron._plan``, shared with the neuron kernels, as are the bit helpers
+and the grid rule): the float data then moves 128 bits per access (4 fp32 / 8 bf16 / 16 uint8 per
+thread) whenever the tensor is 16-byte aligned; K not a multiple of 8 gives accesses of gcd(K, vector)
+elements (odd K: scalar).
 """
 
 from __future__ import annotations
@@ -10,48 +15,52 @@ import torch
 import triton
 import triton.language as tl
 
-# Spikes per program: 4096 = 16 KiB of fp32 input, 512 bytes out. Not yet tuned on a GPU.
-_BLOCK = 4096
+from .neuron import _expand_bits, _load_bit_groups, _plan, _store_bits, _tile, _tiles, _vec
+
+# One 128-bit vector per thread at 4 warps (512 fp32, 1024 bf16, 2048 uint8 spikes per program), halved
+# down to one warp while there are fewer than 4 programs per SM (``neuron._tiles``). With several
+# vectors per thread (the former 4096 spikes) a thread's bytes are not contiguous and Triton moved
+# them through shared memory to store/load them 32 bits at a time (bf16 pack/unpack in the sm_90
+# SASS: STS/LDS.U8 around STG.E / LDG.E); with one, each byte or bit group stays in the thread that
+# holds its spikes. A one-pass kernel needs no per-thread ILP: [2048, 65536] is 262144 programs.
+_NUM_WARPS = 4
 
 
 @triton.jit
 def _pack_kernel(
     s_ptr,      # [M, K] spikes (any float dtype, bool as uint8, or uint8), contiguous
     p_ptr,      # [M, KB] uint8 out
-    M, K, KB,
+    M, K_div, KB,
+    K_MULT: tl.constexpr, E: tl.constexpr,  # K = K_div * K_MULT; E spikes per thread and vector
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,  # BLOCK_K multiple of 8
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    m = (rows < M)[:, None] & (cols < K)[None, :]
-    s = tl.load(s_ptr + rows[:, None] * K + cols[None, :], mask=m, other=0)
-    bit = tl.where((s != 0) & m, 1, 0) << (tl.arange(0, BLOCK_K) % 8)[None, :]
-    packed = tl.sum(tl.reshape(bit, [BLOCK_M, BLOCK_K // 8, 8]), axis=2).to(tl.uint8)
-    bcols = tl.program_id(1).to(tl.int64) * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-    tl.store(p_ptr + rows[:, None] * KB + bcols[None, :], packed,
-             mask=(rows < M)[:, None] & (bcols < KB)[None, :])
+    K = K_div * K_MULT
+    pid_k, rows, mask_r, m, offs, _ = _tile(M, K, BLOCK_M, BLOCK_K)
+    s = tl.load(s_ptr + offs, mask=m, other=0)
+    _store_bits(p_ptr, (s != 0) & m, rows, pid_k, KB, mask_r, BLOCK_M, BLOCK_K, E)
 
 
 @triton.jit
 def _unpack_kernel(
     p_ptr,      # [M, KB] uint8
     s_ptr,      # [M, K] out, any float dtype (0.0 / 1.0)
-    M, K, KB,
+    M, K_div, KB,
+    K_MULT: tl.constexpr, E: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    m = (rows < M)[:, None] & (cols < K)[None, :]
-    byte = tl.load(p_ptr + rows[:, None] * KB + (cols // 8)[None, :], mask=m, other=0)
-    bit = (byte.to(tl.int32) >> (cols % 8)[None, :]) & 1
+    K = K_div * K_MULT
+    pid_k, rows, mask_r, m, offs, _ = _tile(M, K, BLOCK_M, BLOCK_K)
+    grp = _load_bit_groups(p_ptr, tl.cast(0, tl.int64), 1, 0, rows, pid_k, KB, mask_r, BLOCK_M, BLOCK_K, E)
+    bit = _expand_bits(grp, BLOCK_M, BLOCK_K, E)
     # via fp32: the interpreter mis-casts integers to bf16
-    tl.store(s_ptr + rows[:, None] * K + cols[None, :], bit.to(tl.float32).to(s_ptr.dtype.element_ty), mask=m)
+    tl.store(s_ptr + offs, tl.where(bit != 0, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
 
 
-def _tiles(M: int, K: int):
-    block_k = min(max(triton.next_power_of_2(K), 8), 1024)
-    block_m = min(max(_BLOCK // block_k, 1), triton.next_power_of_2(max(M, 1)))
-    return block_m, block_k, (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
+def _launch_shape(M: int, K: int, dtype: torch.dtype, device: torch.device):
+    Mk, Kk, k_mult, E = _plan(M, K, _vec(dtype))
+    bm, bk, programs, num_warps = _tiles(Mk, Kk, E, device, max_block=32 * E * _NUM_WARPS, max_warps=_NUM_WARPS)
+    return dict(M=Mk, K_div=Kk // k_mult, KB=triton.cdiv(Kk, 8), K_MULT=k_mult, E=E, BLOCK_M=bm, BLOCK_K=bk,
+                num_warps=num_warps), (programs,)
 
 
 def pack(s: torch.Tensor) -> torch.Tensor:
@@ -64,8 +73,8 @@ def pack(s: torch.Tensor) -> torch.Tensor:
     M = x.numel() // max(K, 1)
     out = torch.empty(s.shape[:-1] + (KB,), dtype=torch.uint8, device=s.device)
     if M and K:
-        bm, bk, grid = _tiles(M, K)
-        _pack_kernel[grid](x, out, M, K, KB, BLOCK_M=bm, BLOCK_K=bk)
+        args, grid = _launch_shape(M, K, x.dtype, x.device)
+        _pack_kernel[grid](x, out, **args)
     return out
 
 
@@ -76,6 +85,6 @@ def unpack(p: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
     M = x.numel() // max(KB, 1)
     out = torch.empty(p.shape[:-1] + (K,), dtype=dtype, device=p.device)
     if M and K:
-        bm, bk, grid = _tiles(M, K)
-        _unpack_kernel[grid](x, out, M, K, KB, BLOCK_M=bm, BLOCK_K=bk)
+        args, grid = _launch_shape(M, K, dtype, p.device)
+        _unpack_kernel[grid](x, out, **args)
     return out
