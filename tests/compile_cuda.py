@@ -51,12 +51,15 @@ def neuron_cases():
         types = {p: "*fp32" for p in ptrs}
         types.update({"x_ptr": f"*{dt}", "s_ptr": f"*{dt}", "h_ptr": f"*{dt}", "gs_ptr": f"*{dt}", "gx_ptr": f"*{dt}",
                       "bits_ptr": "*u8", "gate_ptr": "*u8", "floor_ptr": "*u8", "ref0_ptr": "*i32", "refT_ptr": "*i32"})
-        types.update({n: "i32" for n in ("T", "R", "L", "LB", "ref_len")})
+        types.update({n: "i32" for n in ("T", "R", "L_div", "LB", "ref_len")})
         types.update({n: "fp32" for n in ("v_th", "v_reset", "v_init", "v_l", "dv", "th_alpha", "th_beta", "th_incre",
                                           "sg_alpha")})
         b = family == 1 and feats
+        # the layout the launcher picks: row tiles for L = 1000 with packed bits, flat for L % 8 == 0
+        L = 1001 if feats else 4096
+        args, _ = KN._launch_shape(64, L, torch.device("cpu"), torch.float32 if dt == "fp32" else torch.bfloat16)
         common = dict(FAMILY=family, DECAY_INPUT=feats, RESET_MODE=mode, ADAPTIVE=b, REFRACTORY=b, HAS_FLOOR=b,
-                      HAS_V0=feats, BLOCK_R=4, BLOCK_L=256)
+                      HAS_V0=feats, **{k: args[k] for k in ("L_MULT", "E", "BLOCK_R", "BLOCK_L")})
         yield KN._neuron_fwd_kernel, types, dict(common, HAS_A0=b, HAS_REF0=b, STORE=True, WRITE_SPIKES=not feats,
                                                   WRITE_BITS=True)
         for sg in range(8) if (family == 0 and mode == 0 and dt == "fp32") else [family * 7]:
@@ -65,14 +68,15 @@ def neuron_cases():
 
 
 def other_cases():
-    for dt in ("fp32", "bf16", "u8"):
-        yield KP._pack_kernel, {"s_ptr": f"*{dt}", "p_ptr": "*u8", "M": "i32", "K": "i32", "KB": "i32"}, \
-            dict(BLOCK_M=4, BLOCK_K=1024)
+    for dt, K in itertools.product(("fp32", "bf16", "u8"), (1001, 4096)):
+        tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "u8": torch.uint8}[dt]
+        args, _ = KP._launch_shape(64, K, tdt, torch.device("cpu"))
+        cx = {k: args[k] for k in ("K_MULT", "E", "BLOCK_M", "BLOCK_K")}
+        yield KP._pack_kernel, {"s_ptr": f"*{dt}", "p_ptr": "*u8", "M": "i32", "K_div": "i32", "KB": "i32"}, cx
         if dt != "u8":
-            yield KP._unpack_kernel, {"p_ptr": "*u8", "s_ptr": f"*{dt}", "M": "i32", "K": "i32", "KB": "i32"}, \
-                dict(BLOCK_M=4, BLOCK_K=1024)
+            yield KP._unpack_kernel, {"p_ptr": "*u8", "s_ptr": f"*{dt}", "M": "i32", "K_div": "i32", "KB": "i32"}, cx
     mm = {n: "i32" for n in ("M", "N", "K", "KB", "stride_pm", "stride_wn", "stride_wk", "stride_ym", "stride_gm",
-                             "stride_dwn", "K_PER_SPLIT", "N_FLAGS")}
+                             "stride_dwn", "K_PER_SPLIT", "M_PER_SPLIT", "N_FLAGS")}
     for dt, split, bias in itertools.product(["fp32", "fp16", "bf16", "i8"], [1, 4], [False, True]):
         out = "i32" if dt == "i8" else dt
         torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "i8": torch.int8}[dt]
@@ -93,15 +97,19 @@ def other_cases():
     types = dict(mm, p_ptr="*u8", w_ptr="*fp32", b_ptr="*fp32", y_ptr="*fp32", flag_ptr="*i8", g_ptr="*fp32",
                  dw_ptr="*fp32")
     yield KS._fallback_fwd_kernel, types, dict(fb, HAS_BIAS=True, SPLIT=4, INTERP=False, DIV=1, P_DIV=1, MAIN_BLOCK_N=128)
-    yield KS._fallback_dw_kernel, types, dict(fb, INTERP=False, DIV=1, P_DIV=1, MAIN_BLOCK_N=128)
-    ints = {n: "i32" for n in ("T", "R", "L", "LB", "v_th0", "v_reset", "v_l", "dv", "alpha_q", "beta_q", "ref_len",
+    yield KS._fallback_dw_kernel, types, dict(fb, INTERP=False, DIV=1, P_DIV=1, SPLIT=4, MAIN_BLOCK_N=128)
+    ints = {n: "i32" for n in ("T", "R", "L_div", "LB", "v_th0", "v_reset", "v_l", "dv", "alpha_q", "beta_q", "ref_len",
                                "th_alpha_q", "th_beta_q", "th_incre", "v_init")}
+    int_layout = {}
+    for feats, L in ((False, 4096), (True, 1001)):
+        args, _ = KN._launch_shape(64, L, torch.device("cpu"), torch.int32)
+        int_layout[feats] = {k: args[k] for k in ("L_MULT", "E", "BLOCK_R", "BLOCK_L")}
     for mode, feats in itertools.product([0, 1, 2], [False, True]):
         types = dict(ints, u_ptr="*i32", v0_ptr="*i32", a0_ptr="*i32", ref0_ptr="*i32", s_ptr="*u8", bits_ptr="*u8",
                      vT_ptr="*i32", aT_ptr="*i32", refT_ptr="*i32")
         yield KI._neuron_int_kernel, types, dict(RESET_MODE=mode, ADAPTIVE=feats, REFRACTORY=feats, HAS_V0=feats,
                                                  HAS_A0=feats, HAS_REF0=feats, WRITE_SPIKES=True, WRITE_BITS=True,
-                                                 BLOCK_R=4, BLOCK_L=256)
+                                                 **int_layout[feats])
 
 
 def main(argv=None) -> int:
