@@ -261,6 +261,17 @@ def _spike_matmul_dw_kernel(
 
 
 @triton.jit
+def _flagged(flag_ptr, pid_n, N_FLAGS, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, MAIN_BLOCK_N: tl.constexpr):
+    """Whether any split of the main kernel flagged the block of weight rows (dW: dY columns) that
+    fallback program ``pid_n`` covers (``[SPLIT, N_FLAGS]`` int8 flags)."""
+    blk = (pid_n * BLOCK_N) // MAIN_BLOCK_N
+    flagged = tl.load(flag_ptr + blk).to(tl.int32)
+    for sp in tl.static_range(1, SPLIT):
+        flagged = flagged | tl.load(flag_ptr + sp * N_FLAGS + blk).to(tl.int32)
+    return flagged != 0
+
+
+@triton.jit
 def _fallback_fwd_kernel(
     p_ptr, w_ptr, b_ptr, y_ptr, flag_ptr,   # as _spike_matmul_fwd_kernel; y is the final [M, N] output
     M, N, K, KB, stride_pm, stride_wn, stride_wk, stride_ym,
@@ -275,11 +286,7 @@ def _fallback_fwd_kernel(
     stride_ym = stride_ym // DIV * DIV
     stride_pm = stride_pm // P_DIV * P_DIV
     pid_n = tl.program_id(0)
-    blk = (pid_n * BLOCK_N) // MAIN_BLOCK_N
-    flagged = tl.load(flag_ptr + blk).to(tl.int32)
-    for sp in tl.static_range(1, SPLIT):
-        flagged = flagged | tl.load(flag_ptr + sp * N_FLAGS + blk).to(tl.int32)
-    if flagged != 0:
+    if _flagged(flag_ptr, pid_n, N_FLAGS, SPLIT, BLOCK_N, MAIN_BLOCK_N):
         rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = rn < N
         for m0 in range(0, M, BLOCK_M):
@@ -310,11 +317,7 @@ def _fallback_dw_kernel(
     stride_dwn = stride_dwn // DIV * DIV
     stride_pm = stride_pm // P_DIV * P_DIV
     pid_n = tl.program_id(0)
-    blk = (pid_n * BLOCK_N) // MAIN_BLOCK_N
-    flagged = tl.load(flag_ptr + blk).to(tl.int32)
-    for sp in tl.static_range(1, SPLIT):
-        flagged = flagged | tl.load(flag_ptr + sp * N_FLAGS + blk).to(tl.int32)
-    if flagged != 0:
+    if _flagged(flag_ptr, pid_n, N_FLAGS, SPLIT, BLOCK_N, MAIN_BLOCK_N):
         rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = rn < N
         for k0 in range(0, K, BLOCK_K):
