@@ -66,6 +66,7 @@ from typing import Optional
 
 import numpy as np
 
+from .._files import open_regular
 from . import _chipsim as sim
 from ._graph import ExportError, _pair, trace_steps
 
@@ -345,10 +346,14 @@ def load_chip(path) -> "ChipProgram":
     oversized, truncated or corrupted file raises :class:`ChipFormatError` saying what was wrong."""
     where = f"load_chip: {os.fspath(path)}"
     limit = _max_file_bytes()
-    size = os.path.getsize(path)
-    if size > limit:
-        raise ChipFormatError(f"{where}: the file has {size} bytes, beyond the limit of {limit} for a chip file")
-    with open(path, "rb") as f:
+    try:  # regular files only: a FIFO would block, /dev/zero would read without end (its size is 0)
+        fd = open_regular(path, "load_chip")
+    except ValueError as e:
+        raise ChipFormatError(str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ChipFormatError(f"{where}: the file has {size} bytes, beyond the limit of {limit} for a chip file")
         data = f.read(limit + 1)  # the file may have grown since: never more than the limit
     return _parse(data, where)
 

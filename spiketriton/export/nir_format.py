@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import check_regular
 from ..layers import StepWise
 from ..neuron import IF, LIF, PLIF, ExtendedLIF
 from ..spec import FAMILY_A, RESET_HARD
@@ -267,6 +268,10 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
     """
     nir = _nir()
     if isinstance(graph_or_path, (str, os.PathLike)):
+        try:
+            check_regular(graph_or_path, "from_nir")  # a FIFO would block h5py's open forever
+        except OSError as e:
+            raise ValueError(f"from_nir: cannot read {os.fspath(graph_or_path)!r} as a NIR file: {e}") from None
         try:
             graph = nir.read(os.fspath(graph_or_path))
         except (OSError, KeyError, ValueError, TypeError) as e:

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._files import check_regular
 from ..layers import SpikeLinear
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD
@@ -387,6 +388,10 @@ def load_quantized_model(path: str, qmodel: QModel) -> QModel:
 
     if not isinstance(qmodel, QModel):
         raise TypeError(f"load_quantized_model: qmodel must be a QModel, got {type(qmodel).__name__}")
+    try:
+        check_regular(path, "load_quantized_model")  # a FIFO would block, a device would read without end
+    except OSError as e:
+        raise ValueError(f"load_quantized_model: {path} is not a readable safetensors file: {e}") from None
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get("spiketriton")
