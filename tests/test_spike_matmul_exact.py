@@ -174,3 +174,21 @@ def test_tile_choice():
 def test_pow2_div():
     assert KS._pow2_div(1000, 4096) == 8 and KS._pow2_div(125) == 1 and KS._pow2_div(64, 32) == 16
     assert KS._pow2_div(0) == 16
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_non_binary_spikes_mean_the_same_on_every_path(backend, device):
+    # issue 12: [[2, 0, 1]] @ [1, 10, 100] was 102 on the PyTorch path and 101 on Triton; a NaN spike
+    # NaN on one, 1 on the other. Any nonzero value is a spike, as pack_spikes packs it.
+    import spiketriton as st
+
+    w = torch.tensor([[1.0, 10.0, 100.0]], device=device)
+    for s, want in (([[2.0, 0.0, 1.0]], 101.0), ([[float("nan"), 0.0, 1.0]], 101.0), ([[-0.5, 3.0, 0.0]], 11.0)):
+        s = torch.tensor(s, device=device)
+        assert st.spike_matmul(s, w, backend=backend).item() == want
+        with torch.no_grad():
+            assert st.spike_matmul(s, w, backend=backend).item() == want
+        lin = st.SpikeLinear(3, 1, bias=False, check_binary=False, backend=backend).to(device)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        assert lin(s).item() == want

@@ -366,9 +366,10 @@ def acc_dtype(t: Tensor) -> torch.dtype:
 
 def torch_spike_matmul_fwd(packed: Optional[Tensor], K: int, weight: Tensor, bias: Optional[Tensor],
                            dense: Optional[Tensor] = None) -> Tensor:
-    """The PyTorch path: BLAS matmul on 0/1 values (exact products), in fp32 for CPU halves."""
+    """The PyTorch path: BLAS matmul on 0/1 values (exact products), in fp32 for CPU halves. A dense
+    input is read as the kernels read it: any nonzero value (NaN included) is a spike."""
     acc = acc_dtype(weight)
-    s = dense.to(acc) if dense is not None else KPT.unpack_bits(packed, K, acc)
+    s = (dense != 0).to(acc) if dense is not None else KPT.unpack_bits(packed, K, acc)
     y = torch.nn.functional.linear(s, weight.to(acc), bias.to(acc) if bias is not None else None)
     return y.to(weight.dtype)
 
