@@ -274,7 +274,6 @@ class Case:
     last_dim_mult8: bool
     run: Callable[[], None]
     dtype: str = ""
-    flops: float = 0.0  # matmul: 2 M N K
 
 
 def _neuron_spec(kind: str) -> NeuronSpec:
@@ -357,11 +356,11 @@ def matmul_cases() -> List[Case]:
             else:
                 KS.spike_matmul_fwd(p, K, w, _t((N,), dt))
 
-        out.append(Case(f"matmul_fwd/{dn}/{label}", "matmul", label, True, True, fwd, dn, 2.0 * M * N * K))
+        out.append(Case(f"matmul_fwd/{dn}/{label}", "matmul", label, True, True, fwd, dn))
         if dt is not torch.int8:
             def dw(M=M, N=N, K=K, dt=dt):
                 KS.spike_matmul_dw(_t((M, N), dt), _t((M, (K + 7) // 8), torch.uint8), K)
-            out.append(Case(f"matmul_dw/{dn}/{label}", "matmul_dw", label, True, True, dw, dn, 2.0 * M * N * K))
+            out.append(Case(f"matmul_dw/{dn}/{label}", "matmul_dw", label, True, True, dw, dn))
     return out
 
 
