@@ -374,8 +374,28 @@ def neuron_int_cases() -> List[Case]:
     return [Case("neuron_int/int32/32x64x4096", "neuron_int", "32x64x4096", True, True, run, "int32")]
 
 
+def event_cases() -> List[Case]:
+    """The event-driven streaming matmul (one time step, a few rows) on packed and on float spikes."""
+    from spiketriton.kernels import event_matmul as KE
+
+    out = []
+    shapes = [("1x4096x4096", 1, 4096, 4096), ("16x1024x1024", 16, 1024, 1024),
+              ("4x4096x128", 4, 4096, 128)]  # K <= 128: one split, the kernel rounds and stores the output
+    for (label, M, N, K), dt, packed in [(s, d, p) for s in shapes for d in (torch.float32, torch.bfloat16)
+                                         for p in (True, False)]:
+        dn = str(dt).replace("torch.", "")
+
+        def run(M=M, N=N, K=K, dt=dt, packed=packed):
+            s = _t((M, (K + 7) // 8), torch.uint8) if packed else _t((M, K), dt)
+            KE.event_matmul(s, packed, _t((K, N), dt), _t((N,), dt), dt)
+
+        out.append(Case(f"event_matmul/{dn}/{'packed' if packed else 'dense'}/{label}", "event", label, True, True,
+                        run, dn))
+    return out
+
+
 def all_cases() -> List[Case]:
-    return neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases()
+    return neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases()
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -1,0 +1,128 @@
+"""Event-driven spike matmul: ``y = s @ W.T + b`` reading only the weights of the inputs that fired.
+
+For streaming inference (one time step, a batch of a few rows, sparse firing) a dense matmul reads the
+whole weight for a handful of active inputs. The event-driven path reads a transposed copy
+``W_t = W.T [K, N]`` kept for inference: the row of each fired input, summed in fp32.
+
+- CPU: ``F.embedding_bag(mode="sum")`` over the fired inputs of each row (one fused gather-and-sum) for
+  fp32/fp64 weights; fp16/bf16 rows are gathered and summed in fp32, then rounded once with the bias.
+- CUDA (and the Triton interpreter): ``kernels/event_matmul.py``, masked loads of the fired rows.
+
+:func:`choose_event_path` decides from the shape and, on the CPU, from the number of fired inputs; see
+its docstring for the measured crossover. No gradient: this is an inference path (autograd-enabled calls
+that need a gradient go to :func:`~spiketriton.spike_matmul`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import use_triton
+from .spikes import SpikeTensor
+
+__all__ = ["event_matmul", "choose_event_path", "EVENT_MAX_ROWS_CUDA"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: CPU crossover: the event path is used while the fraction of fired inputs per row is below
+#: ``0.4 * M ** -0.3`` (M rows). Measured with one thread on the 2-core CI machine (F.linear against
+#: embedding_bag, K = N = 1024 and 4096, firing 1-50 %): the two cost the same at a firing of about
+#: 0.4-0.45 for M = 1, 0.26-0.35 for M = 4 and 0.15-0.18 for M = 16 (bench/event_matmul_cpu.py).
+CPU_CROSSOVER_M1 = 0.4
+CPU_CROSSOVER_EXP = 0.3
+#: CUDA: no firing count without a device sync, so the choice is by rows only. An estimate from the
+#: compiled kernel, not a measurement: the masked loads of every input issue like a dense pass at
+#: M = 16 (K N lanes per row), so only M <= 4 rows take the event kernel until a GPU run measures it.
+EVENT_MAX_ROWS_CUDA = 4
+
+
+def _as_rows(s, K: int, who: str):
+    """``(data [M, KS], packed, lead shape)`` for spikes ``[..., K]``."""
+    if isinstance(s, SpikeTensor):
+        if s.k != K:
+            raise ValueError(f"{who}: packed spikes have k = {s.k} but the weight has K = {K} inputs")
+        lead = tuple(s.shape[:-1])
+        return s.data.reshape(math.prod(lead), s.data.shape[-1]), True, lead
+    if not isinstance(s, torch.Tensor):
+        raise TypeError(f"{who}: expected a SpikeTensor or a tensor of 0/1 spikes, got {type(s).__name__}")
+    if s.is_complex() or not (s.is_floating_point() or s.dtype in (torch.bool, torch.uint8)):
+        raise TypeError(f"{who}: spikes must be float, bool or uint8 0/1, got {s.dtype}")
+    if s.dim() < 1 or s.shape[-1] != K:
+        raise ValueError(f"{who}: spikes [..., K] have shape {tuple(s.shape)} but the weight has K = {K} inputs")
+    lead = tuple(s.shape[:-1])
+    return s.reshape(math.prod(lead), K), False, lead
+
+
+def choose_event_path(rows: int, fired: Optional[int], K: int, device: torch.device) -> bool:
+    """Whether the event-driven path beats the dense one for ``rows`` rows of ``K`` inputs with ``fired``
+    spikes in all (``None`` when unknown). CPU: fired / (rows K) < 0.4 rows^-0.3 (measured); CUDA: rows
+    <= EVENT_MAX_ROWS_CUDA (estimated)."""
+    if rows == 0 or K == 0:
+        return False
+    if device.type == "cpu":
+        if fired is None:
+            return False
+        return fired < CPU_CROSSOVER_M1 * rows ** (-CPU_CROSSOVER_EXP) * rows * K
+    return rows <= EVENT_MAX_ROWS_CUDA
+
+
+def _torch_event(rows: torch.Tensor, packed: bool, K: int, weight_t: torch.Tensor, bias, out_dtype) -> torch.Tensor:
+    from ..kernels.pack_torch import unpack_bits
+
+    fired = unpack_bits(rows, K) if packed else rows != 0
+    M = fired.shape[0]
+    counts = fired.sum(1)
+    cols = fired.nonzero(as_tuple=True)[1]
+    if weight_t.dtype in (torch.float32, torch.float64):
+        offsets = torch.zeros(M, dtype=torch.long, device=fired.device)
+        offsets[1:] = counts.cumsum(0)[:-1]
+        y = F.embedding_bag(cols, weight_t, offsets, mode="sum")
+    else:
+        # fp16/bf16: gathered rows summed in fp32, rounded once with the bias (embedding_bag would round
+        # its fp16 sum before the bias is added)
+        which = torch.repeat_interleave(torch.arange(M, device=fired.device), counts)
+        y = torch.zeros((M, weight_t.shape[1]), dtype=torch.float32, device=fired.device)
+        y.index_add_(0, which, weight_t.index_select(0, cols).float())
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(out_dtype)
+
+
+def event_matmul(s: Union[SpikeTensor, torch.Tensor], weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 *, backend: str = "auto") -> torch.Tensor:
+    """``s @ weight_t + bias`` for binary spikes ``s [..., K]`` (packed, or 0/1 float/bool/uint8; any
+    nonzero value is a spike, as for :func:`~spiketriton.spike_matmul`) and ``weight_t [K, N]`` (the
+    transposed weight, ``linear.weight.t().contiguous()``). The result ``[..., N]`` is in the weight's
+    dtype, accumulated in fp32. No gradient."""
+    who = "event_matmul"
+    if not isinstance(weight_t, torch.Tensor) or weight_t.dim() != 2 or not weight_t.is_floating_point():
+        raise TypeError(f"{who}: weight_t must be a floating tensor [K, N] (the transposed weight)")
+    K, N = weight_t.shape
+    rows, packed, lead = _as_rows(s, K, who)
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (N,):
+            raise ValueError(f"{who}: bias must be a tensor of shape ({N},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    for name, t in (("spikes", rows), ("bias", bias)):
+        if t is not None and t.device != weight_t.device:
+            raise ValueError(f"{who}: {name} are on {t.device} but weight_t is on {weight_t.device}; "
+                             f"move them to one device")
+    out_dtype = weight_t.dtype
+    with torch.no_grad():
+        triton_ok = use_triton(backend, weight_t, op=who) and weight_t.dtype in _KERNEL_DTYPES
+        if backend == "triton" and weight_t.dtype not in _KERNEL_DTYPES:
+            raise TypeError(f"{who}: the Triton kernel takes float32, float16 or bfloat16 weights, got {weight_t.dtype}")
+        if triton_ok:
+            from ..kernels.event_matmul import event_matmul as kernel
+
+            if rows.stride(-1) != 1:
+                rows = rows.contiguous()
+            wt = weight_t if weight_t.is_contiguous() else weight_t.contiguous()
+            y = kernel(rows, packed, wt, bias.contiguous() if bias is not None else None, out_dtype)
+        else:
+            y = _torch_event(rows, packed, K, weight_t, bias, out_dtype)
+    return y.reshape(lead + (N,))

@@ -1,0 +1,110 @@
+"""Event-driven spike matmul (functional/events.py, kernels/event_matmul.py) against an fp64 reference,
+on the PyTorch path and on the Triton kernel (interpreter)."""
+
+import pytest
+import torch
+
+import spiketriton as st
+from spiketriton.functional.events import choose_event_path, event_matmul
+
+BACKENDS = ["torch", "triton"]
+
+
+def _case(M, K, N, dtype, p=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    s = (torch.rand(M, K, generator=g) < p).float()
+    return s, w, b
+
+
+def _check(y, s, w, b, dtype, backend="torch"):
+    """fp32 accumulation, one rounding to dtype: within the fp32 sum's error bound plus half an ulp.
+    The Triton interpreter casts fp32 to bf16 by truncation (the compiled kernel rounds to nearest:
+    F2FP.BF16.F32.PACK_AB in the SASS): a whole ulp there."""
+    ulp = 1.0 if (backend == "triton" and dtype == torch.bfloat16) else 0.5
+    ref = s.double() @ w.double().T + (b.double() if b is not None else 0)
+    absum = s.double() @ w.double().abs().T + (b.double().abs() if b is not None else 0)
+    n = s.sum(-1, keepdim=True).double() + 1
+    bound = n * 2.0 ** -24 * absum + torch.finfo(dtype).eps * ulp * ref.abs() * (dtype != torch.float32) + 1e-30
+    assert y.dtype == dtype
+    err = (y.double() - ref).abs()
+    assert (err <= bound * 1.01).all(), (err / bound).max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,K,N", [(1, 300, 37), (3, 1000, 130), (5, 17, 1), (2, 8, 256), (1, 1, 3)])
+def test_event_matmul_matches_the_fp64_sum_of_fired_rows(backend, dtype, M, K, N):
+    s, w, b = _case(M, K, N, dtype)
+    wt = w.t().contiguous()
+    for inp in (s, st.pack_spikes(s), s.bool(), s.to(torch.uint8)):
+        _check(event_matmul(inp, wt, b, backend=backend), s, w, b, dtype, backend)
+    _check(event_matmul(s, wt, None, backend=backend), s, w, None, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_event_matmul_shapes_views_and_empty_cases(backend):
+    s, w, b = _case(6, 40, 9, torch.float32)
+    wt = w.t().contiguous()
+    # leading dimensions, a strided (non-contiguous) input, a non-contiguous weight_t view
+    s3 = s.reshape(2, 3, 40)
+    _check(event_matmul(s3, wt, b, backend=backend).reshape(6, 9), s, w, b, torch.float32)
+    big = torch.zeros(6, 80)
+    big[:, ::2] = s
+    _check(event_matmul(big[:, ::2], wt, b, backend=backend), s, w, b, torch.float32)
+    _check(event_matmul(s, w.t(), b, backend=backend), s, w, b, torch.float32)
+    # no rows, no inputs, nothing fired
+    assert event_matmul(torch.zeros(0, 40), wt, b, backend=backend).shape == (0, 9)
+    y = event_matmul(torch.zeros(2, 0), torch.zeros(0, 9), b, backend=backend)
+    assert torch.equal(y, b.expand(2, 9))
+    assert torch.equal(event_matmul(torch.zeros(2, 40), wt, b, backend=backend), b.expand(2, 9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_any_nonzero_value_is_a_spike_as_in_spike_matmul(backend):
+    w = torch.tensor([[1.0, 10.0, 100.0]])
+    s = torch.tensor([[2.0, 0.0, float("nan")]])
+    y = event_matmul(s, w.t().contiguous(), backend=backend)
+    assert y.item() == 101.0 == st.spike_matmul(s, w, backend="torch").item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_event_matmul_agrees_with_spike_matmul(backend):
+    s, w, b = _case(4, 257, 65, torch.float32, p=0.2)
+    y = event_matmul(st.pack_spikes(s), w.t().contiguous(), b, backend=backend)
+    assert torch.allclose(y, st.spike_matmul(s, w, b, backend=backend), rtol=1e-5, atol=1e-5)
+
+
+def test_event_matmul_has_no_gradient_and_does_not_build_a_graph():
+    s, w, b = _case(2, 16, 4, torch.float32)
+    wt = w.t().contiguous().requires_grad_()
+    assert not event_matmul(s, wt, b).requires_grad
+
+
+def test_crossover_rule():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_event_path(1, 200, 4096, cpu)            # 5 %
+    assert not choose_event_path(1, 2000, 4096, cpu)       # 49 %
+    assert choose_event_path(16, int(0.1 * 16 * 1024), 1024, cpu)
+    assert not choose_event_path(16, int(0.25 * 16 * 1024), 1024, cpu)
+    assert not choose_event_path(1, None, 4096, cpu)       # unknown firing: dense
+    assert choose_event_path(4, None, 4096, cuda) and not choose_event_path(5, None, 4096, cuda)
+    assert not choose_event_path(0, 0, 4096, cpu)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(5, 3)), ValueError, r"shape \(1, 4\) but the weight has K = 5"),
+    (lambda: event_matmul(st.pack_spikes(torch.zeros(1, 4)), torch.zeros(5, 3)), ValueError, "k = 4 but the weight has K = 5"),
+    (lambda: event_matmul([[1.0]], torch.zeros(1, 3)), TypeError, "got list"),
+    (lambda: event_matmul(torch.zeros(1, 4, dtype=torch.complex64), torch.zeros(4, 3)), TypeError, "complex64"),
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(4, 3, dtype=torch.int32)), TypeError, "floating tensor"),
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(4, 3), [0.0, 0.0, 0.0]), ValueError, r"shape \(3,\), got list"),
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(4, 3), torch.zeros(2)), ValueError, r"shape \(3,\), got \(2,\)"),
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(4, 3), backend="gpu"), ValueError, "backend must be one of"),
+    (lambda: event_matmul(torch.zeros(1, 4), torch.zeros(4, 3, dtype=torch.float64), backend="triton"), TypeError,
+     "float32, float16 or bfloat16"),
+])
+def test_bad_input_says_what_was_wrong(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
