@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ._backend import use_triton
 from .spikes import SpikeTensor
 
-__all__ = ["event_matmul", "choose_event_path", "EVENT_MAX_ROWS_CUDA"]
+__all__ = ["event_matmul", "choose_event_path", "inference_matmul", "count_fired", "EVENT_MAX_ROWS_CUDA"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -126,3 +126,37 @@ def event_matmul(s: Union[SpikeTensor, torch.Tensor], weight_t: torch.Tensor, bi
         else:
             y = _torch_event(rows, packed, K, weight_t, bias, out_dtype)
     return y.reshape(lead + (N,))
+
+
+_POPCOUNT = None
+
+
+def count_fired(s: Union[SpikeTensor, torch.Tensor]) -> int:
+    """The number of spikes (nonzero values) in ``s``; one pass and a host sync. Packed bytes are counted
+    with a 256-entry table, without unpacking."""
+    global _POPCOUNT
+    if isinstance(s, SpikeTensor):
+        if _POPCOUNT is None:
+            _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+        table = _POPCOUNT.to(s.data.device)
+        return int(table[s.data.long()].sum()) if s.data.numel() else 0
+    return int((s != 0).sum())
+
+
+def inference_matmul(s: Union[SpikeTensor, torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     weight_t: Optional[torch.Tensor], *, backend: str = "auto") -> torch.Tensor:
+    """``s @ weight.T + bias`` without gradient, event-driven when :func:`choose_event_path` says it is
+    faster (``weight_t``, the transposed copy, must then be given; ``None`` forces the dense path), else
+    :func:`~spiketriton.spike_matmul`. On the CPU this counts the spikes first (one pass over ``s``)."""
+    from .spikes import spike_matmul
+
+    if weight_t is not None:
+        K = weight.shape[1]
+        lead = s.shape[:-1]
+        rows = math.prod(lead)
+        device = weight.device
+        fired = count_fired(s) if device.type == "cpu" and rows > 0 else None
+        if choose_event_path(rows, fired, K, device):
+            return event_matmul(s, weight_t, bias, backend=backend)
+    with torch.no_grad():
+        return spike_matmul(s, weight, bias, backend=backend)
