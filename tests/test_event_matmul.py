@@ -108,3 +108,28 @@ def test_crossover_rule():
 def test_bad_input_says_what_was_wrong(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_count_fired_packed_and_dense():
+    from spiketriton.functional.events import count_fired
+
+    s = (torch.rand(3, 4, 77, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    n = int(s.sum())
+    assert count_fired(s) == n == count_fired(st.pack_spikes(s)) == count_fired(s.bool())
+    assert count_fired(st.pack_spikes(torch.zeros(0, 5))) == 0
+
+
+@pytest.mark.parametrize("p", [0.02, 0.6])
+def test_inference_matmul_takes_the_path_the_rule_chooses_and_agrees_with_spike_matmul(p, monkeypatch):
+    from spiketriton.functional import events
+
+    s, w, b = _case(2, 512, 33, torch.float32, p=p)
+    taken = []
+    real = events.event_matmul
+    monkeypatch.setattr(events, "event_matmul", lambda *a, **k: taken.append(1) or real(*a, **k))
+    y = events.inference_matmul(st.pack_spikes(s), w, b, w.t().contiguous(), backend="torch")
+    assert bool(taken) == (p < 0.1)  # 2 % fires below the CPU crossover (0.4 * 2^-0.3 = 0.32), 60 % above
+    _check(y, s, w, b, torch.float32)
+    taken.clear()
+    events.inference_matmul(s, w, b, None, backend="torch")  # no transposed copy: always dense
+    assert not taken
