@@ -22,6 +22,7 @@ from .functional.neuron import (
     leak_params,
     run_neuron,
 )
+from .functional._checks import check_backend, check_bool
 from .spec import NeuronSpec
 
 __all__ = ["BaseNeuron", "IF", "LIF", "PLIF", "ExtendedLIF", "reset"]
@@ -34,10 +35,10 @@ class BaseNeuron(nn.Module):
 
     def __init__(self, backend: str = "auto", packed_output: bool = False):
         super().__init__()
-        self.backend = backend
+        self.backend = check_backend(backend, type(self).__name__)
         #: return spikes as a SpikeTensor (8 per byte) for a following SpikeLinear: the float spike
         #: tensor is then never materialised, and backward keeps only H and these bits
-        self.packed_output = packed_output
+        self.packed_output = check_bool(packed_output, "packed_output", type(self).__name__)
         self.v: Optional[torch.Tensor] = None
 
     #: the carried state (not in state_dict); ``.to(device)`` moves it, a dtype cast leaves it alone
@@ -167,6 +168,7 @@ class ExtendedLIF(BaseNeuron):
                  detach_reset: bool = False, learnable_leak: bool = False, backend: str = "auto",
                  packed_output: bool = False):
         super().__init__(backend, packed_output)
+        check_bool(learnable_leak, "learnable_leak", "ExtendedLIF")
         self.spec = extended_lif_spec(
             "ExtendedLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
             reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,

@@ -50,7 +50,16 @@ class Surrogate:
     _param = "alpha"
 
     def __init__(self, alpha: float):
-        alpha = float(alpha)
+        # float() would take True as 1 and "2" as 2, and raise its own message for "x" or 1j
+        given = alpha
+        bad_type = isinstance(alpha, (bool, str, bytes, complex)) or (
+            isinstance(alpha, torch.Tensor) and (alpha.numel() != 1 or alpha.is_complex() or alpha.dtype == torch.bool))
+        try:
+            alpha = float(alpha) if not bad_type else None
+        except (TypeError, ValueError):
+            alpha = None
+        if alpha is None:
+            raise TypeError(f"{type(self).__name__}: {self._param} must be a real number > 0, got {given!r}")
         if not math.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"{type(self).__name__}: {self._param} must be a finite number > 0, got {alpha}")
         self.alpha = alpha

@@ -25,6 +25,7 @@ from .. import surrogate as sg
 from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
 from . import ops
 from ._backend import use_triton
+from ._checks import check_bool, finite, finite_tensor
 from .spikes import SpikeTensor
 
 __all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
@@ -71,21 +72,39 @@ def _check_state(state, x_seq, name: str, op: str, integer: bool = False):
         )
     if state.device != x_seq.device:
         raise ValueError(f"{op}: {name} is on {state.device} but x_seq is on {x_seq.device}; move them to one device")
-    if integer and (state.is_floating_point() or state.is_complex()):
-        raise TypeError(f"{op}: {name} must be an integer tensor, got {state.dtype}")
-    if not integer and not state.is_floating_point():
+    if integer:
+        if state.is_floating_point() or state.is_complex() or state.dtype == torch.bool:
+            raise TypeError(f"{op}: {name} must be an integer tensor (int32, the counter the neuron returns), "
+                            f"got {state.dtype}")
+        return _counter_int32(state, name, op)
+    if not state.is_floating_point():
         raise TypeError(f"{op}: {name} must be a floating tensor, got {state.dtype}")
     return state
 
 
-def _finite(value, name: str, op: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be finite, got {value}")
-    return value
+_INT32_SAFE = (torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _counter_int32(ref: torch.Tensor, name: str, op: str) -> torch.Tensor:
+    """An integer counter as int32. A wider dtype (int64, uint32, ...) is converted only when every
+    value fits int32 (checked on the values: free on the CPU, one device sync on CUDA; a traced assert
+    under torch.compile): ``.to(torch.int32)`` would wrap 2^32 + 1 to 1."""
+    if ref.dtype in _INT32_SAFE:
+        return ref.to(torch.int32)
+    lo, hi = -(2**31), 2**31 - 1
+    if ref.numel() and not ref.is_meta:
+        if torch.compiler.is_compiling():
+            torch._assert_async(((ref >= lo) & (ref <= hi)).all(),
+                                f"{op}: {name} has values outside int32; expected an int32 refractory counter")
+        else:
+            rmin, rmax = int(ref.min()), int(ref.max())
+            if rmin < lo or rmax > hi:
+                raise ValueError(f"{op}: {name} ({ref.dtype}) has values in [{rmin}, {rmax}], outside int32 "
+                                 f"[{lo}, {hi}]; the refractory counter is int32 (values 0 .. ref_len)")
+    return ref.to(torch.int32)
+
+
+_finite = finite  # the shared check (functional/_checks.py)
 
 
 def run_neuron(
@@ -122,7 +141,7 @@ def run_neuron(
     params = params.to(state_dtype)
     v0f = v0.to(state_dtype) if v0 is not None else None
     a0f = a0.to(state_dtype) if a0 is not None else None
-    ref0i = ref0.to(torch.int32) if ref0 is not None else None
+    ref0i = ref0  # int32 already (_check_state)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x_seq, params, v0f, a0f)
     )
@@ -149,6 +168,8 @@ def run_neuron(
 
 def family_a_spec(op, *, v_threshold, v_reset, surrogate, detach_reset, decay_input) -> NeuronSpec:
     v_threshold = _finite(v_threshold, "v_threshold", op)
+    check_bool(detach_reset, "detach_reset", op)
+    check_bool(decay_input, "decay_input", op)
     hard = v_reset is not None
     v_reset = _finite(v_reset, "v_reset", op) if hard else 0.0
     return NeuronSpec(
@@ -224,6 +245,7 @@ def plif(
     """Parametric LIF: as :func:`lif` with ``1/tau = sigmoid(w)``; ``w`` (a one-element tensor) gets a gradient."""
     if not isinstance(w, torch.Tensor) or w.numel() != 1 or not w.is_floating_point():
         raise TypeError(f"plif: w must be a one-element floating tensor (the learnable logit of 1/tau), got {w!r}")
+    finite_tensor(w, "w", "plif", _device(x_seq))  # reads w: one device sync on CUDA
     spec = family_a_spec("plif", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                          detach_reset=detach_reset, decay_input=decay_input)
     params = torch.sigmoid(w.reshape(1).float())
@@ -275,6 +297,11 @@ def extended_lif(
 def extended_lif_spec(op, *, v_th0, v_reset, v_init, v_l, dv, ref_len, reset_mode, v_th_alpha, v_th_beta,
                       v_th_incre, surrogate, detach_reset) -> NeuronSpec:
     v_reset = _finite(v_reset, "v_reset", op)
+    check_bool(detach_reset, "detach_reset", op)
+    try:
+        reset_mode = ResetMode.parse(reset_mode)
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
     if isinstance(ref_len, bool) or not isinstance(ref_len, int) or not 0 <= ref_len < 2**31:
         raise ValueError(f"{op}: ref_len must be an integer in [0, 2^31) (refractory steps, an int32 counter), "
                          f"got {ref_len!r}")
@@ -283,7 +310,7 @@ def extended_lif_spec(op, *, v_th0, v_reset, v_init, v_l, dv, ref_len, reset_mod
         surrogate=sg.check(sg.Rect() if surrogate is None else surrogate),
         v_threshold=_finite(v_th0, "v_th0", op),
         v_reset=v_reset,
-        reset_mode=ResetMode.parse(reset_mode),
+        reset_mode=reset_mode,
         detach_reset=bool(detach_reset),
         v_init=v_reset if v_init is None else _finite(v_init, "v_init", op),
         v_l=-math.inf if v_l is None else _finite(v_l, "v_l", op),
@@ -296,12 +323,15 @@ def extended_lif_spec(op, *, v_th0, v_reset, v_init, v_l, dv, ref_len, reset_mod
 
 
 def leak_params(alpha, beta, device, op) -> torch.Tensor:
-    """``[alpha, beta]`` as one fp32 tensor, differentiable wrt whichever is a tensor."""
+    """``[alpha, beta]`` as one fp32 tensor, differentiable wrt whichever is a tensor. A tensor must be
+    a finite floating scalar on ``device`` (or on the CPU: then moved); its values are read (one
+    device sync for a CUDA tensor)."""
     parts = []
     for name, p in (("v_leaky_alpha", alpha), ("v_leaky_beta", beta)):
         if isinstance(p, torch.Tensor):
             if p.numel() != 1:
                 raise ValueError(f"{op}: {name} must be a scalar (one-element tensor), got shape {tuple(p.shape)}")
+            finite_tensor(p, name, op, device)
             parts.append(p.reshape(1).float().to(device))
         else:
             parts.append(torch.full((1,), _finite(p, name, op), device=device))

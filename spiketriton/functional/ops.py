@@ -343,7 +343,8 @@ def unpack(p: Tensor, K: int, dtype: torch.dtype, triton: bool) -> Tensor:
 
 
 def _unpack_body(p: Tensor, K: int, dtype: torch.dtype, triton: bool) -> Tensor:
-    out = KP.unpack(p, K, dtype) if triton else KPT.unpack_bits(p, K, dtype)
+    # the PyTorch path views the bytes as words: it needs unit-stride bytes (a copy only when they are not)
+    out = KP.unpack(p, K, dtype) if triton else KPT.unpack_bits(p.contiguous(), K, dtype)
     return out.contiguous()
 
 

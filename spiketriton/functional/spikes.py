@@ -23,6 +23,7 @@ import torch
 
 from . import ops
 from ._backend import use_triton
+from ._checks import check_bool, check_dtype
 from .ops import no_double_backward  # noqa: F401  (re-exported: it lived here before functional/ops.py)
 
 __all__ = ["SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "is_binary"]
@@ -48,8 +49,15 @@ class SpikeTensor:
                 f"SpikeTensor: k = {k} spikes need ceil(k/8) = {(k + 7) // 8} bytes in the last dimension, "
                 f"the data has {data.shape[-1]}"
             )
+        if anchor is not None and not isinstance(anchor, torch.Tensor):
+            raise TypeError(f"SpikeTensor: anchor must be a torch.Tensor of the spikes' shape "
+                            f"{tuple(data.shape[:-1]) + (k,)} or None, got {type(anchor).__name__}")
         if anchor is not None and tuple(anchor.shape) != tuple(data.shape[:-1]) + (k,):
-            raise ValueError(f"SpikeTensor: anchor shape {tuple(anchor.shape)} is not the spikes' shape")
+            raise ValueError(f"SpikeTensor: anchor shape {tuple(anchor.shape)} is not the spikes' shape "
+                             f"{tuple(data.shape[:-1]) + (k,)}")
+        if anchor is not None and anchor.device != data.device:
+            raise ValueError(f"SpikeTensor: anchor is on {anchor.device} but the packed data on {data.device}; "
+                             f"move them to one device")
         self.data = data
         self.k = k
         self.anchor = anchor
@@ -93,6 +101,8 @@ class SpikeTensor:
 
 def is_binary(x: torch.Tensor) -> bool:
     """True when every element is exactly 0 or 1 (NaN is not). One pass and a host sync."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"is_binary: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype == torch.bool:
         return True
     return not bool(((x != 0) & (x != 1)).any())
@@ -110,6 +120,7 @@ def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> S
         raise ValueError("pack_spikes: expected at least one dimension [..., K]")
     if s.is_complex() or (not s.is_floating_point() and s.dtype not in (torch.bool, torch.uint8)):
         raise TypeError(f"pack_spikes: spikes must be float, bool or uint8 0/1, got {s.dtype}")
+    check_bool(check, "check", "pack_spikes")
     if check and not is_binary(s):
         raise ValueError("pack_spikes: values other than 0 and 1 found; spikes must be binary")
     data = ops.call_pack(s, use_triton(backend, s, op="pack_spikes"))
@@ -121,6 +132,9 @@ def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: s
     """Inverse of :func:`pack_spikes`: ``[..., k]`` 0/1 in ``dtype`` (no gradient)."""
     if not isinstance(p, SpikeTensor):
         raise TypeError(f"unpack_spikes: expected a SpikeTensor, got {type(p).__name__}")
+    check_dtype(dtype, "dtype", "unpack_spikes")
+    if dtype.is_complex:
+        raise TypeError(f"unpack_spikes: dtype must be a real dtype (float, integer or bool), got {dtype}")
     triton = use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES
     return ops.call_unpack(p.data, p.k, dtype, triton)
 
@@ -146,7 +160,9 @@ def spike_matmul(
     Gradients: weight, bias, and the spikes (dense ``dY @ W``) when they require grad.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
-        raise TypeError("spike_matmul: weight must be a floating tensor [N, K]")
+        got = (f"{weight.dtype} tensor of shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor)
+               else type(weight).__name__)
+        raise TypeError(f"spike_matmul: weight must be a floating tensor [N, K], got {got}")
     K = weight.shape[1]
     if isinstance(s, SpikeTensor):
         if s.k != K:
@@ -160,6 +176,11 @@ def spike_matmul(
         device = s.device
     else:
         raise TypeError(f"spike_matmul: expected a SpikeTensor or a tensor, got {type(s).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"spike_matmul: bias must be a floating tensor [N] = [{weight.shape[0]}] or None, "
+                        f"got {type(bias).__name__}")
+    if bias is not None and not bias.is_floating_point():
+        raise TypeError(f"spike_matmul: bias must be a floating tensor [N] = [{weight.shape[0]}], got {bias.dtype}")
     if weight.device != device or (bias is not None and bias.device != device):
         raise ValueError(f"spike_matmul: spikes are on {device}, weight on {weight.device}"
                          + (f", bias on {bias.device}" if bias is not None else "") + "; move them to one device")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import surrogate as sg
+from ..functional._checks import check_backend, check_bool, check_generator, finite
 
 __all__ = [
     "HybridUnit", "RepeatWindow", "SplitWindow", "TemporalFilter",
@@ -33,29 +34,56 @@ def _check_T(T, name):
 
 
 def _check_seq(x, name, min_dim=2):
+    """A floating tensor with at least ``min_dim`` dimensions; a sequence (``min_dim >= 2``, time first)
+    also needs T >= 1 step (a batch may be empty)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < min_dim:
         raise ValueError(f"{name}: expected at least {min_dim} dimensions ([T, B, ...] time first), got {tuple(x.shape)}")
+    if min_dim >= 2 and x.shape[0] == 0:
+        raise ValueError(f"{name}: the sequence has T = 0 time steps (shape {tuple(x.shape)}); expected T >= 1")
 
 
-def _check_unit_interval(x, name):
-    """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp."""
-    if x.numel() == 0:
-        return
+def _check_unit_interval(x, name, params=()):
+    """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp.
+    ``params``: ``(tensor, name)`` pairs of learnable parameters that must be finite, checked in the
+    same read (one device sync for everything on CUDA; a traced assert under torch.compile)."""
+    x = x.detach()
+    params = tuple((p.detach(), pname) for p, pname in params)
     if torch.compiler.is_compiling():
         # reading the values on the host would break the graph: a traced assert (a RuntimeError with
         # the message when the compiled code runs on the CPU; a device-side assert on CUDA)
-        torch._assert_async(torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all(),
-                            f"{name}: input has inf/NaN or values outside [0, 1]; a rate code needs finite values "
-                            f"in [0, 1]")
+        ok = torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all()
+        for p, _ in params:
+            ok = ok & torch.isfinite(p).all()
+        torch._assert_async(ok, f"{name}: input has inf/NaN or values outside [0, 1], or a parameter is inf/NaN; "
+                                f"a rate code needs finite values in [0, 1]")
         return
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
-                         f"(normalise it, or put a sigmoid / clamp in front)")
+    if x.is_meta:  # no values to read
+        return
+    stats = [torch.isfinite(p).all() for p, _ in params]
+    if x.numel():
+        stats += [torch.isfinite(x).all(), x.min(), x.max()]
+    if not stats:
+        return
+    vals = torch.stack([t.to(torch.float64) for t in stats]).tolist()  # one read of everything
+    for (p, pname), ok in zip(params, vals):
+        if not ok:
+            raise ValueError(f"{name}: the learnable {pname} has inf or NaN (diverged in training?); expected "
+                             f"finite values")
+    if x.numel():
+        fin, lo, hi = vals[len(params):]
+        if not fin:
+            raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
+                             f"(normalise it, or put a sigmoid / clamp in front)")
+
+
+def _check_stage(stage, name, op):
+    if stage is not None and not callable(stage):
+        raise TypeError(f"{op}: {name} must be a module or callable (or None), got {type(stage).__name__}")
+    return stage
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -71,6 +99,8 @@ class RepeatWindow(nn.Module):
         self.T = _check_T(T, "RepeatWindow")
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"RepeatWindow: expected a tensor [B, ...], got {type(x).__name__}")
         return x.unsqueeze(0).expand((self.T,) + tuple(x.shape))
 
 
@@ -101,9 +131,27 @@ class TemporalFilter(nn.Module):
     def __init__(self, window_size: int, kernel: Optional[torch.Tensor] = None, learnable: bool = False,
                  bias: bool = False):
         super().__init__()
-        k = torch.full((window_size,), 1.0 / window_size) if kernel is None else torch.as_tensor(kernel, dtype=torch.float32)
+        window_size = _check_T(window_size, "TemporalFilter window_size")
+        check_bool(learnable, "learnable", "TemporalFilter")
+        check_bool(bias, "bias", "TemporalFilter")
+        self.window_size = window_size
+        if kernel is None:
+            k = torch.full((window_size,), 1.0 / window_size)
+        else:
+            if isinstance(kernel, torch.Tensor):
+                if kernel.is_complex() or kernel.dtype == torch.bool:
+                    raise TypeError(f"TemporalFilter: kernel must hold real numbers, got {kernel.dtype}")
+                k = kernel.detach().to("cpu", torch.float32)
+            else:
+                try:
+                    k = torch.tensor([finite(w, "kernel", "TemporalFilter") for w in kernel], dtype=torch.float32)
+                except TypeError:
+                    raise TypeError(f"TemporalFilter: kernel must be a sequence of {window_size} real numbers or a "
+                                    f"tensor, got {kernel!r}") from None
         if k.shape != (window_size,):
             raise ValueError(f"TemporalFilter: kernel must have shape ({window_size},), got {tuple(k.shape)}")
+        if not bool(torch.isfinite(k).all()):
+            raise ValueError(f"TemporalFilter: kernel must be finite, got {k.tolist()}")
         if learnable:
             self.kernel = nn.Parameter(k.clone())
             self.bias = nn.Parameter(torch.zeros(())) if bias else None
@@ -112,6 +160,12 @@ class TemporalFilter(nn.Module):
             self.bias = None
 
     def forward(self, xw):
+        # a learnable kernel that became inf/NaN in training is not checked here (it would cost a device
+        # sync per call): it shows as NaN in the output, not as a plausible value
+        _check_seq(xw, "TemporalFilter", min_dim=2)
+        if xw.shape[1] != self.kernel.shape[0]:
+            raise ValueError(f"TemporalFilter: expected windows [T_w, {self.kernel.shape[0]}, B, ...] (dim 1 is the "
+                             f"window), got shape {tuple(xw.shape)}")
         k = self.kernel.to(xw.dtype).reshape((1, -1) + (1,) * (xw.dim() - 2))
         y = (xw * k).sum(1)
         return y + self.bias if self.bias is not None else y
@@ -140,10 +194,10 @@ class HybridUnit(nn.Module):
     def __init__(self, window: Optional[Callable] = None, temporal_filter: Optional[Callable] = None,
                  nonlinearity: Optional[Callable] = None, discretize: Optional[Callable] = None):
         super().__init__()
-        self.window = window
-        self.temporal_filter = temporal_filter
-        self.nonlinearity = nonlinearity
-        self.discretize = discretize
+        self.window = _check_stage(window, "window", "HybridUnit")
+        self.temporal_filter = _check_stage(temporal_filter, "temporal_filter", "HybridUnit")
+        self.nonlinearity = _check_stage(nonlinearity, "nonlinearity", "HybridUnit")
+        self.discretize = _check_stage(discretize, "discretize", "HybridUnit")
         self.emits_spikes = discretize is not None
 
     def forward(self, x):
@@ -172,7 +226,7 @@ class A2SRate(nn.Module):
 
     def forward(self, v):
         _check_seq(v, "A2SRate", min_dim=1)
-        _check_unit_interval(v.detach(), "A2SRate")
+        _check_unit_interval(v, "A2SRate")
         t = torch.arange(self.T + 1, dtype=torch.float64, device=v.device).reshape((-1,) + (1,) * v.dim())
         # a value within half a unit of its dtype's rounding of a multiple k/T is taken as k/T (float32 0.7
         # is 0.69999999, and 0.7 over T = 10 must give 7 spikes); then exact counts in float64
@@ -194,12 +248,16 @@ class A2SPoisson(nn.Module):
     def __init__(self, T: int, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.T = _check_T(T, "A2SPoisson")
-        self.generator = generator
+        self.generator = check_generator(generator, "A2SPoisson")
 
     def forward(self, v, generator: Optional[torch.Generator] = None):
         _check_seq(v, "A2SPoisson", min_dim=1)
-        _check_unit_interval(v.detach(), "A2SPoisson")
+        check_generator(generator, "A2SPoisson")
         g = generator if generator is not None else self.generator
+        if g is not None and g.device.type != v.device.type:
+            raise ValueError(f"A2SPoisson: the generator is on {g.device} but the input is on {v.device}; "
+                             f"use a torch.Generator(device={v.device.type!r})")
+        _check_unit_interval(v, "A2SPoisson")
         # uniform draws in fp32 (fp64 for fp64 input): bf16/fp16 draws are too coarse near 0 (a 3x rate bias)
         dt = torch.float64 if v.dtype == torch.float64 else torch.float32
         u = torch.rand((self.T,) + tuple(v.shape), generator=g, device=v.device, dtype=dt)
@@ -220,7 +278,7 @@ class A2SLatency(nn.Module):
 
     def forward(self, v):
         _check_seq(v, "A2SLatency", min_dim=1)
-        _check_unit_interval(v.detach(), "A2SLatency")
+        _check_unit_interval(v, "A2SLatency")
         T = self.T
         n = max(T - 1, 1)
         # values: the first t >= (1 - v)(T - 1), exactly in float64 (a value within one unit of its
@@ -246,20 +304,20 @@ class A2SLearnable(nn.Module):
     def __init__(self, T: int, surrogate: Optional[sg.Surrogate] = None, backend: str = "auto"):
         super().__init__()
         self.T = _check_T(T, "A2SLearnable")
-        self.backend = backend
+        self.backend = check_backend(backend, "A2SLearnable")
         self.weight = nn.Parameter(torch.ones(T))
         self.bias = nn.Parameter(torch.zeros(T))
         self.surrogate = sg.check(surrogate or sg.Sigmoid())
 
     def forward(self, v):
         _check_seq(v, "A2SLearnable", min_dim=1)
+        # rates in [0, 1] as for the other A2S units, and the learnable weight / bias finite (a NaN
+        # weight would silently give no spikes at all): one read of the values, as the others pay
+        _check_unit_interval(v, "A2SLearnable", ((self.weight, "weight"), (self.bias, "bias")))
         from ..functional.neuron import if_neuron
 
         shape = (-1,) + (1,) * v.dim()
         current = self.weight.to(v.dtype).reshape(shape) * v.unsqueeze(0) + self.bias.to(v.dtype).reshape(shape)
-        if current.dim() < 2:
-            current = current.unsqueeze(1)
-            return if_neuron(current, v_reset=None, surrogate=self.surrogate, backend=self.backend)[0].squeeze(1)
         return if_neuron(current, v_reset=None, surrogate=self.surrogate, backend=self.backend)[0]
 
 
@@ -292,6 +350,11 @@ class S2ALearnable(HybridUnit):
                  nonlinearity: Optional[Callable] = None, bias: bool = True):
         T = _check_T(T, "S2ALearnable")
         w = T if window_size is None else _check_T(window_size, "S2ALearnable window_size")
+        check_bool(bias, "bias", "S2ALearnable")
+        st = w if stride is None else _check_T(stride, "S2ALearnable stride")
+        if w > T or (T - w) % st:
+            raise ValueError(f"S2ALearnable: T = {T} is not tiled by windows of {w} steps every {st}; choose "
+                             f"T = window_size + k * stride")
         super().__init__(window=SplitWindow(w, stride), temporal_filter=TemporalFilter(w, learnable=True, bias=bias),
                          nonlinearity=nonlinearity)
         self.T = T

@@ -44,6 +44,7 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
         hb = torch.empty(S, dtype=cdt, device=dev)
         tmp = torch.empty(S, dtype=cdt, device=dev)
         sf = torch.empty(S, dtype=cdt, device=dev)
+        vr_t = torch.tensor(vr, dtype=cdt, device=dev)
         for t in range(T):
             h = h_seq[t] if direct else hb
             torch.sub(v, vr, out=tmp)                              # V - Vr
@@ -55,10 +56,12 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
             spikes[t].copy_(sf)
             if store and not direct:
                 h_seq[t].copy_(h)
-            # reset into the V buffer; exact for S in {0, 1}
-            torch.addcmul(h, h, sf, value=-1.0, out=v) if spec.reset_mode == RESET_HARD else torch.sub(h, sf, alpha=vth, out=v)
-            if spec.reset_mode == RESET_HARD and vr != 0.0:
-                v.add_(sf, alpha=vr)
+            # reset into the V buffer, selecting as the kernel does (where(spike, Vr, H)): H - H S would
+            # turn an overflowed H = inf into NaN where the kernel resets it to Vr
+            if spec.reset_mode == RESET_HARD:
+                torch.where(h >= vth, vr_t, h, out=v)
+            else:
+                torch.sub(h, sf, alpha=vth, out=v)
         a_last = ref_last = None
     else:
         alpha, beta = p[0], p[1]
@@ -67,7 +70,8 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
         for t in range(T):
             x = x_seq[t].to(cdt)
             raw = spec.v_threshold + a
-            vth = raw.clamp_min(spec.v_l)
+            # the floors select as the kernel does (where(x >= v_l, x, v_l)): a NaN becomes v_l there
+            vth = torch.where(raw >= spec.v_l, raw, spec.v_l)
             if spec.refractory:
                 gate = ref == 0
                 h = torch.where(gate, x, 0.0).add_(v)
@@ -78,13 +82,13 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
             if spec.reset_mode == RESET_HARD:
                 v2 = torch.where(s, torch.tensor(spec.v_reset, dtype=cdt, device=dev), h)
             elif spec.reset_mode == RESET_SOFT:
-                v2 = h - s * vth
+                v2 = torch.where(s, h - vth, h)  # as the kernel: h - 0 * vth is NaN for an overflowed vth
             else:
                 v2 = h - s * spec.dv
             v = (v2 * alpha).add_(beta)
             if floor_seq is not None:
                 torch.ge(v, spec.v_l, out=floor_seq[t])
-            v = v.clamp_min_(spec.v_l)
+            v = torch.where(v >= spec.v_l, v, spec.v_l)
             if spec.adaptive:
                 a = a * spec.v_th_alpha + spec.v_th_beta + s * spec.v_th_incre
             if spec.refractory:

@@ -418,6 +418,16 @@ def dw_config(M: int, N: int, K: int, dtype: torch.dtype, n_sms: int = _DEFAULT_
 # --------------------------------------------------------------------------------------------- #
 
 
+def _round_outside(out_dtype, interp: bool) -> bool:
+    """Under TRITON_INTERPRET only: bf16 outputs are written in fp32 by the kernel and rounded to nearest
+    by torch. The interpreter casts fp32 -> bf16 by truncation (triton/runtime/interpreter.py:
+    ``cast_impl`` calls ``_convert_float`` with no rounding mode, which drops the low bits), while the
+    compiled store rounds to nearest even (``F2FP.BF16.F32.PACK_AB``, not its ``.RZ`` form, in the
+    sm_90 SASS of bench/results/codegen; tests/test_input_validation.py checks it). The compiled
+    kernels never take this branch, so their code is unchanged."""
+    return interp and out_dtype == torch.bfloat16
+
+
 def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, config=None) -> torch.Tensor:
     """``packed [M, KB]`` uint8, ``weight [N, K]`` -> ``[M, N]`` in the weight's dtype. ``config``
     replaces ``fwd_config``'s choice (the benchmarks' tile sweep)."""
@@ -448,8 +458,9 @@ def _launch_fwd(packed, K, weight, bias, out_dtype, config=None) -> torch.Tensor
     n_n = triton.cdiv(N, cfg["BLOCK_N"])
     flags = torch.empty((split, n_n), device=dev, dtype=torch.int8)
     acc_dtype = torch.int32 if mode == MODE_INT8 else torch.float32
-    out = y if split == 1 else torch.empty((split, M, N), device=dev, dtype=acc_dtype)
     interp = interpret_mode()
+    rne = _round_outside(out_dtype, interp)
+    out = y if (split == 1 and not rne) else torch.empty((split, M, N), device=dev, dtype=acc_dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * n_n, split)
     _spike_matmul_fwd_kernel[grid](
         packed, weight, bias if bias is not None else weight, out, flags,
@@ -462,6 +473,8 @@ def _launch_fwd(packed, K, weight, bias, out_dtype, config=None) -> torch.Tensor
         if bias is not None:
             acc += bias.to(acc_dtype)
         y.copy_(acc)
+    elif rne:  # the kernel added the bias in fp32; one rounding to nearest here
+        y.copy_(out[0])
     if mode == MODE_SPLIT3:
         fb = _FALLBACK
         _fallback_fwd_kernel[(triton.cdiv(N, fb["BLOCK_N"]),)](
@@ -492,8 +505,9 @@ def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int, config
     KB = packed.shape[1]
     n_n = triton.cdiv(N, cfg["BLOCK_N"])
     flags = torch.empty((split, n_n), device=g.device, dtype=torch.int8)
-    out = dw if split == 1 else torch.empty((split, N, K), device=g.device, dtype=torch.float32)
     interp = interpret_mode()
+    rne = _round_outside(g.dtype, interp)
+    out = dw if (split == 1 and not rne) else torch.empty((split, N, K), device=g.device, dtype=torch.float32)
     div = _pow2_div(N, K, g.stride(0), dw.stride(0))
     grid = (n_n, triton.cdiv(K, cfg["BLOCK_K"]), split)
     _spike_matmul_dw_kernel[grid](
@@ -503,6 +517,8 @@ def spike_matmul_dw(grad_out: torch.Tensor, packed: torch.Tensor, K: int, config
     )
     if split > 1:  # the partial sums in a fixed order, then one rounding
         dw.copy_(out.sum(0))
+    elif rne:
+        dw.copy_(out[0])
     if mode == MODE_SPLIT3:
         fb = _FALLBACK
         _fallback_dw_kernel[(triton.cdiv(N, fb["BLOCK_N"]),)](
