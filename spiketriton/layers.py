@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Optional
 
 import torch
@@ -30,13 +32,34 @@ class SpikeLinear(nn.Linear):
       ``nn.Dropout`` sits between a neuron and the layer): in training, spikes are dropped with
       probability p and the product is scaled by ``1/(1-p)``, the same values and RNG draws as
       ``nn.Linear(nn.Dropout(p)(s))`` while the input to the matmul stays binary.
+    - ``backend``: ``"auto"``, ``"triton"`` or ``"torch"`` (see ``spike_matmul``).
+
+    The constructor checks its options in Python (no tensor is read): ``in_features`` and
+    ``out_features`` are ints >= 0, ``bias`` and ``check_binary`` are bools (a string such as ``"no"``
+    is a ``TypeError``, not a true flag), ``input_dropout`` a real number in [0, 1), ``backend`` one of
+    the three names (``ValueError``).
+
+    Hooks: a forward hook on this layer sees its input as given, which is a
+    :class:`~spiketriton.functional.spikes.SpikeTensor` when the neuron in front hands over packed
+    spikes (``packed_output=True``, as ``convert`` sets it): ``s.unpack()`` gives the 0/1 values,
+    ``s.to_dense()`` the same with the gradient. ``convert`` does not pack a neuron whose layer
+    already has hooks when it runs.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  check_binary: bool = True, input_dropout: float = 0.0, backend: str = "auto"):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        for what, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise (ValueError if isinstance(v, int) and not isinstance(v, bool) else TypeError)(
+                    f"SpikeLinear: {what} must be an int >= 0, got {v!r}")
+        _check_flag(bias, "SpikeLinear: bias")
+        _check_flag(check_binary, "SpikeLinear: check_binary")
+        if isinstance(input_dropout, bool) or not isinstance(input_dropout, numbers.Real):
+            raise TypeError(f"SpikeLinear: input_dropout must be a real number in [0, 1), got {input_dropout!r}")
         if not 0.0 <= float(input_dropout) < 1.0:
             raise ValueError(f"SpikeLinear: input_dropout must be in [0, 1), got {input_dropout}")
+        _check_backend(backend, "SpikeLinear")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.check_binary = check_binary
         self.input_dropout = float(input_dropout)
         self.backend = backend
@@ -110,12 +133,17 @@ class SpikeLinear(nn.Linear):
 # convert
 # --------------------------------------------------------------------------------------------- #
 
-# modules and ops that move or reshape values without changing them: spikes stay spikes
+# modules and ops that move or reshape values without changing them: spikes stay spikes (exact types:
+# a subclass may do more in its forward)
 _SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
 _SHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
                 torch.movedim}
 _SHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "transpose", "permute", "contiguous",
                   "movedim", "unflatten"}
+# in-place operators (``x[i] = v`` is operator.setitem; fx records ``x += 1`` as operator.add, a new value)
+_INPLACE_FUNCS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                  operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                  operator.ilshift, operator.irshift, operator.imatmul}
 
 
 class StepWise(nn.Sequential):
@@ -127,48 +155,98 @@ class StepWise(nn.Sequential):
     """
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if isinstance(x_seq, torch.Tensor) and x_seq.dim() < 3:  # (an fx Proxy passes: traced, not run)
+        if not isinstance(x_seq, torch.Tensor):
+            from torch.fx import Proxy
+
+            if not isinstance(x_seq, Proxy):  # (an fx Proxy passes: traced, not run)
+                raise TypeError(f"StepWise: expected a tensor [T, B, *features], got {type(x_seq).__name__}")
+        elif x_seq.dim() < 3:
             raise ValueError(f"StepWise: expected a sequence [T, B, *features], got shape {tuple(x_seq.shape)}")
         y = super().forward(x_seq.flatten(0, 1))
         return y.unflatten(0, (x_seq.shape[0], x_seq.shape[1]))
 
 
 def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, backend: str = "auto") -> nn.Module:
-    """Replace every ``nn.Linear`` whose input comes from a spiking neuron (directly, or through
-    shape-only modules/ops such as Flatten, Identity, view/reshape, or an nn.Dropout that is folded
-    into the new layer) with a :class:`SpikeLinear` sharing the same weights. Other layers are left
-    alone. Works in place and returns ``model``; the converted model gives the same outputs.
+    """Replace every ``nn.Linear`` whose input is proven to be spikes with a :class:`SpikeLinear`
+    sharing the same weights. Works in place and returns ``model``; the converted model gives the
+    same outputs. ``check_binary`` and ``backend`` are handed to each new layer (see SpikeLinear).
 
-    With ``packed=True``, a neuron whose only consumer is a converted layer is switched to
-    ``packed_output``: its spikes go to the layer 8 per byte and no float spike tensor is made.
+    The data flow is read with ``torch.fx`` (neurons, spike layers and torch modules as leaves), never
+    guessed. An input is spikes when it comes from a spiketriton neuron or spike-emitting hybrid unit
+    (a subclass with its own ``forward`` is not taken as one), directly or through exact
+    ``nn.Flatten``/``nn.Unflatten``/``nn.Identity`` modules, view/reshape-like ops, or one
+    ``nn.Dropout`` (folded into the new layer: the same random draws), and no in-place op touches it.
+    A Linear called several times is converted only when every call reads spikes. A forward hook on
+    the chain (on the neuron or a module in between; a pre-hook there or on the Linear) may replace the
+    value: with ``check_binary=True`` the layer is converted all the same (its check refuses a
+    non-binary input at run time), with ``check_binary=False`` it stays an ``nn.Linear``. Hooks on a
+    converted Linear move to the new layer (their handles keep working).
 
-    The data flow is read with ``torch.fx`` (neurons and torch modules as leaves); a model fx cannot
-    trace is read as nested ``nn.Sequential`` containers in order.
+    When fx cannot trace ``model``, only a container whose forward is ``nn.Sequential``'s own (or
+    :class:`StepWise`'s) is read in order, child after child, and each child that is not a leaf is
+    converted the same way on its own; any other module that fx cannot trace and that holds an
+    ``nn.Linear`` is a ``ValueError`` naming it and fx's error: convert its traceable submodules
+    (``convert(model.block)``), make its forward traceable, or swap layers yourself with
+    ``SpikeLinear.from_linear``. A module without an ``nn.Linear`` is left alone.
+
+    With ``packed=True``, a neuron whose only consumer is a converted layer (proven by fx, and
+    without forward hooks on the neuron or hooks on the layer that would see its input) is switched
+    to ``packed_output``: its spikes go to the layer 8 per byte and no float spike tensor is made.
+    A forward hook registered on such a neuron *after* ``convert`` receives that
+    :class:`~spiketriton.functional.spikes.SpikeTensor` as the output: ``output.unpack()`` gives the
+    0/1 values (no gradient), ``output.to_dense()`` the same values with the gradient; or set
+    ``neuron.packed_output = False`` to get float spikes (and the float spike tensor) back.
+
+    Checks: ``model`` is an ``nn.Module`` (``TypeError``), ``check_binary`` and ``packed`` are bools
+    (``TypeError``), ``backend`` is one of ``"auto"``, ``"triton"``, ``"torch"`` (``ValueError``): Python
+    level only. A failure leaves the model untouched.
     """
-    found = _targets_fx(model)
-    if found is None:
-        found = _targets_sequential(model)
-    targets, feeders = found
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_flag(check_binary, "convert: check_binary")
+    _check_flag(packed, "convert: packed")
+    _check_backend(backend, "convert")
+    names = _names_of(model)
+    targets, feeders = _targets(model, "", check_binary, names)
     # build every replacement first, then swap: a failure leaves the model untouched
     swaps = []
     for name, dropout_name in targets.items():
         linear = model.get_submodule(name)
         p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
         new = SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p, backend=backend)
-        swaps.append((name, new, dropout_name))
-    for name, new, dropout_name in swaps:
-        if dropout_name is not None:
-            _set_submodule(model, dropout_name, nn.Identity())
-        _set_submodule(model, name, new)
-    if packed:
-        converted = {name for name, _, _ in swaps}
+        _move_hooks(linear, new)
+        swaps.append((linear, new, model.get_submodule(dropout_name) if dropout_name is not None else None))
+    for linear, new, dropout in swaps:
+        if dropout is not None:
+            for where in names[id(dropout)]:
+                _set_submodule(model, where, nn.Identity())
+        for where in names[id(linear)]:  # every place a shared module is registered
+            _set_submodule(model, where, new)
+    if packed and not _global_hooks():
+        converted = set(targets)
         for neuron_name, linear_name in feeders:
             neuron = model.get_submodule(neuron_name)
-            # a hook on the neuron (e.g. a firing-rate monitor) would be handed packed spikes
-            if linear_name in converted and not neuron._forward_hooks:
+            linear = model.get_submodule(linear_name)
+            # a hook on the neuron (e.g. a firing-rate monitor), or one on the layer that sees its input,
+            # would be handed packed spikes
+            if linear_name in converted and not _value_hooks(neuron, output=True) \
+                    and not _value_hooks(linear, output=True, input=True):
                 neuron.packed_output = True
     return model
 
+
+def _check_flag(v, what: str) -> bool:
+    if not isinstance(v, bool):  # a string such as "no" is truthy: refuse it rather than read it as True
+        raise TypeError(f"{what} must be True or False, got {v!r} ({type(v).__name__})")
+    return v
+
+
+def _check_backend(backend, who: str) -> str:
+    from .functional import BACKENDS
+
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{who}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
 
 
 def _is_plain_linear(m) -> bool:
@@ -177,46 +255,158 @@ def _is_plain_linear(m) -> bool:
     return type(m) is nn.Linear
 
 
-def _targets_fx(model: nn.Module) -> Optional[dict]:
+def _emits_spikes(m) -> bool:
+    """A module whose output is spikes by construction: a spiketriton neuron, or a hybrid unit that
+    says it emits spikes, running spiketriton's own ``forward`` (a subclass's forward may return
+    anything)."""
+    fwd = getattr(type(m).forward, "__module__", "") or ""
+    if isinstance(m, BaseNeuron):
+        return fwd == "spiketriton.neuron"
+    return getattr(m, "emits_spikes", False) is True and fwd.startswith("spiketriton.hybrid")
+
+
+def _global_hooks() -> bool:
+    """Whether global forward (pre-)hooks are registered: they may replace any module's input or output."""
+    import torch.nn.modules.module as mm
+
+    return any(getattr(mm, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+
+
+def _value_hooks(m, output: bool = False, input: bool = False) -> bool:
+    """Whether ``m`` has forward hooks (which may replace or see its output) / forward pre-hooks
+    (which may replace its input)."""
+    return bool((output and getattr(m, "_forward_hooks", None)) or (input and getattr(m, "_forward_pre_hooks", None)))
+
+
+def _move_hooks(old: nn.Module, new: nn.Module) -> None:
+    """The hook dictionaries of ``old``, moved to ``new`` as they are: the hooks keep firing on the
+    module that replaces it, and the handles the user holds (which refer to these dictionaries) keep
+    working."""
+    for k, v in vars(old).items():
+        if "hook" in k:
+            new.__dict__[k] = v
+
+
+def _names_of(model: nn.Module) -> dict:
+    """id(module) -> every qualified name it is registered under (a shared module has several)."""
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        out.setdefault(id(m), []).append(name)
+    return out
+
+
+def _is_leaf(m) -> bool:
+    return isinstance(m, (BaseNeuron, SpikeLinear)) or type(m).__module__.startswith("spiketriton.hybrid")
+
+
+def _tracer():
     import torch.fx as fx
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, (BaseNeuron, SpikeLinear)) or type(m).__module__.startswith("spiketriton.hybrid") \
-                or super().is_leaf_module(m, qualname)
+            return _is_leaf(m) or super().is_leaf_module(m, qualname)
 
+    return _Tracer()
+
+
+def _targets(model: nn.Module, prefix: str, check_binary: bool, names: dict):
+    """``({linear name: dropout name or None}, [(neuron name, linear name)])`` for ``model``, the
+    submodule of the root at ``prefix`` (names relative to the root)."""
+    tracer = _tracer()
     try:
-        graph = _Tracer().trace(model)
-    except Exception:  # data-dependent control flow etc.: fall back to the Sequential reading
-        return None
+        graph = tracer.trace(model)
+    except Exception as e:  # data-dependent control flow, an untraceable op, ...
+        if _is_plain_container(model):
+            return _targets_sequential(model, prefix, check_binary, names, tracer)
+        linears = [n for n, m in model.named_modules() if _is_plain_linear(m)]
+        if not linears:  # nothing here to convert: leave it as it is
+            return {}, []
+        what = f"the module {prefix!r} ({type(model).__name__})" if prefix else f"the model ({type(model).__name__})"
+        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ValueError(
+            f"convert: cannot read the data flow of {what}: torch.fx cannot trace its forward "
+            f"({type(e).__name__}: {why}), and convert never guesses which nn.Linear reads spikes "
+            f"({len(linears)} nn.Linear inside, e.g. {_join(prefix, linears[0])!r}). Convert its traceable "
+            f"submodules (spiketriton.convert(submodule)), make its forward traceable by torch.fx, or swap "
+            f"layers yourself with SpikeLinear.from_linear(linear)"
+        ) from None
+    return _rooted(*_targets_graph(model, graph, check_binary), prefix, model, names)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _rooted(targets, feeders, prefix, model, names):
+    """Names relative to the root. A module also registered outside ``model`` (a submodule read on
+    its own in the fallback) may be called there on anything: it is neither converted, folded nor
+    packed."""
+    inside = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        inside[id(m)] = inside.get(id(m), 0) + 1
+
+    def private(name):
+        m = model.get_submodule(name)
+        return len(names.get(id(m), ())) == inside[id(m)]
+
+    out = {_join(prefix, name): (_join(prefix, drop) if drop is not None else None)
+           for name, drop in targets.items() if private(name) and (drop is None or private(drop))}
+    feeds = [(_join(prefix, n), _join(prefix, lin)) for n, lin in feeders if private(n) and private(lin)]
+    return out, feeds
+
+
+def _is_plain_container(m) -> bool:
+    """A container whose forward is provably its children in order: nn.Sequential's own forward
+    (StepWise's only folds time into the batch around it)."""
+    return isinstance(m, nn.Sequential) and type(m).forward in (nn.Sequential.forward, StepWise.forward)
+
+
+def _targets_graph(model: nn.Module, graph, check_binary: bool):
+    import torch.fx as fx
+
     modules = dict(model.named_modules())
-    spiking = {}  # node -> True when its value is spikes; dropout node feeding it (if any) tracked below
-    via_dropout = {}
+    hooked = _global_hooks()
+
+    def unhooked(mod, output=False, input=False):
+        # a hook that may replace the value: with the binary check on, the layer proves its input at run time
+        return check_binary or not (hooked or _value_hooks(mod, output=output, input=input))
+
+    spiking = {}  # node -> True when its value is spikes
+    via_dropout = {}  # node -> the Dropout folded on the way (if any)
+    source = {}  # spiking node -> the spike-emitting node whose tensor it is or may share storage with
     for node in graph.nodes:
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        passes = False  # the node passes its first argument's value on unchanged
         if node.op == "call_module":
             mod = modules.get(node.target)
-            if isinstance(mod, BaseNeuron) or getattr(mod, "emits_spikes", False):  # neurons, A2S hybrid units
-                spiking[node] = True
-            elif isinstance(mod, _SHAPE_MODULES) and src is not None and spiking.get(src):
-                spiking[node] = True
-                via_dropout[node] = via_dropout.get(src)
+            if _emits_spikes(mod):  # neurons, A2S hybrid units
+                if unhooked(mod, output=True):
+                    spiking[node], source[node] = True, node
+                continue
+            if not unhooked(mod, output=True, input=True):
+                continue
+            if type(mod) in _SHAPE_MODULES:
+                passes = True
             elif type(mod) is nn.Dropout and src is not None and spiking.get(src) and via_dropout.get(src) is None \
                     and len(node.users) == 1 and _calls(graph, node.target) == 1:  # a shared Dropout stays
-                spiking[node] = True
-                via_dropout[node] = node.target
-        elif node.op == "call_function" and node.target in _SHAPE_FUNCS and src is not None and spiking.get(src):
-            spiking[node] = True
-            via_dropout[node] = via_dropout.get(src)
-        elif node.op == "call_method" and node.target in _SHAPE_METHODS and src is not None and spiking.get(src):
-            spiking[node] = True
-            via_dropout[node] = via_dropout.get(src)
+                spiking[node], source[node], via_dropout[node] = True, source[src], node.target
+                continue
+        elif node.op == "call_function":
+            passes = node.target in _SHAPE_FUNCS
+        elif node.op == "call_method":
+            # x.view(dtype) reinterprets the bits: not a reshape
+            passes = node.target in _SHAPE_METHODS and not any(isinstance(a, torch.dtype) for a in node.args[1:])
+        if passes and src is not None and spiking.get(src):
+            spiking[node], source[node], via_dropout[node] = True, source[src], via_dropout.get(src)
+    # spikes changed in place (through any tensor that may share their storage) are not spikes any more
+    tainted = {s for s in set(source.values()) if _mutated(s, modules)}
+    spiking = {n: ok for n, ok in spiking.items() if source[n] not in tainted}
     uses = {}
     direct = {}  # linear name -> neuron name, when the neuron's only consumer is that one call
     for node in graph.nodes:
         if node.op == "call_module" and _is_plain_linear(modules.get(node.target)):
-            src = node.args[0] if node.args else None
-            ok = isinstance(src, fx.Node) and spiking.get(src, False)
+            src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+            ok = isinstance(src, fx.Node) and spiking.get(src, False) and unhooked(modules[node.target], input=True)
             uses.setdefault(node.target, []).append((ok, via_dropout.get(src) if ok else None))
             if ok and src.op == "call_module" and isinstance(modules.get(src.target), BaseNeuron) \
                     and len(src.users) == 1:
@@ -235,31 +425,77 @@ def _targets_fx(model: nn.Module) -> Optional[dict]:
     return out, feeders
 
 
+def _mutated(start, modules) -> bool:
+    """Whether the graph may change the tensor of the node ``start`` in place: an in-place op on it or
+    on any value derived from it that may share its storage. Conservative: every function and method
+    result is taken as a possible view (``x.t()``, ``x[0]``, ``x.float()`` on a float ``x``, ...); a
+    module call is a new tensor except for shape-only, dropout and in-place modules."""
+    seen, stack = {start}, [start]
+    while stack:
+        value = stack.pop()
+        for user in value.users:
+            if _mutates(user, value, modules):
+                return True
+            if user in seen or user.op == "output":
+                continue
+            if user.op == "call_module":
+                m = modules.get(user.target)
+                if not (type(m) in _SHAPE_MODULES or isinstance(m, nn.modules.dropout._DropoutNd)):
+                    continue
+            seen.add(user)
+            stack.append(user)
+    return False
+
+
+def _mutates(user, value, modules) -> bool:
+    """Whether the fx node ``user`` may change ``value`` (one of its inputs) in place."""
+    first = user.args[0] if user.args else None
+    if user.op == "call_method":
+        name = str(user.target)
+        if name.endswith("_") and not name.startswith("__") and first is value:
+            return True  # x.add_(1), x.copy_(y), x.masked_fill_(...)
+    elif user.op == "call_function":
+        name = getattr(user.target, "__name__", "")
+        if (user.target in _INPLACE_FUNCS or (name.endswith("_") and not name.startswith("__"))) and first is value:
+            return True  # x[i] = v, torch.relu_(x), F.relu_(x), ...
+    elif user.op == "call_module":
+        if getattr(modules.get(user.target), "inplace", False) is True:
+            return True  # nn.ReLU(inplace=True), nn.Dropout(inplace=True), ...
+    return user.kwargs.get("inplace") is True or "out" in user.kwargs  # F.relu(x, inplace=True), out=x
+
+
 def _calls(graph, target: str) -> int:
     return sum(1 for n in graph.nodes if n.op == "call_module" and n.target == target)
 
 
-def _targets_sequential(model: nn.Module):
-    """Fallback reading of a model fx cannot trace: nested Sequentials in order. The model's own
-    forward may use a neuron's output or a Dropout elsewhere, so this path never switches neurons to
-    packed output and never folds a Dropout (a Dropout ends the chain)."""
-    out = {}
-    for prefix, mod in model.named_modules():
-        if not isinstance(mod, nn.Sequential):
+def _targets_sequential(model: nn.Module, prefix: str, check_binary: bool, names: dict, tracer):
+    """A container fx cannot trace whose forward is nn.Sequential's: its children in order. A Linear
+    right after a neuron (through shape-only modules) reads its spikes; each other child that is not
+    a leaf is read on its own (fx, or this again). Never switches neurons to packed output and never
+    folds a Dropout here (a Dropout ends the chain)."""
+    out, feeders = {}, []
+    hooked = _global_hooks()
+
+    def unhooked(mod, output=False, input=False):
+        return check_binary or not (hooked or _value_hooks(mod, output=output, input=input))
+
+    spiking = False
+    for name, child in model.named_children():
+        full = _join(prefix, name)
+        unique = len(names.get(id(child), ())) == 1  # a shared module may be called elsewhere
+        if _emits_spikes(child):
+            spiking = unique and unhooked(child, output=True)
             continue
+        if spiking and type(child) in _SHAPE_MODULES and unhooked(child, output=True, input=True):
+            continue
+        if spiking and _is_plain_linear(child) and unique and unhooked(child, input=True):
+            out[full] = None
+        elif not tracer.is_leaf_module(child, full):
+            t, f = _targets(child, full, check_binary, names)
+            out.update(t)
+            feeders.extend(f)
         spiking = False
-        for name, child in mod.named_children():
-            full = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, BaseNeuron):
-                spiking = True
-            elif spiking and isinstance(child, _SHAPE_MODULES):
-                continue
-            elif spiking and _is_plain_linear(child):
-                out[full] = None
-                spiking = False
-            else:
-                spiking = False
-    return out, []
+    return out, feeders
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -33,9 +33,18 @@ class ScaledLinear(nn.Linear):
         return super().forward(x) * 0.5
 
 
+class DimCheck(nn.Module):
+    """A module fx cannot trace (data-dependent control flow), without any Linear."""
+
+    def forward(self, x):
+        if x.dim() == 3:
+            return x * 1.0
+        return x
+
+
 class DimBranch(nn.Sequential):
     def forward(self, x):
-        if x.dim() == 3:  # fx cannot trace this: convert falls back to the Sequential order
+        if x.dim() == 3:  # fx cannot trace this, and this forward is not nn.Sequential's
             for m in self:
                 x = m(x)
                 _ = x.mean() if isinstance(x, torch.Tensor) else None  # uses each output
@@ -43,22 +52,20 @@ class DimBranch(nn.Sequential):
         return super().forward(x)
 
 
-def test_convert_is_idempotent_and_leaves_linear_subclasses_alone():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(8, 8), st.LIF(), nn.Linear(8, 8), st.LIF(), ScaledLinear(8, 3))
-    x = torch.rand(3, 2, 8) * 2
-    want = m(x)
-    st.reset(m)
-    for _ in range(2):
-        st.convert(m)
-        assert type(m[4]) is ScaledLinear and isinstance(m[2], st.SpikeLinear)
-        torch.testing.assert_close(m(x), want)
-        st.reset(m)
+def test_convert_test_untraceable_models_are_what_they_say():
+    import torch.fx as fx
+
+    for m in (DimBranch(nn.Linear(8, 3)), nn.Sequential(nn.Linear(8, 3), DimCheck())):
+        with pytest.raises(fx.proxy.TraceError):
+            fx.symbolic_trace(m)
 
 
 def test_convert_fallback_never_packs_or_folds():
+    # a plain nn.Sequential that fx cannot trace (one child has data-dependent control flow) is read in
+    # order: its forward is nn.Sequential's own, so child i's output is child i+1's input
     torch.manual_seed(0)
-    m = DimBranch(nn.Linear(8, 8), st.LIF(), nn.Dropout(0.3), nn.Linear(8, 8), st.LIF(), nn.Linear(8, 3))
+    m = nn.Sequential(nn.Linear(8, 8), st.LIF(), nn.Dropout(0.3), nn.Linear(8, 8), st.LIF(), nn.Linear(8, 3),
+                      DimCheck())
     m.eval()
     x = torch.rand(3, 2, 8) * 2
     want = m(x)
@@ -68,6 +75,15 @@ def test_convert_fallback_never_packs_or_folds():
     assert isinstance(m[2], nn.Dropout) and not isinstance(m[3], st.SpikeLinear)  # Dropout ends the chain
     assert isinstance(m[5], st.SpikeLinear)
     torch.testing.assert_close(m(x), want)
+
+
+def test_convert_refuses_an_untraceable_sequential_subclass():
+    # its own forward may feed the layers anything: convert() used to read the children in order anyway
+    m = DimBranch(nn.Linear(8, 8), st.LIF(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"convert: cannot read the data flow of the model \(DimBranch\): torch.fx "
+                                         r"cannot trace its forward \(TraceError: symbolically traced variables"):
+        st.convert(m)
+    assert type(m[2]) is nn.Linear
 
 
 def test_convert_keeps_shared_dropout_and_hooked_neurons():
