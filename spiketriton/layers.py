@@ -388,7 +388,8 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
             if type(mod) in _SHAPE_MODULES:
                 passes = True
             elif type(mod) is nn.Dropout and src is not None and spiking.get(src) and via_dropout.get(src) is None \
-                    and len(node.users) == 1 and _calls(graph, node.target) == 1:  # a shared Dropout stays
+                    and len(node.users) == 1 and _calls(graph, node.target) == 1 \
+                    and not _value_hooks(mod, output=True, input=True):  # a shared or hooked Dropout stays
                 spiking[node], source[node], via_dropout[node] = True, source[src], node.target
                 continue
         elif node.op == "call_function":

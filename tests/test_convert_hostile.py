@@ -272,6 +272,17 @@ def test_hooks_on_a_converted_linear_move_with_it(backend):
     assert len(seen) == n and not m[2]._forward_hooks and not m[2]._forward_pre_hooks
 
 
+def test_a_hooked_dropout_is_not_folded():
+    # folding replaces the Dropout with an Identity: its hooks would silently stop firing
+    m = nn.Sequential(*_net()[:2], nn.Dropout(0.5), _net()[2])
+    seen = []
+    m[2].register_forward_hook(lambda mod, inp, out: seen.append(1))
+    st.convert(m)
+    assert type(m[2]) is nn.Dropout and type(m[3]) is nn.Linear
+    m(torch.rand(2, 1, 8))
+    assert seen == [1]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_hook_registered_after_convert_sees_packed_spikes(backend):
     """Documented in convert() and SpikeLinear: the neuron hands over a SpikeTensor; ``unpack()`` and
