@@ -367,6 +367,56 @@ def test_run_input_checks(tmp_path, monkeypatch):
             assert np.array_equal(program.run(inp), q(inp).numpy())
 
 
+class _TensorSubclass(torch.Tensor):
+    pass
+
+
+def test_run_odd_inputs(tmp_path):
+    """Inputs with no values, or values that are not real numbers, are refused with a message saying
+    so (a meta tensor raised torch's "Cannot copy out of meta tensor", a sparse one numpy's, a masked
+    array a broadcasting error); the rest runs as the quantized model does."""
+    torch.manual_seed(7)
+    net = driven(nn.Sequential(nn.Linear(6, 10), st.LIF(), nn.Linear(10, 4), st.LIF()), 1.5)
+    x = torch.rand(3, 2, 6)
+    q = quantized(net, x)
+    save_chip(q, tmp_path / "r.chip", x)
+    program = load_chip(tmp_path / "r.chip")
+    refused = [
+        (torch.zeros(3, 2, 6, device="meta"), ValueError, r"ChipProgram.run: the input is a meta tensor, which has a "
+                                                          r"shape but no values"),
+        (torch.zeros(3, 2, 6).to_sparse(), TypeError, r"expected a dense \(strided\) tensor \[T, B, 6\], got a sparse_coo "
+                                                      r"tensor"),
+        (torch.zeros(3, 2, 6, dtype=torch.complex64), TypeError, r"must hold real numbers .* got torch.complex64"),
+        (np.ma.masked_array(np.zeros((3, 2, 6)), mask=True), TypeError, r"a masked array has entries without a value"),
+        (np.zeros((3, 2, 6), dtype="datetime64[s]"), TypeError, r"must hold real numbers .* got datetime64"),
+        (np.float64(1.0), TypeError, r"expected a torch.Tensor or numpy array \[T, B, 6\], got float64"),
+        (None, TypeError, r"expected a torch.Tensor or numpy array \[T, B, 6\], got NoneType"),
+    ]
+    for inp, error, message in refused:
+        with pytest.raises(error, match=message):
+            program.run(inp)
+    # the size limit is checked before the float64 copy is made (a broadcast view of 2^31 elements)
+    with pytest.raises(ValueError, match=r"T\*B\*features = 65536\*32768\*10 exceeds the limit of 134217728"):
+        program.run(torch.zeros(1, 1, 6).expand(1 << 16, 1 << 15, 6))
+    # requires_grad, an empty batch or sequence, a tensor subclass, a non-contiguous tensor, big-endian
+    # and integer arrays: the quantized model's answer
+    accepted = [torch.rand(3, 2, 6, requires_grad=True), torch.zeros(3, 0, 6), torch.zeros(0, 2, 6),
+                (torch.rand(3, 2, 6) * 2).as_subclass(_TensorSubclass), (torch.rand(6, 2, 3) * 2).permute(2, 1, 0)]
+    for inp in accepted:
+        program.reset()
+        q.reset()
+        with torch.no_grad():
+            want = q(inp.as_subclass(torch.Tensor).detach()).numpy()
+        got = program.run(inp)
+        assert got.shape == want.shape and np.array_equal(got, want)
+    for inp in ((np.random.rand(3, 2, 6) * 2).astype(">f8"), np.random.randint(-3, 4, (3, 2, 6))):
+        program.reset()
+        q.reset()
+        with torch.no_grad():
+            want = q(torch.from_numpy(inp.astype(np.float64)).float()).numpy()
+        assert np.array_equal(program.run(inp), want)
+
+
 # ------------------------------------------------------------------------------------------- #
 # what save_chip refuses
 # ------------------------------------------------------------------------------------------- #

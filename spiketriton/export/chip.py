@@ -862,6 +862,14 @@ class ChipProgram:
     as float32 (``"counts"``), or a readout in real units in the layer's dtype (``"real"``). The
     neurons' state carries from one ``run`` to the next, as in the quantized model, until
     :meth:`reset`. Everything is computed in numpy int64 (``_chipsim.py``).
+
+    ``run`` checks, before it copies anything: a dense torch tensor (any device; a meta tensor has no
+    values: ``ValueError``; sparse or nested: ``TypeError``) or a numpy array (not a masked one) of
+    real numbers (bool, int or float; complex, object, strings, dates: ``TypeError``), of shape
+    ``[T, B, *input_shape]`` (``T`` or ``B`` may be 0), within ``MAX_RUN_ELEMENTS``, and the batch
+    size of the carried state. Then, in one pass over the float64 copy, that it holds no NaN
+    (``+-inf`` saturate to +-127 at the int8 input, as in the quantized model). ``requires_grad`` is
+    ignored (the program has no gradient).
     """
 
     def __init__(self, manifest: dict, layers: list, arrays: dict):
@@ -881,10 +889,6 @@ class ChipProgram:
     def run(self, x_seq) -> np.ndarray:
         x = self._input(x_seq)
         T, B = x.shape[:2]
-        if T * B * self._max_features > MAX_RUN_ELEMENTS:
-            raise ValueError(f"ChipProgram.run: T*B*features = {T}*{B}*{self._max_features} exceeds the limit of "
-                             f"{MAX_RUN_ELEMENTS} elements per value (the chain's largest value, zero-padded inputs "
-                             f"included); run shorter pieces (the state carries across calls) or smaller batches")
         if self._batch is not None and B != self._batch:
             raise ValueError(f"ChipProgram.run: the carried state is for a batch of {self._batch}, the input has "
                              f"B = {B}; call reset() before a new batch size")
@@ -896,25 +900,52 @@ class ChipProgram:
         return out.astype(np.float32) if self.output in ("spikes", "counts") else out
 
     def _input(self, x_seq) -> np.ndarray:
-        if type(x_seq).__module__.startswith("torch"):
-            import torch
+        """The input as a numpy array of real numbers, checked (type, layout, shape, size) before any copy."""
+        want = f"[T, B, {', '.join(map(str, self.input_shape))}]"
+        import torch  # (spiketriton imports it anyway)
 
-            if not isinstance(x_seq, torch.Tensor):
-                raise TypeError(f"ChipProgram.run: expected a torch.Tensor or numpy array, got {type(x_seq).__name__}")
-            t = x_seq.detach().cpu()
-            x_seq = (t.double() if t.is_floating_point() else t).numpy()  # exact: bf16/fp16/fp32 fit in fp64
-        if not isinstance(x_seq, np.ndarray):
-            raise TypeError(f"ChipProgram.run: expected a torch.Tensor or numpy array [T, B, "
-                            f"{', '.join(map(str, self.input_shape))}], got {type(x_seq).__name__}")
-        if x_seq.dtype.kind not in "biuf":
-            raise TypeError(f"ChipProgram.run: the input must hold real numbers (bool, int or float), got "
-                            f"{x_seq.dtype}")
-        if x_seq.ndim != 2 + len(self.input_shape) or tuple(x_seq.shape[2:]) != self.input_shape:
-            raise ValueError(f"ChipProgram.run: expected input [T, B, {', '.join(map(str, self.input_shape))}], got "
-                             f"shape {tuple(x_seq.shape)}")
+        if isinstance(x_seq, torch.Tensor):
+            if x_seq.layout != torch.strided or x_seq.is_nested:
+                raise TypeError(f"ChipProgram.run: expected a dense (strided) tensor {want}, got a "
+                                f"{'nested' if x_seq.is_nested else str(x_seq.layout).replace('torch.', '')} tensor; "
+                                f"make it a regular tensor first (.to_dense() for a sparse one)")
+            if x_seq.is_meta:
+                raise ValueError(f"ChipProgram.run: the input is a meta tensor, which has a shape but no values; give "
+                                 f"a tensor with data {want} (on any device)")
+            if x_seq.is_complex() or x_seq.is_quantized:
+                raise TypeError(f"ChipProgram.run: the input must hold real numbers (bool, int or float), got "
+                                f"{x_seq.dtype}")
+            self._check_shape(tuple(x_seq.shape), want)
+            try:
+                t = x_seq.detach().cpu().as_subclass(torch.Tensor)
+                x_seq = (t.double() if t.is_floating_point() else t).numpy()  # exact: bf16/fp16/fp32 fit in fp64
+            except (RuntimeError, TypeError, NotImplementedError) as e:
+                raise TypeError(f"ChipProgram.run: cannot read the values of the input tensor ({type(x_seq).__name__}, "
+                                f"{x_seq.dtype}, on {x_seq.device}): {str(e).splitlines()[0][:200]}") from None
+        elif isinstance(x_seq, np.ma.MaskedArray):
+            raise TypeError("ChipProgram.run: a masked array has entries without a value; fill them first "
+                            "(x.filled(...)) or pass x.data")
+        elif isinstance(x_seq, np.ndarray):
+            x_seq = np.asarray(x_seq)  # (an ndarray subclass as a plain array)
+            if x_seq.dtype.kind not in "biuf":
+                raise TypeError(f"ChipProgram.run: the input must hold real numbers (bool, int or float), got "
+                                f"{x_seq.dtype}")
+            self._check_shape(x_seq.shape, want)
+        else:
+            raise TypeError(f"ChipProgram.run: expected a torch.Tensor or numpy array {want}, got "
+                            f"{type(x_seq).__name__}")
         if x_seq.dtype.kind == "f" and np.isnan(x_seq).any():
             raise ValueError("ChipProgram.run: the input holds NaN, which has no integer value")
         return x_seq
+
+    def _check_shape(self, shape: tuple, want: str) -> None:
+        if len(shape) != 2 + len(self.input_shape) or tuple(shape[2:]) != self.input_shape:
+            raise ValueError(f"ChipProgram.run: expected input {want}, got shape {shape}")
+        T, B = shape[:2]
+        if T * B * self._max_features > MAX_RUN_ELEMENTS:
+            raise ValueError(f"ChipProgram.run: T*B*features = {T}*{B}*{self._max_features} exceeds the limit of "
+                             f"{MAX_RUN_ELEMENTS} elements per value (the chain's largest value, zero-padded inputs "
+                             f"included); run shorter pieces (the state carries across calls) or smaller batches")
 
     def __repr__(self) -> str:
         kinds = ", ".join(op.kind for op in self._ops)
