@@ -320,28 +320,22 @@ def test_save_load_round_trip(tmp_path, device):
 
 
 def test_load_rejects_other_files(tmp_path):
-    from safetensors.torch import save_file
-
     net = mlp()
     x = torch.rand(3, 2, 20)
     q = calibrated(net, x)
     path = tmp_path / "q.safetensors"
     q.save_quantized_model(str(path))
-    meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["spiketriton"])
-    tensors = {k: v.contiguous() for k, v in q.state_dict().items()}
-    for bad_meta, msg in [
-        ({**meta, "version": 99}, "format version 99"),
-        ({**meta, "format": "other"}, "not a spiketriton.quant file"),
-    ]:
-        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"spiketriton": json.dumps(bad_meta)})
-        with pytest.raises(ValueError, match=msg):
-            Q.load_quantized_model(str(tmp_path / "bad.safetensors"), Q.prepare(mlp()))
-    save_file({k: v for k, v in tensors.items() if k != "net.0.weight"}, str(tmp_path / "miss.safetensors"),
-              metadata={"spiketriton": json.dumps(meta)})
-    with pytest.raises(ValueError, match="missing \\['net.0.weight'\\]"):
-        Q.load_quantized_model(str(tmp_path / "miss.safetensors"), Q.prepare(mlp()))
+    # crafted files with valid checksums: the checks behind the checksum answer
+    for i, (change, msg) in enumerate([
+        (dict(meta={"version": 99}), "format version 99 is not supported"),
+        (dict(meta={"format": "other"}), "not a spiketriton.quant file"),
+        (dict(drop=["net.0.weight"]), "the file does not match the model: missing \\['net.0.weight'\\]"),
+    ]):
+        bad = _tamper(path, tmp_path / f"bad{i}.safetensors", **change)
+        with pytest.raises(Q.QuantFormatError, match=msg):
+            Q.load_quantized_model(str(bad), Q.prepare(mlp()))
     (tmp_path / "trunc.safetensors").write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(Q.QuantFormatError, match="truncated: the header length field declares"):
         Q.load_quantized_model(str(tmp_path / "trunc.safetensors"), Q.prepare(mlp()))
 
 
@@ -431,15 +425,28 @@ def test_prepare_leaves_the_global_rng_alone():
 # ------------------------------------------------------------------------------------------- #
 
 
-def _tamper(path, out, tensors=None, meta=None):
+def _tamper(path, out, tensors=None, meta=None, drop=(), sign=True):
+    """A copy of the quantized-model file ``path`` with tensors replaced or dropped and manifest fields
+    replaced; with ``sign`` its tensor table and both checksums are recomputed (a crafted file that
+    passes the checksums: what the cross-checks behind them must catch)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from spiketriton.export.chip import manifest_digest, tensor_digest
+    from spiketriton.quant.model import _digest_arrays, _dtype_name
 
     with safe_open(str(path), "pt") as f:
         m = json.loads(f.metadata()["spiketriton"])
         t = {k: f.get_tensor(k) for k in f.keys()}
     t.update(tensors or {})
+    for k in drop:
+        del t[k]
+    if sign:
+        m["tensors"] = {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in t.items()}
+        m["tensor_sha256"] = tensor_digest(_digest_arrays(t))
     m.update(meta or {})
+    if sign:
+        m["manifest_sha256"] = manifest_digest(m)
     save_file(t, str(out), metadata={"spiketriton": json.dumps(m)})
     return out
 
@@ -451,8 +458,8 @@ def test_load_validates_values_and_neurons(tmp_path):
     q.save_quantized_model(str(path))
     cases = [
         (dict(tensors={"net.0.weight_int": torch.full_like(q.net[0].weight_int, 127)}), "beyond \\+-7 for 4-bit"),
-        (dict(tensors={"net.2.w_scale": torch.tensor(float("nan"))}), "w_scale must be finite and > 0"),
-        (dict(tensors={"net.0.input_scale": torch.tensor(0.0)}), "input_scale must be > 0 for an encoding layer"),
+        (dict(tensors={"net.2.w_scale": torch.tensor(float("nan"))}), "net.2.w_scale holds NaN or inf"),
+        (dict(tensors={"net.0.input_scale": torch.tensor(0.0)}), "input_scale \\(0\\) must be 127 / input_amax"),
         (dict(meta={"mode": "bogus"}), "malformed manifest"),
         (dict(meta={"layers": []}), "malformed manifest"),
     ]

@@ -16,28 +16,29 @@ the links that ``collect_q_params`` finds (torch.fx, or nested Sequential order)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 import math
 import os
-import tempfile
+import struct
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .._files import check_regular
+from .._files import open_regular
 from ..layers import SpikeLinear
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD
 from ..spec import INT28_MAX
-from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLinear, QLIF, QuantConfig, _QLayer
-from .quantizer import qmax
+from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLinear, QLIF, QuantConfig, _QLayer, integer_params
+from .quantizer import qmax, weight_scale
 
-__all__ = ["QModel", "prepare", "load_quantized_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["QModel", "prepare", "load_quantized_model", "QuantFormatError", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "spiketriton.quant"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums (tensor_sha256, manifest_sha256), the tensor table, producer
 _SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 _SHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "contiguous", "unflatten"}
 
@@ -54,8 +55,7 @@ class QModel(nn.Module):
         self._link()
         self._set_mode(FLOAT)
         for layer in self._layers():
-            layer.collecting = layer.is_encoder
-            layer.input_amax.zero_()
+            layer.start_collecting()
         self._q_calculated = False
         self._collected = True
 
@@ -74,6 +74,7 @@ class QModel(nn.Module):
         self._require_calculated("quantize()")
         for layer in self._layers():
             layer.w_scale = layer.live_weight_scale()  # the current weights (QAT may have moved them)
+            layer.check_scales(layer.w_scale)
             layer.mode = QUANTIZED
             layer.freeze_integers()
         self._set_mode(QUANTIZED)
@@ -100,26 +101,41 @@ class QModel(nn.Module):
                 m.reset()
 
     # -- save / load ------------------------------------------------------------------------------
-    def save_quantized_model(self, path: str) -> None:
+    def save_quantized_model(self, path) -> None:
         """One safetensors file: the state (float weights, int8 weights, int32 biases, scales) and a
-        JSON manifest (format, version, mode, config per layer). No pickle. Written atomically."""
-        from safetensors.torch import save_file
+        JSON manifest with checksums (see :func:`load_quantized_model` for the format). No pickle.
+        Written atomically (a temporary file, fsync, rename): a failed write leaves no partial file.
+        Refuses NaN or inf in a quantizable layer's weights, bias or scales (the loader would refuse
+        the file)."""
+        from safetensors.torch import save
 
+        from ..export.chip import _write_atomic, manifest_digest, tensor_digest
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"save_quantized_model: path must be a str or os.PathLike, got {type(path).__name__}")
         self._require_calculated("save_quantized_model()")
+        self._link()  # names and links as the loader will see them
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        layers = {name: dict(dataclass_dict(m.qconfig), is_encoder=m.is_encoder, feeds_neuron=m.feeds_neuron)
-                  for name, m in self.named_modules() if isinstance(m, _QLayer)}
-        neurons = {name: _neuron_manifest(m) for name, m in self.named_modules() if isinstance(m, QLIF)}
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "mode": self.q_mode, "layers": layers, "neurons": neurons}
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"spiketriton": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for name, m in self.named_modules():
+            if isinstance(m, _QLayer):
+                for k in _LAYER_FLOATS:
+                    t = tensors.get(f"{name}.{k}")
+                    if t is not None and not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"save_quantized_model: {name}.{k} holds NaN or inf; a quantized model "
+                                         f"needs finite weights and scales")
+        from .. import __version__
+
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "producer": f"spiketriton {__version__}",
+            "mode": self.q_mode,
+            "layers": {name: dict(dataclass_dict(m.qconfig), is_encoder=m.is_encoder, feeds_neuron=m.feeds_neuron)
+                       for name, m in self.named_modules() if isinstance(m, _QLayer)},
+            "neurons": {name: _neuron_manifest(m) for name, m in self.named_modules() if isinstance(m, QLIF)},
+            "tensors": {k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in tensors.items()},
+            "tensor_sha256": tensor_digest(_digest_arrays(tensors)),
+        }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        _write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(manifest, allow_nan=False)}))
 
     # -- internals ---------------------------------------------------------------------------------
     def _layers(self):
@@ -139,15 +155,23 @@ class QModel(nn.Module):
     def _link(self):
         root = self.net if isinstance(self, _Prepared) else self
         links = _links_fx(root)
-        if links is None:
-            if not isinstance(root, nn.Sequential):
+        if isinstance(links, Exception):
+            # the order of a Sequential's children is its data flow only when its forward is
+            # nn.Sequential's own: a subclass with another forward would be guessed, not read
+            custom = sorted({type(m).__name__ for m in root.modules()
+                             if isinstance(m, nn.Sequential) and type(m).forward is not nn.Sequential.forward})
+            if not isinstance(root, nn.Sequential) or custom:
                 raise RuntimeError(
-                    "QModel: torch.fx cannot trace this model's forward, so the layer feeding each neuron is "
-                    "unknown; make the forward traceable (no data-dependent Python control flow) or build it as "
-                    "an nn.Sequential"
-                )
+                    f"QModel: torch.fx cannot trace this model's forward ({type(links).__name__}: "
+                    f"{str(links)[:200]}), so the layer feeding each neuron is unknown"
+                    f"{' (the nn.Sequential subclasses ' + ', '.join(custom) + ' have their own forward, so the order of their children is not their data flow)' if custom else ''}"
+                    f"; make the forward traceable (no data-dependent Python control flow) or build it of plain "
+                    f"nn.Sequential containers")
             links = _links_sequential(root)
         feeders, fed_by_spikes = links
+        for name, m in self.named_modules():
+            if isinstance(m, (_QLayer, QLIF)):
+                m.qname = name
         for layer in self._layers():
             layer.feeds_neuron = False
             layer.is_encoder = True
@@ -184,8 +208,8 @@ def _links_fx(model):
 
     try:
         graph = _Tracer().trace(model)
-    except Exception:
-        return None
+    except Exception as e:  # the caller decides whether the Sequential order may stand in for the graph
+        return e
     modules = dict(model.named_modules())
 
     def source(node):
@@ -269,6 +293,21 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
     folded into the weights and bias of the layer feeding it), except that the chip's threshold is
     strict (``v' > vth`` where LIF fires at ``H >= V_th``: different only when H equals V_th exactly).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare: model must be a torch.nn.Module (the float network to quantize), got "
+                        f"{type(model).__name__}")
+    fields = [f.name for f in dataclasses.fields(QuantConfig)]
+    unknown = sorted(k for k in config_kwargs if k not in fields)
+    if unknown:
+        raise TypeError(f"prepare: unknown option(s) {unknown}; the options are config= or the QuantConfig fields "
+                        f"{fields}")
+    if config is not None:
+        if not isinstance(config, QuantConfig):
+            raise TypeError(f"prepare: config must be a spiketriton.quant.QuantConfig or None, got "
+                            f"{type(config).__name__}")
+        if config_kwargs:
+            raise TypeError(f"prepare: give either config= or the options {sorted(config_kwargs)}, not both (the "
+                            f"options would be ignored)")
     config = config or QuantConfig(**config_kwargs)
     # the neurons' carried state may hold an autograd graph, which deepcopy refuses: copy without it
     stash = {}
@@ -380,92 +419,318 @@ def _fold_batchnorm(module: nn.Module):
 # --------------------------------------------------------------------------------------------- #
 
 
-def load_quantized_model(path: str, qmodel: QModel) -> QModel:
+def load_quantized_model(path, qmodel: QModel) -> QModel:
     """Restore a file written by ``save_quantized_model`` into ``qmodel`` (a QModel of the same
-    architecture, e.g. ``prepare(model)`` of the same float model). Validates the format, version
-    and every tensor; loads no code (safetensors, JSON)."""
-    from safetensors import SafetensorError, safe_open
+    architecture, e.g. ``prepare(model)`` of the same float model) and return it. Loads no code
+    (safetensors, JSON). Every file that is malformed, truncated, corrupted, of another format version
+    or inconsistent with ``qmodel`` raises :class:`QuantFormatError` (a ValueError) saying what was
+    wrong; ``qmodel`` is changed only once every check has passed.
+
+    The file (format ``"spiketriton.quant"``, version 2) is a safetensors file: the model's
+    ``state_dict`` (float weights and biases, and per layer ``input_amax``, ``input_scale``,
+    ``w_scale``, ``weight_int`` int8, ``bias_int`` int32) and, as the only safetensors metadata key
+    ``"spiketriton"``, a JSON manifest: ``format``, ``version``, ``producer``, ``mode`` (``"float"``,
+    ``"aware"`` or ``"quantized"``), ``layers`` (per layer: ``bits``, ``per_channel``, ``pow2``,
+    ``even_shift``, ``is_encoder``, ``feeds_neuron``), ``neurons`` (per QLIF: its constants),
+    ``tensors`` (``{name: {"dtype", "shape"}}`` of every tensor), ``tensor_sha256`` (a SHA-256 over
+    the tensors: name, dtype, shape and little-endian bytes, in name order, as the chip format's) and
+    ``manifest_sha256`` (a SHA-256 of the canonical JSON of the manifest without this field).
+
+    Checked, before anything is allocated or changed: a regular file (no FIFO, device or directory),
+    its size against the largest file ``qmodel`` can have (its tensors at full size plus a 16 MiB
+    header), the header length, strict JSON (no NaN, no repeated keys), both checksums, the tensor
+    table against the file. Then against ``qmodel``: exactly its state_dict keys, dtypes and shapes;
+    the layers and neurons by name, each layer's links (encoder, feeding a neuron), configuration
+    (strict types) and each neuron's constants. Values: float tensors of the layers finite; scales
+    normal positive float32; an encoder's ``input_scale == 127 / input_amax`` (float32) and a
+    non-encoder's 0; int8 weights within ``+-qmax(bits)``, int32 biases within int28. A file in
+    quantized mode is also checked for consistency: ``w_scale`` is the scale of the saved float
+    weights (a relative 1e-6 for a float scale, one power-of-two step of slack for ``pow2``, which
+    goes through log2), and the saved int8 weights and int32 biases are exactly the integers of the
+    saved float weights, bias and scales.
+
+    Files of format version 1 (spiketriton 0.1 before this check existed) carry no checksum and are
+    refused: recreate them with this version (run the flow, ``collect_q_params()`` ...
+    ``quantize()``, and ``save_quantized_model()`` again).
+    """
+    from safetensors.torch import load as st_load
+
+    from ..export.chip import _is_sha256, _json, manifest_digest, tensor_digest
 
     if not isinstance(qmodel, QModel):
         raise TypeError(f"load_quantized_model: qmodel must be a QModel, got {type(qmodel).__name__}")
-    try:
-        check_regular(path, "load_quantized_model")  # a FIFO would block, a device would read without end
-    except OSError as e:
-        raise ValueError(f"load_quantized_model: {path} is not a readable safetensors file: {e}") from None
-    try:
-        with safe_open(path, framework="pt") as f:
-            raw = (f.metadata() or {}).get("spiketriton")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise ValueError(f"load_quantized_model: {path} is not a readable safetensors file: {e}") from None
-    try:
-        meta = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"load_quantized_model: {path} is not a {FORMAT} file (no spiketriton manifest)")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"load_quantized_model: {path} has format version {meta.get('version')!r}; this "
-                         f"spiketriton reads version {FORMAT_VERSION}")
-    if meta.get("mode") not in (FLOAT, AWARE, QUANTIZED) or not isinstance(meta.get("layers"), dict) \
-            or not isinstance(meta.get("neurons"), dict):
-        raise ValueError(f"load_quantized_model: {path} has a malformed manifest (mode, layers and neurons expected)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_quantized_model: path must be a str or os.PathLike, got {type(path).__name__}")
+    where = f"load_quantized_model: {os.fspath(path)}"
+
+    def fail(msg):
+        raise QuantFormatError(f"{where}: {msg}")
+
     own = qmodel.state_dict()
+    limit = _max_file_bytes(qmodel, own)
+    try:  # regular files only: a FIFO would block, a device would read without end
+        fd = open_regular(path, "load_quantized_model")
+    except ValueError as e:
+        raise QuantFormatError(str(e)) from None
+    except OSError as e:
+        raise QuantFormatError(f"{where} is not a readable safetensors file: {e}") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            fail(f"the file has {size} bytes, more than a file of this model can hold ({limit} bytes): it does not "
+                 f"match the model, or is not a spiketriton.quant file")
+        data = f.read(limit + 1)  # the file may have grown since the check: never more than the limit
+    if len(data) > limit:
+        fail(f"the file grew past {limit} bytes while being read")
+    manifest = _read_manifest(data, fail, _json, _is_sha256, manifest_digest)
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors' own checks of the header (offsets, dtypes, sizes)
+        fail(f"not a readable safetensors file: {str(e)[:200]}")
+    have = {k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in tensors.items()}
+    table = manifest["tensors"]
+    if have != table:
+        diff = sorted(k for k in set(have) | set(table) if have.get(k) != table.get(k))
+        fail(f"the file's tensors differ from the manifest's table (corrupted file): {diff[:5]}")
+    if tensor_digest(_digest_arrays(tensors)) != manifest["tensor_sha256"]:
+        fail("the tensor data does not match the manifest's tensor_sha256 (corrupted file)")
+    # -- the file is intact: now does it fit the model? ------------------------------------------
     missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or extra:
-        raise ValueError(f"load_quantized_model: the file does not match the model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
-    for k, t in tensors.items():
-        if t.dtype != own[k].dtype or (t.shape != own[k].shape and own[k].numel() != 0 and t.numel() != 0):
-            raise ValueError(f"load_quantized_model: {k} is {t.dtype}{tuple(t.shape)}, the model has "
-                             f"{own[k].dtype}{tuple(own[k].shape)}")
-    qmodel.collect_q_params()  # links
-    for name, m in qmodel.named_modules():
-        if isinstance(m, QLIF):
-            if meta["neurons"].get(name) != _neuron_manifest(m):
-                raise ValueError(f"load_quantized_model: the neuron {name} in the file has other constants than "
-                                 f"the model's ({meta['neurons'].get(name)} vs {_neuron_manifest(m)})")
-        if isinstance(m, _QLayer):
-            cfg = meta["layers"].get(name)
-            try:
-                m.qconfig = QuantConfig(cfg["bits"], cfg["per_channel"], cfg["pow2"], cfg["even_shift"])
-            except (TypeError, KeyError, ValueError) as e:
-                raise ValueError(f"load_quantized_model: bad or missing configuration for layer {name}: {e}") from None
-            _check_layer_tensors(name, m, tensors, meta["mode"])
-            for buf in ("w_scale", "weight_int", "bias_int"):  # sized by the file (empty before quantize)
-                setattr(m, buf, torch.empty_like(tensors[f"{name}.{buf}"]))
+        fail(f"the file does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    for k in sorted(tensors):
+        t = tensors[k]
+        if t.dtype != own[k].dtype:
+            fail(f"{k} is {t.dtype} in the file, the model has {own[k].dtype}")
+    qmodel._link()  # the architecture's links (idempotent): which layer is an encoder, which feeds a neuron
+    layers = {name: m for name, m in qmodel.named_modules() if isinstance(m, _QLayer)}
+    neurons = {name: m for name, m in qmodel.named_modules() if isinstance(m, QLIF)}
+    for kind, want, got in (("layers", layers, manifest["layers"]), ("neurons", neurons, manifest["neurons"])):
+        if set(want) != set(got):
+            fail(f"the file does not match the model: its {kind} are {sorted(got)[:5]}, the model's "
+                 f"{sorted(want)[:5]}")
+    mode = manifest["mode"]
+    configs = {}
+    for name, m in layers.items():
+        configs[name] = _layer_config(name, m, manifest["layers"][name], fail)
+        _check_layer_tensors(name, m, configs[name], tensors, own, mode, fail)
+    checked = {f"{name}.{k}" for name in layers for k in _LAYER_BUFFERS}
+    for k, t in sorted(tensors.items()):  # shapes of everything else (the layers' quantization buffers checked above)
+        if k not in checked and tuple(t.shape) != tuple(own[k].shape):
+            fail(f"{k} has shape {tuple(t.shape)} in the file, the model has {tuple(own[k].shape)}")
+    for name, m in neurons.items():
+        entry, want = manifest["neurons"][name], _neuron_manifest(m)
+        if not isinstance(entry, dict) or entry != want:
+            fail(f"the neuron {name} in the file has other constants than the model's ({_short(entry)} vs {want})")
+    # -- every check passed: change the model ----------------------------------------------------
+    qmodel.collect_q_params()
+    for name, m in layers.items():
+        m.qconfig = configs[name]
+        for buf in ("w_scale", "weight_int", "bias_int"):  # sized by the file (empty before quantize)
+            setattr(m, buf, torch.empty_like(tensors[f"{name}.{buf}"], device=getattr(m, buf).device))
     qmodel.load_state_dict(tensors, strict=True)
+    for m in layers.values():
+        m.collecting = False
     qmodel._q_calculated = True
-    mode = meta.get("mode", FLOAT)
     {FLOAT: qmodel.restore_float, AWARE: qmodel.aware, QUANTIZED: qmodel._set_quantized_from_file}[mode]()
     return qmodel
 
 
-def _check_layer_tensors(name, m, tensors, mode):
-    """Value and shape checks of one layer's quantization tensors against its configuration."""
-    def bad(what):
-        raise ValueError(f"load_quantized_model: {name}.{what}")
+class QuantFormatError(ValueError):
+    """A spiketriton.quant file (``load_quantized_model``) that is malformed, truncated, corrupted, of
+    another format version, or that does not match the model it is loaded into."""
 
-    c = m.qconfig
-    w_scale, w_int, b_int = (tensors[f"{name}.{k}"] for k in ("w_scale", "weight_int", "bias_int"))
-    s_in = tensors[f"{name}.input_scale"]
-    if w_scale.numel():
-        want = (m.weight.shape[0],) if c.per_channel and m.weight.dim() > 1 else ()
-        if tuple(w_scale.shape) != want:
-            bad(f"w_scale has shape {tuple(w_scale.shape)}, expected {want} for per_channel={c.per_channel}")
-        if not (torch.isfinite(w_scale).all() and (w_scale > 0).all()):
-            bad("w_scale must be finite and > 0")
-    if not torch.isfinite(s_in) or s_in < 0:
-        bad("input_scale must be finite and >= 0")
-    if mode == QUANTIZED:
-        if w_int.shape != m.weight.shape:
-            bad(f"weight_int has shape {tuple(w_int.shape)}, expected {tuple(m.weight.shape)}")
-        if w_int.abs().max() > qmax(c.bits):
-            bad(f"weight_int has values beyond +-{qmax(c.bits)} for {c.bits}-bit weights")
-        if m.bias is not None and (b_int.shape != m.bias.shape or b_int.abs().max() > INT28_MAX):
-            bad("bias_int must have the bias' shape and int28 values")
-        if m.is_encoder and not s_in > 0:
-            bad("input_scale must be > 0 for an encoding layer")
+
+META_KEY = "spiketriton"             # the safetensors metadata key of the manifest
+MAX_HEADER_BYTES = 1 << 24           # the safetensors header (JSON, manifest included): 16 MiB
+MANIFEST_FIELDS = ("format", "version", "producer", "mode", "layers", "neurons", "tensors", "tensor_sha256",
+                   "manifest_sha256")
+LAYER_FIELDS = ("bits", "per_channel", "pow2", "even_shift", "is_encoder", "feeds_neuron")
+_LAYER_FLOATS = ("weight", "bias", "input_amax", "input_scale", "w_scale")
+_LAYER_BUFFERS = ("input_amax", "input_scale", "w_scale", "weight_int", "bias_int")
+SCALE_RTOL = 1e-6  # a saved float weight scale against the one recomputed here (float32 division: exact)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _digest_arrays(tensors: dict) -> dict:
+    """The tensors as numpy arrays for the chip format's ``tensor_digest``; a dtype numpy lacks
+    (bfloat16, float8) as raw integers of its size (the manifest's table records the real dtype)."""
+    out = {}
+    for k, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        try:
+            out[k] = t.numpy()
+        except TypeError:
+            out[k] = t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]).numpy()
+    return out
+
+
+def _max_file_bytes(qmodel, own) -> int:
+    """The largest file ``qmodel`` can have: the header limit and its tensors, the quantization buffers at
+    their full size (int8 weights, int32 biases, one scale per output channel)."""
+    total = sum(t.numel() * t.element_size() for t in own.values())
+    for m in qmodel._layers():
+        total += m.weight.numel() + 4 * (m.bias.numel() if m.bias is not None else 0) + 4 * m.weight.shape[0]
+    return 8 + MAX_HEADER_BYTES + total
+
+
+def _short(v, n=120) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n - 3] + "..."
+
+
+def _read_manifest(data: bytes, fail, _json, _is_sha256, manifest_digest) -> dict:
+    """The manifest of a safetensors image, after the header length, strict JSON, the format, the
+    version, the fields and the manifest checksum."""
+    if len(data) < 8:
+        fail(f"truncated: {len(data)} bytes, shorter than the 8-byte header length of a safetensors file "
+             f"(not a readable safetensors file)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES:
+        fail(f"the header length field declares {n} bytes, beyond the limit of {MAX_HEADER_BYTES} (not a "
+             f"{FORMAT} file, or a corrupted one)")
+    if 8 + n > len(data):
+        fail(f"truncated: the header length field declares {n} bytes but only {len(data) - 8} follow it (not a "
+             f"readable safetensors file)")
+    try:
+        text = data[8:8 + n].decode("utf-8")
+    except UnicodeDecodeError:
+        fail("the safetensors header is not UTF-8 text (corrupted)")
+    header = _json(text, "the safetensors header", fail)
+    if not isinstance(header, dict):
+        fail(f"the safetensors header is a JSON {type(header).__name__}, expected an object")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get(META_KEY), str):
+        if isinstance(meta, dict) and "spiketriton.chip" in meta:
+            fail(f"this is a chip file (spiketriton.export.load_chip reads it), not a {FORMAT} file")
+        fail(f"not a {FORMAT} file (no spiketriton manifest in the safetensors metadata)")
+    if set(meta) != {META_KEY}:
+        fail(f"the safetensors metadata has keys {_short(sorted(meta))}; a {FORMAT} file has only {META_KEY!r}")
+    manifest = _json(meta[META_KEY], "the manifest", fail)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fail(f"not a {FORMAT} file (its manifest's format is "
+             f"{_short(manifest.get('format') if isinstance(manifest, dict) else manifest)})")
+    version = manifest.get("version")
+    if version == 1 and type(version) is int:
+        fail(f"format version 1 (written by spiketriton 0.1 before files had checksums) is no longer read: "
+             f"recreate the file with this version (collect_q_params(), calibration, calculate_q_params(), "
+             f"quantize(), then save_quantized_model())")
+    if type(version) is not int or version != FORMAT_VERSION:
+        fail(f"format version {_short(version)} is not supported: this spiketriton reads version {FORMAT_VERSION}")
+    missing = [k for k in MANIFEST_FIELDS if k not in manifest]
+    extra = sorted(k for k in manifest if k not in MANIFEST_FIELDS)
+    if missing or extra:
+        fail(f"malformed manifest: missing fields {missing}, unexpected fields {_short(extra)}")
+    for k in ("tensor_sha256", "manifest_sha256"):
+        if not _is_sha256(manifest[k]):
+            fail(f"malformed manifest: {k} must be 64 lowercase hexadecimal digits")
+    try:
+        digest = manifest_digest(manifest)
+    except (ValueError, TypeError, RecursionError) as e:
+        fail(f"the manifest cannot be written as canonical JSON: {str(e)[:200]}")
+    if digest != manifest["manifest_sha256"]:
+        fail("the manifest does not match its manifest_sha256 (corrupted manifest)")
+    # types of the fields (a manifest with a valid checksum was still written by someone)
+    if manifest["mode"] not in (FLOAT, AWARE, QUANTIZED):
+        fail(f"malformed manifest: mode is {_short(manifest['mode'])}, expected one of {[FLOAT, AWARE, QUANTIZED]}")
+    if not isinstance(manifest["producer"], str) or len(manifest["producer"]) > 1024:
+        fail("malformed manifest: producer must be a string of at most 1024 characters")
+    for k in ("layers", "neurons", "tensors"):
+        if not isinstance(manifest[k], dict):
+            fail(f"malformed manifest: {k} must be a JSON object, got {type(manifest[k]).__name__}")
+    return manifest
+
+
+def _layer_config(name, m, entry, fail) -> QuantConfig:
+    if not isinstance(entry, dict) or set(entry) != set(LAYER_FIELDS):
+        fail(f"malformed manifest: layer {name} must have exactly the fields {list(LAYER_FIELDS)}, got {_short(entry)}")
+    for k in ("bits",) + LAYER_FIELDS[1:]:
+        ok = type(entry[k]) is int if k == "bits" else type(entry[k]) is bool
+        if not ok:
+            fail(f"malformed manifest: layer {name}: {k} must be {'an integer' if k == 'bits' else 'true or false'}, "
+                 f"got {_short(entry[k])}")
+    try:
+        config = QuantConfig(entry["bits"], entry["per_channel"], entry["pow2"], entry["even_shift"])
+    except (TypeError, ValueError) as e:
+        fail(f"bad configuration for layer {name}: {e}")
+    for k in ("is_encoder", "feeds_neuron"):
+        if entry[k] != getattr(m, k):
+            fail(f"the file does not match the model: layer {name} has {k}={entry[k]} in the file, "
+                 f"{getattr(m, k)} in the model")
+    return config
+
+
+def _check_layer_tensors(name, m, c: QuantConfig, tensors, own, mode, fail):
+    """Shapes and values of one layer's tensors against its configuration, and in quantized mode the
+    consistency of the saved scales and integers with the saved float weights."""
+    def bad(what):
+        fail(f"{name}.{what}")
+
+    t = {k: tensors.get(f"{name}.{k}") for k in ("weight", "bias", "input_amax", "input_scale", "w_scale",
+                                                  "weight_int", "bias_int")}
+    W, b = t["weight"], t["bias"]
+    for k, have in (("weight", W), ("bias", b)):
+        if have is not None and tuple(have.shape) != tuple(own[f"{name}.{k}"].shape):
+            bad(f"{k} has shape {tuple(have.shape)} in the file, the model has {tuple(own[f'{name}.{k}'].shape)}")
+    for k in _LAYER_FLOATS:
+        if t[k] is not None and not bool(torch.isfinite(t[k]).all()):
+            bad(f"{k} holds NaN or inf")
+    per_channel = c.per_channel and W.dim() > 1
+    want = {"input_amax": [()], "input_scale": [()], "w_scale": [(W.shape[0],) if per_channel else ()],
+            "weight_int": [tuple(W.shape)] + ([] if mode == QUANTIZED else [(0,)]),
+            "bias_int": ([(W.shape[0],)] if b is not None else []) + ([(0,)] if b is None or mode != QUANTIZED else [])}
+    for k, shapes in want.items():
+        if tuple(t[k].shape) not in shapes:
+            bad(f"{k} has shape {tuple(t[k].shape)}, expected one of {shapes} (per_channel={c.per_channel}, "
+                f"mode {mode!r})")
+    tiny = torch.finfo(torch.float32).tiny
+    s_w, amax, s_in = t["w_scale"], t["input_amax"], t["input_scale"]
+    if not bool((s_w >= tiny).all()):
+        bad(f"w_scale must be a normal float32 > 0, got {_short(s_w.tolist())}")
+    if m.is_encoder:
+        if not (amax > 0 and torch.equal(s_in, (qmax(8) / amax).float()) and s_in >= tiny):
+            bad(f"input_scale ({float(s_in):.6g}) must be 127 / input_amax ({float(amax):.6g}) in float32, > 0, for "
+                f"an encoding layer")
+    elif amax != 0 or s_in != 0:
+        bad(f"input_amax and input_scale must be 0 for a layer fed by spikes, got {float(amax)}, {float(s_in)}")
+    q = qmax(c.bits)
+    w_int, b_int = t["weight_int"], t["bias_int"]
+    if w_int.numel() and int(w_int.to(torch.int16).abs().max()) > q:  # widened: abs(-128) is -128 in int8
+        bad(f"weight_int holds {int(w_int.to(torch.int16).abs().max())}, beyond +-{q} for {c.bits}-bit weights")
+    if b_int.numel() and int(b_int.to(torch.int64).abs().max()) > INT28_MAX:
+        bad("bias_int holds values beyond int28")
+    if mode != QUANTIZED:
+        return  # in float / aware mode the scales and integers are recomputed by quantize()
+    S = s_w * s_in if m.is_encoder else s_w
+    if not bool((torch.isfinite(S) & (S >= tiny)).all()):
+        bad(f"the current scale (w_scale{' x input_scale' if m.is_encoder else ''}) must be a normal float32, got "
+            f"{_short(S.tolist())}")
+    live = weight_scale(W, c.bits, c.per_channel, c.pow2, c.even_shift)
+    Wf = W.detach().double()
+    amax_w = Wf.abs().flatten(1).amax(1) if per_channel else Wf.abs().amax()
+    if c.pow2:
+        mant, exp = torch.frexp(s_w)
+        step = 4.0 if c.even_shift else 2.0
+        ratio = s_w.double() / live.double()
+        if not (bool((mant == 0.5).all()) and (not c.even_shift or bool(((exp - 1) % 2 == 0).all()))
+                and bool(((ratio == 1) | (ratio == step) | (ratio == 1 / step)).all())
+                and bool((amax_w * s_w.double() <= q).all())):
+            bad(f"w_scale {_short(s_w.tolist())} is not the power-of-two scale of the saved weights "
+                f"({_short(live.tolist())}{', even exponent' if c.even_shift else ''})")
+    elif not bool(((s_w.double() - live.double()).abs() <= SCALE_RTOL * live.double()).all()):
+        bad(f"w_scale {_short(s_w.tolist())} is not the scale of the saved weights ({_short(live.tolist())}): the "
+            f"largest |weight| x w_scale must be {q}")
+    try:
+        w_want, b_want = integer_params(W, b, s_w, s_in if m.is_encoder else None, c.bits, False, name)
+    except ValueError as e:
+        bad(f"bias: {e}")
+    if not torch.equal(w_int.to(torch.int64), w_want.to(torch.int64)):
+        bad("weight_int is not the int8 rounding of the saved float weights by w_scale (corrupted or edited)")
+    if b is not None and not torch.equal(b_int.to(torch.int64), b_want.to(torch.int64)):
+        bad("bias_int is not the rounding of the saved bias in the layer's integer units (corrupted or edited)")
 
 
 def _set_quantized_from_file(self):

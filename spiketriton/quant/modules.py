@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -36,7 +37,8 @@ from ..functional import ops as OPS
 from ..functional.ops import INT_SPEC_FIELDS
 from ..reference.neuron_int import family_b_int_steps, leak
 from ..spec import INT28_MAX, INT28_MIN
-from .quantizer import check_bits, floor_ste, qmax, require, round_ste, weight_scale
+from ..functional._backend import BACKENDS
+from .quantizer import check_bits, check_flag, floor_ste, qmax, require, round_ste, weight_scale
 
 __all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
 
@@ -56,7 +58,11 @@ class QuantConfig:
     even_shift: bool = False
 
     def __post_init__(self):
+        """Strict types: ``bits`` a Python int (not a bool), the flags True/False (a numpy bool is taken
+        as a Python bool): ``per_channel='no'`` is a TypeError, not a truthy string."""
         check_bits(self.bits)
+        for name in ("per_channel", "pow2", "even_shift"):
+            object.__setattr__(self, name, check_flag(getattr(self, name), f"QuantConfig: {name}"))
         if self.even_shift and not self.pow2:
             raise ValueError("QuantConfig: even_shift constrains a power-of-two scale; set pow2=True as well")
 
@@ -65,8 +71,13 @@ class _QLayer:
     """Mixin for QLinear / QConv2d (the state and flow shared by both)."""
 
     def _qinit(self, config: Optional[QuantConfig], backend: str = "auto"):
+        if config is not None and not isinstance(config, QuantConfig):
+            raise TypeError(f"{type(self).__name__}: config must be a spiketriton.quant.QuantConfig or None, got "
+                            f"{type(config).__name__}")
         self.qconfig = config or QuantConfig()
-        self.backend = backend
+        self.backend = _check_backend(backend, type(self).__name__)
+        self.qname = None           # the module's name in its QModel (set by QModel's linking), for messages
+        self._calib_batches = 0     # non-empty calibration batches seen since collect_q_params()
         self.mode = FLOAT
         self.is_encoder = False     # fed by non-spike input (set by QModel's linking)
         self.feeds_neuron = False   # output goes to a QLIF (set by QModel's linking)
@@ -112,9 +123,6 @@ class _QLayer:
                                       error_msgs)
 
     # -- scales ----------------------------------------------------------------------------------
-    def live_weight_scale(self) -> torch.Tensor:
-        c = self.qconfig
-        return weight_scale(self.weight, c.bits, c.per_channel, c.pow2, c.even_shift)
 
     def current_scale(self) -> torch.Tensor:
         """``S``: integer current = real current * S (0-dim, or [C_out] per channel)."""
@@ -123,35 +131,71 @@ class _QLayer:
             raise RuntimeError(f"{type(self).__name__}: no weight scale yet; call calculate_q_params() first")
         return s_w * self.input_scale if self.is_encoder else s_w
 
+    def who(self) -> str:
+        """``QLinear 'net.0'`` once linked in a QModel, else the class name (for error messages)."""
+        return f"{type(self).__name__} {self.qname!r}" if self.qname else type(self).__name__
+
+    def start_collecting(self):
+        self.collecting = self.is_encoder
+        self.input_amax.zero_()
+        self._calib_batches = 0
+
     def calculate(self):
+        """Weight scale and, for an encoding layer, the int8 input scale ``127 / input_amax``. Refused,
+        with the reason: no calibration batch, calibration data that held NaN or +-inf (NaN and inf stick
+        in the running maximum, so nothing is lost by checking here rather than at every batch; the
+        calibration forwards stay free of host syncs), all-zero calibration data, and scales that
+        overflow or underflow float32."""
         if self.is_encoder:
-            if not self.input_amax > 0:
+            amax = float(self.input_amax)
+            if self._calib_batches == 0 and amax == 0:
                 raise RuntimeError(
-                    f"{type(self).__name__} (an encoding layer, fed by non-spike input) saw no calibration data: "
+                    f"{self.who()} (an encoding layer, fed by non-spike input) saw no calibration data: "
                     f"call collect_q_params(), run calibration batches through the model, then calculate_q_params()"
                 )
-            self.input_scale = (qmax(INPUT_BITS) / self.input_amax).float()
+            if not math.isfinite(amax):
+                raise ValueError(
+                    f"{self.who()} (an encoding layer): the calibration data held "
+                    f"{'NaN' if math.isnan(amax) else 'an infinite value'} (largest |input| seen: {amax}); an int8 "
+                    f"input scale needs finite calibration data. Call collect_q_params() again and calibrate "
+                    f"with finite inputs")
+            if amax == 0:
+                raise ValueError(
+                    f"{self.who()} (an encoding layer): its {self._calib_batches} calibration batch(es) held only "
+                    f"zeros, so no int8 input scale can be derived; calibrate with representative (non-zero) inputs")
+            input_scale = (qmax(INPUT_BITS) / self.input_amax).float()
+            _check_scale(input_scale, f"{self.who()}: the int8 input scale 127 / {amax:.4g} (largest |input| "
+                                      f"seen in calibration)")
+            self.input_scale = input_scale
         self.w_scale = self.live_weight_scale()
+        self.check_scales(self.w_scale)
+
+    def live_weight_scale(self) -> torch.Tensor:
+        c = self.qconfig
+        try:
+            return weight_scale(self.weight, c.bits, c.per_channel, c.pow2, c.even_shift)
+        except ValueError as e:
+            raise ValueError(f"{self.who()}: {e}") from None
+
+    def check_scales(self, s_w):
+        """The current scale ``S`` (``s_w``, times the input scale for an encoding layer) must be a
+        normal, finite float32: a zero or subnormal S silences the layer, an infinite one breaks the
+        readout. One host sync (at calculate_q_params() / quantize() only)."""
+        S = s_w * self.input_scale if self.is_encoder else s_w
+        _check_scale(S, f"{self.who()}: the current scale S = w_scale"
+                        f"{' x input_scale' if self.is_encoder else ''}")
+        if self.bias is not None:
+            b = self.bias.detach()
+            require(torch.isfinite(b), ValueError, f"{self.who()}: the bias holds NaN or inf")
 
     def integers(self, s_w: torch.Tensor, ste: bool):
         """``(w_int, b_int)`` as integer-valued float64 tensors, computed once for both modes: the
         products in float64 (float32 products misround ~1e-6 of the weights), weights clamped to
         ``±qmax``, the bias rounded in units of ``1/S``; a bias beyond int28 is an error."""
-        q = qmax(self.qconfig.bits)
-        rnd = round_ste if ste else torch.round
         w = self.weight if ste else self.weight.detach()
-        w_int = _clamp_ste(rnd(w.double() * _channel(s_w, self.weight).double()), q)
-        b_int = None
-        if self.bias is not None:
-            S = s_w * self.input_scale if self.is_encoder else s_w
-            b = self.bias if ste else self.bias.detach()
-            b_int = rnd(b.double() * S.double())
-            advice = "use fewer weight bits, a smaller encoder input range, or a smaller bias"
-            require(b_int.detach().abs() <= INT28_MAX, ValueError,
-                    lambda: f"{type(self).__name__}: a bias is {float(b.detach().abs().max()):.3g}, which in the layer's "
-                            f"integer units (x {float(S.max()):.3g}) exceeds int28; {advice}",
-                    static=f"{type(self).__name__}: a bias exceeds int28 in the layer's integer units; {advice}")
-        return w_int, b_int
+        b = None if self.bias is None else (self.bias if ste else self.bias.detach())
+        return integer_params(w, b, s_w, self.input_scale if self.is_encoder else None, self.qconfig.bits, ste,
+                              self.who())
 
     def freeze_integers(self):
         """Store the int8 weights and int32 bias of the current float parameters (quantized mode)."""
@@ -164,10 +208,19 @@ class _QLayer:
     def _qforward(self, x):
         if isinstance(x, SpikeTensor):
             x = x.to_dense(self.weight.dtype)
+        self._check_input(x)
         if self.mode == FLOAT:
-            if self.collecting and self.is_encoder:
+            if self.collecting and self.is_encoder and x.numel():
+                # NaN and inf stick in the running maximum: calculate() refuses them (no host sync here)
                 self.input_amax = torch.maximum(self.input_amax, x.detach().abs().max().float())
+                self._calib_batches += 1
             return self._op(x, self.weight, self.bias)
+        if self.is_encoder and x.is_floating_point():
+            # the only value check of the integer forward: NaN has no integer value (the chip simulator
+            # refuses it too); +-inf saturate to +-127 as on the chip. One reduction and one host sync.
+            require(~torch.isnan(x.detach()), ValueError,
+                    f"{self.who()} (an encoding layer): the input holds NaN, which has no int8 value; +-inf "
+                    f"saturate to +-127, NaN is refused (as by the chip simulator)")
         S = self.current_scale()
         if self.mode == AWARE:
             w_int, b_int = self.integers(self.live_weight_scale(), ste=True)
@@ -179,7 +232,7 @@ class _QLayer:
             packed = OPS.call_pack(x.reshape(-1, K), True)
             b = self.bias_int if self.bias is not None else None
             u = OPS.call_spike_matmul_int(packed, K, self.weight_int.contiguous(), b)
-            u = u.reshape(tuple(x.shape[:-1]) + (-1,))
+            u = u.reshape(tuple(x.shape[:-1]) + (self.out_features,))  # -1 is ambiguous for an empty batch
             u = u.clamp(INT28_MIN, INT28_MAX)
         else:
             x_int = self._input_int(x, aware=False)
@@ -190,12 +243,59 @@ class _QLayer:
             return u
         return (u.double() / self._bcast(S).double()).to(self.weight.dtype)  # a readout: real units
 
+    def _check_input(self, x):
+        """Python-level checks of the input (no device sync): a real tensor of the layer's shape."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.who()}: expected a torch.Tensor (or a SpikeTensor), got {type(x).__name__}")
+        if x.is_complex():
+            raise TypeError(f"{self.who()}: the input must hold real numbers (a floating, integer or bool dtype), "
+                            f"got {x.dtype}")
+        self._check_shape(x)
+
     def _input_int(self, x, aware):
         if not self.is_encoder:
-            return x.double()  # spikes: already the integers 0 and 1
+            # spikes: the integers 0 and 1. In integer inference any nonzero value is a spike, as the
+            # Triton path packs it (one semantics on both paths); QAT keeps the values for the gradient.
+            return x.double() if aware else (x != 0).double()
         q = qmax(INPUT_BITS)
         y = x.double() * self.input_scale.double()
         return _clamp_ste(round_ste(y), q) if aware else torch.round(y).clamp(-q, q)
+
+
+def _check_backend(backend, who: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _check_scale(S: torch.Tensor, what: str) -> None:
+    """Every value of the float32 scale ``S`` finite and normal (at least float32's smallest normal,
+    ~1.2e-38): one host sync."""
+    tiny = torch.finfo(torch.float32).tiny
+    require(torch.isfinite(S) & (S >= tiny), ValueError,
+            lambda: f"{what} is {S.detach().cpu().tolist()}, outside the normal float32 range [{tiny:.3g}, "
+                    f"{torch.finfo(torch.float32).max:.3g}] (the calibration range or the weights are too large or "
+                    f"too small to quantize)")
+
+
+def integer_params(w, b, s_w, input_scale, bits: int, ste: bool, who: str):
+    """The integers of a layer (see :meth:`_QLayer.integers`) from its float weight ``w``, bias ``b``
+    (or None), weight scale ``s_w`` and, for an encoding layer, ``input_scale`` (None otherwise): the
+    one definition shared by quantize(), aware() and load_quantized_model's cross-check."""
+    q = qmax(bits)
+    rnd = round_ste if ste else torch.round
+    w_int = _clamp_ste(rnd(w.double() * _channel(s_w, w).double()), q)
+    b_int = None
+    if b is not None:
+        S = s_w * input_scale if input_scale is not None else s_w
+        b_int = rnd(b.double() * S.double())
+        advice = "use fewer weight bits, a smaller encoder input range, or a smaller bias"
+        require(b_int.detach().abs() <= INT28_MAX, ValueError,  # NaN fails it too: one check, one sync
+                lambda: f"{who}: the bias holds NaN or inf" if not bool(torch.isfinite(b).all()) else
+                        f"{who}: a bias is {float(b.detach().abs().max()):.3g}, which in the layer's "
+                        f"integer units (x {float(S.max()):.3g}) exceeds int28; {advice}",
+                static=f"{who}: a bias is NaN or exceeds int28 in the layer's integer units; {advice}")
+    return w_int, b_int
 
 
 def _own_rng(device):
@@ -230,6 +330,15 @@ class QLinear(_QLayer, nn.Linear):
     def _op(self, x, w, b):
         return F.linear(x, w.to(x.dtype), b.to(x.dtype) if b is not None else None)
 
+    def _check_shape(self, x):
+        K = self.in_features
+        # integer modes: the neuron fed by this layer reads [T, B, *features] (time first)
+        need = 2 if (self.mode != FLOAT and self.feeds_neuron) else 1
+        if x.dim() < need or x.shape[-1] != K:
+            lead = "T, B, ..." if need == 2 else "..."
+            raise ValueError(f"{self.who()}: expected input [{lead}, {K}] (in_features = {K} last"
+                             f"{', time first' if need == 2 else ''}), got shape {tuple(x.shape)}")
+
     def _bcast(self, S):
         return S  # [C_out] broadcasts along the last dimension
 
@@ -263,6 +372,12 @@ class QConv2d(_QLayer, nn.Conv2d):
     def _bcast(self, S):
         return S.reshape(-1, 1, 1) if S.dim() == 1 else S
 
+    def _check_shape(self, x):
+        C = self.in_channels
+        if x.dim() < 3 or x.shape[-3] != C:
+            raise ValueError(f"{self.who()}: expected input [T, B, {C}, H, W] or [N, {C}, H, W] (in_channels = {C}), "
+                             f"got shape {tuple(x.shape)}")
+
     def forward(self, x):
         return self._qforward(x)
 
@@ -277,7 +392,17 @@ class QLIF(BaseNeuron):
                  dv: float = 0.0, ref_len: int = 0, reset_mode="hard", v_th_alpha: float = 1.0,
                  v_th_beta: float = 0.0, v_th_incre: float = 0.0, surrogate: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, backend: str = "auto"):
-        super().__init__(backend)
+        super().__init__(_check_backend(backend, "QLIF"))
+        for name, value in (("v_th0", v_th0), ("v_leaky_alpha", v_leaky_alpha), ("v_leaky_beta", v_leaky_beta),
+                            ("v_reset", v_reset), ("v_init", v_init), ("v_l", v_l), ("dv", dv),
+                            ("v_th_alpha", v_th_alpha), ("v_th_beta", v_th_beta), ("v_th_incre", v_th_incre)):
+            if value is None and name in ("v_init", "v_l"):
+                continue
+            # a real Python/numpy number: a string such as "0.5" would pass float(), a tensor or a bool
+            # is not a constant of the chip's neuron
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"QLIF: {name} must be a real number, got {type(value).__name__} {value!r}")
+        detach_reset = check_flag(detach_reset, "QLIF: detach_reset")
         self.spec = extended_lif_spec(
             "QLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
             reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,
@@ -291,6 +416,7 @@ class QLIF(BaseNeuron):
         self.v_leaky_alpha = float(v_leaky_alpha)
         self.v_leaky_beta = float(v_leaky_beta)
         self.mode = FLOAT
+        self.qname = None   # the module's name in its QModel (set by QModel's linking), for messages
         self.feeder = None  # the QLinear/QConv2d whose current this neuron integrates (set by QModel)
         self.reset()
 
@@ -342,6 +468,11 @@ class QLIF(BaseNeuron):
             spikes, self.v, self.v_th_adpt, self.ref_cnt = run_neuron(
                 x, self.v, self.v_th_adpt, self.ref_cnt, params, self.spec, self.backend, "QLIF")
             return spikes
+        if not isinstance(x, torch.Tensor) or x.is_complex() or x.dim() < 2:
+            got = (f"shape {tuple(x.shape)}" if x.dim() < 2 else f"dtype {x.dtype}") if isinstance(x, torch.Tensor) \
+                else type(x).__name__
+            raise ValueError(f"QLIF{' ' + repr(self.qname) if self.qname else ''}: the integer neuron takes the current "
+                             f"[T, B, *features] (time first) of the layer feeding it, got {got}")
         if self.feeder is None:
             raise RuntimeError("QLIF: not linked to the layer feeding it; build the model as a QModel "
                                "(or via spiketriton.quant.prepare) and call collect_q_params()")

@@ -14,11 +14,14 @@ Convention (the HNN framework's): a *scale* is the multiplier that maps real val
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
-__all__ = ["qmax", "check_bits", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste", "require"]
+__all__ = ["qmax", "check_bits", "check_flag", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste",
+           "require"]
 
 
 def require(ok: torch.Tensor, exc: type, message, static: Optional[str] = None) -> None:
@@ -36,9 +39,19 @@ def require(ok: torch.Tensor, exc: type, message, static: Optional[str] = None) 
 
 
 def check_bits(bits) -> int:
+    """``bits`` as a Python int in 2..8, else ValueError (a bool, a float or a string included)."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8 (symmetric signed weights), got {bits!r}")
+        raise ValueError(f"bits must be an integer in 2..8 (symmetric signed weights), got {type(bits).__name__} "
+                         f"{bits!r}")
     return bits
+
+
+def check_flag(value, who: str) -> bool:
+    """A boolean option: ``True``/``False`` (or a numpy bool), returned as a Python bool. Anything else,
+    ``0``/``1`` and strings such as ``'no'`` included, is a TypeError: a non-empty string is truthy."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{who} must be True or False, got {type(value).__name__} {value!r}")
 
 
 def qmax(bits: int) -> int:
@@ -51,6 +64,8 @@ def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2
     per-channel (one per output channel, dim 0). All-zero weights get scale 1."""
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         raise TypeError("weight_scale: w must be a floating tensor")
+    per_channel, pow2, even_shift = (check_flag(v, f"weight_scale: {n}") for n, v in
+                                     (("per_channel", per_channel), ("pow2", pow2), ("even_shift", even_shift)))
     if even_shift and not pow2:
         raise ValueError("weight_scale: even_shift constrains a power-of-two scale; set pow2=True as well")
     q = qmax(bits)
@@ -74,10 +89,40 @@ def _bcast(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return scale.reshape((-1,) + (1,) * (x.dim() - 1)) if scale.dim() == 1 else scale
 
 
+def _scale_of(scale, x, dtype, who: str) -> torch.Tensor:
+    """``scale`` as a tensor of ``dtype`` on x's device, broadcast over x's dim 0 when it is ``[C]``,
+    after checking that x is a real tensor and that every scale is finite and > 0 (a zero, NaN or
+    infinite scale maps everything to 0 or to NaN, which has no integer value). A Python number is
+    checked on the host; a tensor scale costs one reduction and one device sync."""
+    if not isinstance(x, torch.Tensor) or x.is_complex():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{who}: x must be a real (bool, integer or floating) tensor, got {got}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
+        raise TypeError(f"{who}: scale must be a number or a tensor, got {type(scale).__name__} {scale!r}")
+    fi = torch.finfo(dtype)
+    if isinstance(scale, torch.Tensor):
+        if scale.is_complex() or scale.dtype == torch.bool:
+            raise TypeError(f"{who}: scale must be a real tensor, got {scale.dtype}")
+        if scale.dim() > 1 or (scale.dim() == 1 and (x.dim() == 0 or scale.shape[0] != x.shape[0])):
+            raise ValueError(f"{who}: scale must be a number or one per channel of x's dim 0 (shape "
+                             f"[{x.shape[0] if x.dim() else 1}]), got shape {tuple(scale.shape)}")
+        s = scale.detach().to(device=x.device, dtype=dtype)
+        require(torch.isfinite(s) & (s > 0), ValueError,
+                lambda: f"{who}: every scale must be finite and > 0 in {dtype}, got {scale.detach().cpu().tolist()}")
+        return _bcast(scale.to(device=x.device, dtype=dtype), x)
+    if not (math.isfinite(scale) and 0 < scale <= fi.max):
+        raise ValueError(f"{who}: scale must be finite and > 0 (at most {fi.max:.4g} in {dtype}), got {scale!r}")
+    return torch.as_tensor(scale, dtype=dtype, device=x.device)
+
+
 def quantize(x: torch.Tensor, scale: Union[torch.Tensor, float], bits: int = 8) -> torch.Tensor:
-    """``clamp(round(x * scale), -qmax, qmax)`` as int32 (round half to even)."""
+    """``clamp(round(x * scale), -qmax, qmax)`` as int32 (round half to even). x must be a real
+    tensor without NaN (NaN has no integer value: ValueError, one device sync); +-inf saturate to
+    +-qmax. The scale must be finite and > 0."""
     q = qmax(bits)
-    s = _bcast(torch.as_tensor(scale, dtype=torch.float32, device=x.device), x)
+    s = _scale_of(scale, x, torch.float32, "quantize")
+    if x.is_floating_point():
+        require(~torch.isnan(x), ValueError, "quantize: x holds NaN, which has no integer value")
     return torch.round(x.float() * s).clamp(-q, q).to(torch.int32)
 
 
@@ -96,8 +141,12 @@ class _FakeQuant(torch.autograd.Function):
 
 
 def fake_quant(x: torch.Tensor, scale: Union[torch.Tensor, float], bits: int = 8) -> torch.Tensor:
-    """``quantize(x) / scale`` in x's dtype, straight-through gradient (zero where clamped)."""
-    s = _bcast(torch.as_tensor(scale, dtype=x.dtype, device=x.device), x)
+    """``quantize(x) / scale`` in x's dtype, straight-through gradient (zero where clamped). x must
+    be a floating tensor; the scale finite and > 0 (NaN in x stays NaN, as in any float op)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"fake_quant: x must be a floating tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    s = _scale_of(scale, x, x.dtype, "fake_quant")
     return _FakeQuant.apply(x, s, float(qmax(bits)))
 
 
