@@ -564,3 +564,34 @@ def test_fuzz_file_format(saved, tmp_path, x):
     print(f"{len(cases)} cases: {len(refused)} refused, {len(loaded)} loaded with the same outputs {loaded}")
     assert len(refused) > 0.9 * len(cases), (len(refused), len(cases), loaded)
     assert elapsed < 20, elapsed
+
+
+# ------------------------------------------------------------------------------------------- #
+# same class, elsewhere
+# ------------------------------------------------------------------------------------------- #
+
+
+def test_int32_accumulation_limit_routes_to_the_exact_path(x, monkeypatch):
+    from spiketriton.functional import ops as OPS
+    from spiketriton.quant import modules as QM
+    from spiketriton.spec import INT28_MAX
+
+    k = (2**31 - 1 - INT28_MAX) // 127
+    assert QM.int32_accumulates(k, 8) and not QM.int32_accumulates(k + 1, 8)
+    q = quantized(x, "triton")
+    want = run(q, x)
+    monkeypatch.setattr(QM, "int32_accumulates", lambda K, bits: False)  # as if K were ~16 M
+
+    def boom(*a):
+        raise AssertionError("the int32 kernel ran past its accumulation limit")
+
+    monkeypatch.setattr(OPS, "call_spike_matmul_int", boom)
+    assert torch.equal(run(q, x), want)  # the float64 path: the same integers
+
+
+def test_input_on_another_device_and_empty_weights(x):
+    q = quantized(x, "torch")
+    with pytest.raises(ValueError, match=r"QLinear 'net.0': the input is on meta, the layer on cpu"):
+        run(q, x.to("meta"))
+    assert float(Q.weight_scale(torch.empty(0, 5))) == 1.0
+    assert Q.weight_scale(torch.empty(3, 0), per_channel=True).tolist() == [1.0, 1.0, 1.0]

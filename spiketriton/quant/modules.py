@@ -226,7 +226,8 @@ class _QLayer:
             w_int, b_int = self.integers(self.live_weight_scale(), ste=True)
             x_int = self._input_int(x, aware=True)
             u = self._op(x_int, w_int, b_int).clamp(INT28_MIN, INT28_MAX)  # exact integers in float64
-        elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear"):
+        elif isinstance(self, QLinear) and not self.is_encoder and use_triton(self.backend, x, op="QLinear") \
+                and int32_accumulates(self.in_features, self.qconfig.bits):
             # spikes x int8 weights on the integer spike-matmul kernel (exact int32)
             K = self.in_features
             packed = OPS.call_pack(x.reshape(-1, K), True)
@@ -250,6 +251,9 @@ class _QLayer:
         if x.is_complex():
             raise TypeError(f"{self.who()}: the input must hold real numbers (a floating, integer or bool dtype), "
                             f"got {x.dtype}")
+        if x.device != self.weight.device:
+            raise ValueError(f"{self.who()}: the input is on {x.device}, the layer on {self.weight.device}; move "
+                             f"one of them (model.to(device) or x.to(device))")
         self._check_shape(x)
 
     def _input_int(self, x, aware):
@@ -266,6 +270,13 @@ def _check_backend(backend, who: str) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def int32_accumulates(K: int, bits: int) -> bool:
+    """Whether the integer spike-matmul kernel's int32 sum of ``K`` spikes times ``bits``-bit weights
+    plus an int28 bias cannot overflow (K < ~15.8 M for int8): beyond, the layer takes the float64 path,
+    which is exact, so that both paths (and the chip) saturate the same sum."""
+    return K * qmax(bits) + INT28_MAX <= 2**31 - 1
 
 
 def _check_scale(S: torch.Tensor, what: str) -> None:

@@ -70,7 +70,10 @@ def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2
         raise ValueError("weight_scale: even_shift constrains a power-of-two scale; set pow2=True as well")
     q = qmax(bits)
     w = w.detach().float()
-    amax = w.abs().flatten(1).amax(1) if (per_channel and w.dim() > 1) else w.abs().amax()
+    if w.numel() == 0:  # a layer without inputs or outputs: nothing to scale (amax of nothing is an error)
+        amax = w.new_zeros((w.shape[0],) if (per_channel and w.dim() > 1) else ())
+    else:
+        amax = w.abs().flatten(1).amax(1) if (per_channel and w.dim() > 1) else w.abs().amax()
     require(torch.isfinite(amax), ValueError, "weight_scale: weights contain inf or NaN")
     scale = q / amax
     # all-zero (or denormal-small, whose scale overflows) weights: scale 1, every integer 0
