@@ -6,7 +6,8 @@
 #
 # It installs the carried wheels (.whl/: SpikingJelly and the other peers, none of which the device image has;
 # at most 45 s), then runs bench/gpu_session.py: the stages in priority order (copy bandwidth and cuBLAS rates,
-# LIF vs SpikingJelly, spike matmul fwd + dW fp32 / bf16 and int8 vs cuBLAS at 4096^3, Open Neuromorphic at
+# LIF vs SpikingJelly, spike matmul fwd + dW fp32 / bf16 at 4096^3, the event-driven spike matmul at M = 1, 4, 16
+# (issue 13), int8 vs cuBLAS at 4096^3, Open Neuromorphic at
 # n = 16384, IF / PLIF, then the CUDA kernel tests and this window's slice of the rest of the CUDA suite, then the
 # report), each under its own time box, all within 480 s counted from this script's start (SESSION_T0), the
 # install included. Results go to bench/results/<gpu-slug>/ as they are measured; after every stage that folder is

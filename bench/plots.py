@@ -253,6 +253,45 @@ def plot_open_neuromorphic(result: Dict, path: Path) -> Optional[str]:
                                     f"T = {cfg.get('T')}, forward + backward")
 
 
+#: the event-driven matmul's lines: (impl, line style); one colour per M
+_EVENT_LINES = (("event_matmul(packed)", "-"), ("inference_matmul(packed)", ":"), ("spike_matmul(packed)", "--"))
+
+
+def plot_event_matmul(result: Dict, path: Path) -> Optional[str]:
+    """Speedup over torch.matmul against the firing rate, one panel per K = N (and dtype), a colour per M: the
+    event path (solid), the automatic choice (dotted) and the dense spike_matmul (dashed); on the CPU the rule's
+    crossover for each M as a vertical line, and the goal point (M = 1, 5 %, 4096, >= 5x)."""
+    plt = _plt()
+    rows = [r for r in result.get("cases", []) if r.get("x_torch")]
+    if plt is None or not rows:
+        return None
+    panels = list(dict.fromkeys((r["dtype"], r["K"]) for r in rows))
+    Ms = sorted({r["M"] for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 5.4 * len(panels)), 4.6), squeeze=False)
+    rule = {x["M"]: (x.get("rule") or {}).get("firing") for x in result.get("crossovers", [])}
+    for j, (dt, K) in enumerate(panels):
+        ax = axes[0][j]
+        for i, M in enumerate(Ms):
+            for impl, style in _EVENT_LINES:
+                pts = sorted((r["rate"], r["x_torch"]) for r in rows
+                             if (r["dtype"], r["K"], r["M"], r["impl"]) == (dt, K, M, impl))
+                if pts:
+                    ax.plot([100 * a for a, _ in pts], [b for _, b in pts], style, marker="o", ms=3, color=f"C{i}",
+                            label=f"M={M} {impl}")
+            if rule.get(M):
+                ax.axvline(100 * rule[M], color=f"C{i}", lw=0.8, ls="-.", alpha=0.6)
+        ax.axhline(1.0, color="k", lw=1)
+        if K == 4096 and dt == "fp32":
+            ax.plot([5], [5.0], marker="*", ms=12, color="k", ls="none", label="goal: M=1, 5 %: >= 5x")
+        ax.set_yscale("log")
+        ax.set_xlabel("firing rate %" + (" (dash-dot: the CPU rule's crossover per M)" if any(rule.values()) else ""))
+        ax.set_ylabel("x torch.matmul (torch's time / this; > 1 faster)")
+        ax.set_title(f"{dt}, K = N = {K}: solid event_matmul, dotted inference_matmul (auto), dashed spike_matmul",
+                     fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path, result, "Event-driven spike matmul (M rows): speedup over torch.matmul")
+
+
 #: benchmark name (the result JSON's "benchmark") -> (plot function, PNG name)
 PLOTTERS = {
     "neuron_cpu": (plot_neuron, "neuron.png"),
@@ -262,6 +301,8 @@ PLOTTERS = {
     "int_matmul_gpu": (plot_int_matmul, "int_matmul.png"),
     "memory": (plot_memory, "memory.png"),
     "open_neuromorphic": (plot_open_neuromorphic, "open_neuromorphic.png"),
+    "event_matmul_cpu": (plot_event_matmul, "event_matmul.png"),
+    "event_matmul_gpu": (plot_event_matmul, "event_matmul.png"),
 }
 
 

@@ -31,6 +31,11 @@ GOAL_MATMUL_FP32 = 4.0           # spike_matmul, fp32 weights, vs cuBLAS fp32 (n
 GOAL_MATMUL_BF16 = 0.95          # spike_matmul, bf16 weights, vs cuBLAS bf16 at 4096^3; dW the same
 GOAL_INT8_VS_BF16 = 1.5          # integer spike matmul vs cuBLAS bf16 at 4096^3
 GOAL_ON_VS_3_GEMMS = 1.1         # Open Neuromorphic n = 16384 bf16: time <= 1.1x its three bf16 GEMMs
+#: issue 13: the event-driven spike matmul (bench/event_matmul.py), on the CPU and on a GPU
+GOAL_EVENT_VS_TORCH = 5.0        # at M = 1, 5 % firing, K = N = 4096, fp32: >= 5x torch.matmul fp32
+GOAL_EVENT_CASE = {"dtype": "fp32", "M": 1, "K": 4096, "N": 4096, "rate": 0.05}
+GOAL_EVENT_AUTO = 1.05           # above the crossover: inference_matmul <= 1.05x spike_matmul (same spike format)
+EVENT_GOAL_SIZES = (1024, 4096)  # the K = N of issue 13 (quick-mode sizes do not count)
 #: files that are not a suite's result (the runbook's records), read by the report apart
 SESSION_FILE, TESTS_FILE = "session-gpu.json", "cuda_tests.json"
 
@@ -192,6 +197,8 @@ def goals(results: Dict[str, dict]) -> List[dict]:
         g["reason"] = GPU_ONLY if not _on_cuda(on) else "n = 16384 was not measured"
     out.append(g)
 
+    out += event_goals(results)
+
     # CPU and memory goals (bench/README.md)
     nc = results.get("neuron_cpu")
     g = _goal("neuron_cpu_vs_spikingjelly", "neuron", "CPU: LIF fwd+bwd (fp32, [T, B, N] = [16, 32, 4096]) at least "
@@ -217,6 +224,67 @@ def goals(results: Dict[str, dict]) -> List[dict]:
                      detail={k: round(r["marginal_B_per_neuron_step"], 4) for k, r in rows.items()})
         else:
             g["reason"] = "memory.json has no packed_output row for this dtype"
+        out.append(g)
+    return out
+
+
+def _event_result(results: Dict[str, dict], kind: str) -> Optional[dict]:
+    """event_matmul_cpu.json measured on a CPU, or event_matmul_gpu.json measured on a CUDA GPU (not a smoke test)."""
+    if kind == "cuda":
+        r = results.get("event_matmul_gpu")
+        return r if _on_cuda(r) else None
+    r = results.get("event_matmul_cpu")
+    dev = (r or {}).get("device") or {}
+    return r if r and dev.get("kind") == "cpu" and not dev.get("smoke_cpu") else None
+
+
+def event_goals(results: Dict[str, dict]) -> List[dict]:
+    """Issue 13's goals of the event-driven spike matmul, on the CPU and on a GPU: >= 5x torch.matmul fp32 at
+    M = 1, 5 % firing, K = N = 4096 (event_matmul and inference_matmul on packed spikes: the kernel, and what
+    SpikeLinear runs in inference; the value is the lower of the two), and above the crossover inference_matmul
+    no more than 5 % slower than spike_matmul on the same spike format (the script's ``auto_checks``: rates at or
+    above the measured crossover, or where inference_matmul took the dense path; K = N in EVENT_GOAL_SIZES)."""
+    out = []
+    for kind in ("cpu", "cuda"):
+        r = _event_result(results, kind)
+        src = f"event_matmul_{'gpu' if kind == 'cuda' else 'cpu'}.json"
+        where = "GPU" if kind == "cuda" else "CPU"
+        missing = GPU_ONLY if kind == "cuda" else "needs event_matmul_cpu.json (python bench/event_matmul.py --device cpu)"
+        g = _goal(f"event_matmul_vs_torch_{kind}", "event_matmul",
+                  f"{where}: event-driven spike matmul (event_matmul and inference_matmul, packed spikes) at M = 1, "
+                  f"5 % firing, K = N = 4096, fp32 >= {GOAL_EVENT_VS_TORCH:g}x torch.matmul fp32",
+                  f">= {GOAL_EVENT_VS_TORCH:g}x", device=kind)
+        sel = {c["impl"]: c for c in (r or {}).get("cases", [])
+               if all(abs(c.get(k) - v) < 1e-9 if k == "rate" else c.get(k) == v for k, v in GOAL_EVENT_CASE.items())
+               and c.get("x_torch") and c.get("ok")}
+        main = [i for i in ("event_matmul(packed)", "inference_matmul(packed)") if i in sel]
+        if main:
+            v = min(sel[i]["x_torch"] for i in main)
+            g.update(status=MET if v >= GOAL_EVENT_VS_TORCH and len(main) == 2 else UNMET, value=round(v, 2),
+                     source=src, detail={i: round(c["x_torch"], 2) for i, c in sel.items()},
+                     reason="value: the lower of event_matmul(packed) and inference_matmul(packed); x torch.matmul"
+                            + ("" if len(main) == 2 else f"; only {main[0]} measured"))
+        else:
+            g["reason"] = missing if r is None else "M = 1, 5 %, K = N = 4096, fp32 was not measured (quick mode?)"
+        out.append(g)
+
+        g = _goal(f"event_matmul_auto_no_regression_{kind}", "event_matmul",
+                  f"{where}: above the crossover, inference_matmul (the automatic choice) no more than "
+                  f"{100 * (GOAL_EVENT_AUTO - 1):g} % slower than spike_matmul (every case measured, K = N = 1024, 4096)",
+                  f"<= {GOAL_EVENT_AUTO:g}x", device=kind)
+        checks = [c for c in (r or {}).get("auto_checks", []) if c.get("K") in EVENT_GOAL_SIZES]
+        if checks:
+            worst = sorted(checks, key=lambda c: -c["ratio_vs_spike_matmul"])
+            bad = [c for c in checks if c["ratio_vs_spike_matmul"] > GOAL_EVENT_AUTO or not c.get("ok")]
+            g.update(status=UNMET if bad else MET, value=round(worst[0]["ratio_vs_spike_matmul"], 3), source=src,
+                     detail={f"{c['dtype']} M={c['M']} K={c['K']} {100 * c['rate']:g}% {c['impl']} [{c['path']}]":
+                             round(c["ratio_vs_spike_matmul"], 3) for c in worst[:8]},
+                     reason=f"value: the worst of {len(checks)} cases (median / spike_matmul's median); "
+                            f"{len(bad)} over {GOAL_EVENT_AUTO:g}x; detail: the worst 8")
+        elif r is not None and (r.get("auto_checks") or []):
+            g["reason"] = "measured only at other sizes (quick mode?)"
+        else:
+            g["reason"] = missing if r is None else "no case above the crossover was measured"
         out.append(g)
     return out
 
@@ -374,6 +442,7 @@ def headline(results: Dict[str, dict]) -> List[str]:
             md += [f"| {c['dtype']} | {c['variant']} | {_f(c['peak_extra_MiB'])} | "
                    f"{_f(c['peak_extra_B_per_neuron_step'])} |" for c in cuda]
         md.append("")
+    md += event_headline(results)
     r = results.get("open_neuromorphic")
     if r:
         cfg = r.get("config") or {}
@@ -395,6 +464,62 @@ def headline(results: Dict[str, dict]) -> List[str]:
         if skipped:
             md.append("")
             md.append("Not measured: " + "; ".join(f"{s['library']} ({s['reason']})" for s in skipped))
+        md.append("")
+    return md
+
+
+EVENT_COLS = ("torch.matmul", "F.linear", "spike_matmul(packed)", "event_matmul(packed)", "event_matmul(dense)",
+              "inference_matmul(packed)")
+
+
+def event_headline(results: Dict[str, dict]) -> List[str]:
+    """The event-driven matmul at 5 % firing (every M and K measured) and the measured crossover per (M, K)."""
+    md: List[str] = []
+    for key in ("event_matmul_gpu", "event_matmul_cpu"):
+        r = results.get(key)
+        if not r or not r.get("cases"):
+            continue
+        cases = r["cases"]
+        rates = sorted({c["rate"] for c in cases})
+        rate = min(rates, key=lambda x: abs(x - 0.05))
+        cfg = r.get("config") or {}
+        md += [f"**Event-driven spike matmul** (`{key}.json`, {_f(100 * rate, '{:g}')} % firing, medians in ms, "
+               f"{cfg.get('torch_num_threads')} torch thread(s) on the CPU; x torch = torch.matmul's time / the "
+               "event path's; [path] = what inference_matmul chose)", "",
+               "| dtype | M | K = N | " + " | ".join(EVENT_COLS) + " | x torch: event_matmul(packed) | "
+               "x torch: inference_matmul(packed) |", "|---|---:|---:|" + "---:|" * (len(EVENT_COLS) + 2)]
+        for dt, M, K in dict.fromkeys((c["dtype"], c["M"], c["K"]) for c in cases):
+            sel = {c["impl"]: c for c in cases if (c["dtype"], c["M"], c["K"]) == (dt, M, K) and c["rate"] == rate}
+            if not sel:
+                continue
+            cells = []
+            for i in EVENT_COLS:
+                c = sel.get(i) or {}
+                cells.append(_f(c.get("median_ms")) + (f" [{c['path']}]" if c.get("path") else ""))
+            md.append(f"| {dt} | {M} | {K} | " + " | ".join(cells) + " | "
+                      f"{_f((sel.get('event_matmul(packed)') or {}).get('x_torch'), '{:.2f}x')} | "
+                      f"{_f((sel.get('inference_matmul(packed)') or {}).get('x_torch'), '{:.2f}x')} |")
+        md += ["", "Measured crossover: the lowest firing rate measured at which the event path is no faster "
+               "(medians), and the firing interpolated to equal times; the rule is `choose_event_path`'s.", "",
+               "| dtype | M | K = N | event(packed) vs spike_matmul(packed) | interpolated | event(dense) vs "
+               "spike_matmul(dense) | event(dense) vs F.linear | rule |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+
+        def first(x):
+            x = x or {}
+            v = x.get("first_rate_not_faster")
+            if v is None:
+                return "none measured"
+            return ("<= " if x.get("interpolated_firing") is None else "") + f"{100 * v:g} %"
+
+        for e in r.get("crossovers", []):
+            p = e.get("event_matmul(packed) vs spike_matmul(packed)") or {}
+            ip = p.get("interpolated_firing")
+            rule = e.get("rule") or {}
+            rtxt = f"{100 * rule['firing']:.1f} %" if rule.get("firing") is not None else str(rule.get("rule"))
+            md.append(f"| {e['dtype']} | {e['M']} | {e['K']} | {first(p)} | "
+                      f"{_f(100 * ip if ip is not None else None, '{:.1f} %')} | "
+                      f"{first(e.get('event_matmul(dense) vs spike_matmul(dense)'))} | "
+                      f"{first(e.get('event_matmul(dense) vs F.linear'))} | {rtxt} |")
         md.append("")
     return md
 
@@ -511,10 +636,10 @@ def _main_device(results: Dict[str, dict]) -> str:
 
 
 def print_goals(gl: List[dict]) -> None:
-    print(f"\n{'goal':36} {'status':13} {'value':>8}  target")
+    print(f"\n{'goal':38} {'status':13} {'value':>8}  target")
     for g in gl:
         v = g["value"]
-        print(f"{g['id']:36} {g['status']:13} {(f'{v:.3g}' if isinstance(v, (int, float)) else '-'):>8}  {g['target']}"
+        print(f"{g['id']:38} {g['status']:13} {(f'{v:.3g}' if isinstance(v, (int, float)) else '-'):>8}  {g['target']}"
               + (f"  ({g['reason']})" if g["status"] == NOT_MEASURED and g["reason"] else ""))
 
 

@@ -19,6 +19,9 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
   memory             bytes saved for backward per neuron-step, peak CUDA memory of a step (memory.py)
   open_neuromorphic  Linear(n, n) + LIF, batch 16, T = 500: spiketriton, SpikingJelly, snnTorch, Norse,
                      and torch's three GEMMs (open_neuromorphic.py)
+  event_matmul       event-driven spike matmul for streaming inference (M = 1, 4, 16 rows, firing 1-50 %) vs
+                     torch.matmul / F.linear / spike_matmul, measured crossover (event_matmul.py, CPU and CUDA;
+                     on the CPU one torch thread unless --threads says otherwise)
 
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
 a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
@@ -45,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic")
+SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul")
 
 #: suite -> device kind -> (script module, full-size argv, quick argv); None: cannot run on that kind
 #: (the reason is in NOT_ON). Full GPU sizes are the scripts' defaults (estimates in bench/README.md).
@@ -74,10 +77,16 @@ PLAN: Dict[str, Dict[str, Optional[tuple]]] = {
         "cpu": ("open_neuromorphic", [], ["--sizes", "64,128", "--T", "20", "--reps", "2"]),
         "cuda": ("open_neuromorphic", [], ["--sizes", "512,4096", "--T", "100", "--reps", "3"]),
     },
+    "event_matmul": {
+        "cpu": ("event_matmul", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
+        "cuda": ("event_matmul", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
+    },
 }
 NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel and needs a CUDA GPU (on a CPU the "
                                  "Triton interpreter only checks it: TRITON_INTERPRET=1 python bench/int_matmul_gpu.py "
                                  "--smoke-cpu)"}
+#: suites whose script sets its own CPU thread count (event_matmul.py: 1 by default): run.py's --threads is passed on
+THREADS_ARG = ("event_matmul",)
 #: packages a suite cannot run without (the peers are optional inside the suites)
 NEEDS = {"cuda": ("triton",)}
 
@@ -130,6 +139,8 @@ def plan(args, kind: str) -> List[dict]:
         argv = list(quick if args.quick else full)
         if s == "neuron" and kind == "cuda" and args.sweep:
             argv.append("--sweep")
+        if s in THREADS_ARG and args.threads:
+            argv += ["--threads", str(args.threads)]
         out.append({"suite": s, "script": script, "argv": argv + extra.get(s, [])})
     return out
 
