@@ -343,3 +343,16 @@ def test_bf16_matmul_rounds_to_nearest_once(backend):
         dw = KS.spike_matmul_dw(gy, PK.pack(s), K)
         assert torch.equal(dw, (gy.double().T @ s.double()).to(torch.bfloat16))
     assert math.isfinite(float(exact.sum()))
+
+
+def test_run_neuron_arguments():
+    from spiketriton.functional.neuron import family_a_spec, run_neuron
+
+    spec = family_a_spec("t", v_threshold=1.0, v_reset=0.0, surrogate=None, detach_reset=False, decay_input=True)
+    x = torch.zeros(2, 1, 3)
+    with pytest.raises(TypeError, match=r"neuron: params must be a floating tensor \[k\] \(k = 1/tau\), got list"):
+        run_neuron(x, None, None, None, [0.5], spec)
+    with pytest.raises(TypeError, match=r"params must be a floating tensor \[k\] .* got torch.float32 tensor of shape \(3,\)"):
+        run_neuron(x, None, None, None, torch.zeros(3), spec)
+    with pytest.raises(TypeError, match="neuron: spec must be a spiketriton.spec.NeuronSpec, got dict"):
+        run_neuron(x, None, None, None, torch.zeros(1), {"family": 0})

@@ -127,6 +127,13 @@ def run_neuron(
     the kernels write them 8 per byte only, and their gradient flows back through its anchor.
     """
     check_sequence(x_seq, op)
+    if not isinstance(spec, NeuronSpec):
+        raise TypeError(f"{op}: spec must be a spiketriton.spec.NeuronSpec, got {type(spec).__name__}")
+    if not isinstance(params, torch.Tensor) or not params.is_floating_point() or params.numel() != spec.n_params:
+        want = "[k] (k = 1/tau)" if spec.family == FAMILY_A else "[alpha, beta] (the leak)"
+        got = (f"{params.dtype} tensor of shape {tuple(params.shape)}" if isinstance(params, torch.Tensor)
+               else type(params).__name__)
+        raise TypeError(f"{op}: params must be a floating tensor {want}, got {got}")
     v0 = _check_state(v0, x_seq, "v", op)
     a0 = _check_state(a0, x_seq, "v_th_adpt", op)
     ref0 = _check_state(ref0, x_seq, "ref_cnt", op, integer=True)
