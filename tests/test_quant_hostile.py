@@ -595,3 +595,16 @@ def test_input_on_another_device_and_empty_weights(x):
         run(q, x.to("meta"))
     assert float(Q.weight_scale(torch.empty(0, 5))) == 1.0
     assert Q.weight_scale(torch.empty(3, 0), per_channel=True).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_prepare_names_the_module_it_cannot_convert():
+    net = nn.Sequential(nn.Linear(4, 3), st.PLIF())
+    with torch.no_grad():
+        net[1].w.fill_(float("nan"))
+    with pytest.warns(UserWarning, match="PLIF's learnable tau"):
+        with pytest.raises(ValueError, match=r"prepare: cannot convert 1 \(PLIF\): QLIF: v_leaky_alpha must be finite"):
+            Q.prepare(net)
+    with pytest.raises(TypeError, match="QLinear.from_float: expected an nn.Linear, got Conv2d"):
+        Q.QLinear.from_float(nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="QConv2d.from_float: expected an nn.Conv2d, got Linear"):
+        Q.QConv2d.from_float(nn.Linear(1, 1))

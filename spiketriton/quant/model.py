@@ -10,7 +10,14 @@
     qmodel.save_quantized_model("net.safetensors"); load_quantized_model("net.safetensors", qmodel)
 
 The forward stays the float one: the scales travel from each layer to the neuron it feeds through
-the links that ``collect_q_params`` finds (torch.fx, or nested Sequential order).
+the links that ``collect_q_params`` finds (torch.fx; where fx cannot trace, the order of plain
+``nn.Sequential`` containers, never that of a Sequential subclass with its own forward).
+
+Calibration refuses, at ``calculate_q_params``, an encoding layer that saw no data, NaN or +-inf
+(they stick in the running maximum, so the calibration forwards stay free of host syncs), only zeros,
+and scales outside float32's normal range; weights or biases with NaN/inf are refused there and at
+``quantize()``, naming the layer. Files: see :func:`load_quantized_model` (format version 2, with
+checksums; every bad file is a :class:`QuantFormatError`).
 """
 
 from __future__ import annotations
@@ -322,7 +329,7 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
             m.__dict__.update(state)
     _fold_batchnorm(net)
     feeders_of = {}
-    _swap(net, config, feeders_of)
+    _swap(net, config, feeders_of, "")
     q = _Prepared(net)
     q._link()
     # fold a family-A neuron's input factor k = 1/tau into its feeder
@@ -337,31 +344,39 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
     return q
 
 
-def _swap(module: nn.Module, config, decay_input_neurons):
+def _swap(module: nn.Module, config, decay_input_neurons, prefix: str):
     for name, child in list(module.named_children()):
-        new = None
-        if type(child) in (nn.Linear, SpikeLinear):
-            if getattr(child, "input_dropout", 0.0):
-                warnings.warn("prepare: SpikeLinear's input_dropout is not carried into the QLinear (no dropout "
-                              "during quantization-aware training)")
-            new = QLinear.from_float(child, config)
-        elif type(child) is nn.Conv2d:
-            new = QConv2d.from_float(child, config)
-        elif isinstance(child, (IF, LIF, PLIF)):
-            if isinstance(child, PLIF):
-                warnings.warn("prepare: PLIF's learnable tau is fixed at its current value in the QLIF (the chip's "
-                              "leak is a constant)")
-            new, k = _qlif_from_family_a(child)
-            if k is not None:
-                decay_input_neurons[new] = k
-        elif isinstance(child, ExtendedLIF):
-            if isinstance(child.v_leaky_alpha, torch.Tensor):
-                warnings.warn("prepare: ExtendedLIF's learnable leak is fixed at its current value in the QLIF")
-            new = _qlif_from_extended(child)
+        try:
+            new = _converted(child, config, decay_input_neurons)
+        except (TypeError, ValueError) as e:  # e.g. a PLIF whose w is NaN: name the module that was converted
+            raise type(e)(f"prepare: cannot convert {prefix}{name} ({type(child).__name__}): {e}") from None
         if new is not None:
             setattr(module, name, new)
         else:
-            _swap(child, config, decay_input_neurons)
+            _swap(child, config, decay_input_neurons, f"{prefix}{name}.")
+
+
+def _converted(child, config, decay_input_neurons):
+    new = None
+    if type(child) in (nn.Linear, SpikeLinear):
+        if getattr(child, "input_dropout", 0.0):
+            warnings.warn("prepare: SpikeLinear's input_dropout is not carried into the QLinear (no dropout "
+                          "during quantization-aware training)")
+        new = QLinear.from_float(child, config)
+    elif type(child) is nn.Conv2d:
+        new = QConv2d.from_float(child, config)
+    elif isinstance(child, (IF, LIF, PLIF)):
+        if isinstance(child, PLIF):
+            warnings.warn("prepare: PLIF's learnable tau is fixed at its current value in the QLIF (the chip's "
+                          "leak is a constant)")
+        new, k = _qlif_from_family_a(child)
+        if k is not None:
+            decay_input_neurons[new] = k
+    elif isinstance(child, ExtendedLIF):
+        if isinstance(child.v_leaky_alpha, torch.Tensor):
+            warnings.warn("prepare: ExtendedLIF's learnable leak is fixed at its current value in the QLIF")
+        new = _qlif_from_extended(child)
+    return new
 
 
 def _qlif_from_family_a(n):

@@ -15,6 +15,15 @@
 
 A layer's output that feeds no QLIF (e.g. a readout) is returned in real units, ``current / S``.
 Layers and neurons are linked by :class:`~spiketriton.quant.model.QModel`.
+
+Input checks (every mode, Python-level, no device sync): a tensor (or SpikeTensor) on the layer's
+device, real (bool, integer or floating; complex is a TypeError), ``[..., in_features]`` for a
+QLinear (``[T, B, ..., in_features]`` in the integer modes when it feeds a QLIF), ``[..., C_in, H, W]``
+for a QConv2d; the message names the layer (``QLinear 'net.0'`` once linked). An encoding layer in the
+integer modes refuses NaN (ValueError: NaN has no int8 value, as in the chip simulator): one
+reduction and one host sync per forward; ``+-inf`` saturate to ``+-127``, as on the chip. A layer fed
+by spikes counts any nonzero value as a spike on both paths (the Triton path packs its input into
+bits). Empty inputs (B = 0 or T = 0) give empty outputs on both paths.
 """
 
 from __future__ import annotations
@@ -332,6 +341,8 @@ class QLinear(_QLayer, nn.Linear):
 
     @classmethod
     def from_float(cls, m: nn.Linear, config: Optional[QuantConfig] = None) -> "QLinear":
+        if not isinstance(m, nn.Linear):
+            raise TypeError(f"QLinear.from_float: expected an nn.Linear, got {type(m).__name__}")
         with _own_rng(m.weight.device):  # the initialisation is overwritten: leave the caller's RNG alone
             q = cls(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype,
                     config=config)
@@ -367,6 +378,8 @@ class QConv2d(_QLayer, nn.Conv2d):
 
     @classmethod
     def from_float(cls, m: nn.Conv2d, config: Optional[QuantConfig] = None) -> "QConv2d":
+        if not isinstance(m, nn.Conv2d):
+            raise TypeError(f"QConv2d.from_float: expected an nn.Conv2d, got {type(m).__name__}")
         with _own_rng(m.weight.device):
             q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
