@@ -215,6 +215,8 @@ class ExtendedLIF(BaseNeuron):
 
 def reset(net: nn.Module) -> None:
     """Reset the state of every spiketriton neuron in ``net`` (call between independent sequences)."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"reset: expected a torch.nn.Module, got {type(net).__name__}")
     for m in net.modules():
         if isinstance(m, BaseNeuron):
             m.reset()

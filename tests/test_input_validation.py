@@ -356,3 +356,12 @@ def test_run_neuron_arguments():
         run_neuron(x, None, None, None, torch.zeros(3), spec)
     with pytest.raises(TypeError, match="neuron: spec must be a spiketriton.spec.NeuronSpec, got dict"):
         run_neuron(x, None, None, None, torch.zeros(1), {"family": 0})
+
+
+def test_devices_and_reset():
+    with pytest.raises(ValueError, match="A2SLearnable: its parameters are on cpu but the input is on meta"):
+        H.A2SLearnable(4)(torch.zeros(3, device="meta"))
+    with pytest.raises(ValueError, match="TemporalFilter: its parameters are on cpu but the input is on meta"):
+        H.TemporalFilter(2)(torch.zeros(3, 2, 4, device="meta"))
+    with pytest.raises(TypeError, match="reset: expected a torch.nn.Module, got list"):
+        st.reset([st.LIF()])

@@ -80,6 +80,12 @@ def _check_unit_interval(x, name, params=()):
                              f"(normalise it, or put a sigmoid / clamp in front)")
 
 
+def _check_device(param, x, name):
+    if param.device != x.device:
+        raise ValueError(f"{name}: its parameters are on {param.device} but the input is on {x.device}; move the "
+                         f"module with .to()")
+
+
 def _check_stage(stage, name, op):
     if stage is not None and not callable(stage):
         raise TypeError(f"{op}: {name} must be a module or callable (or None), got {type(stage).__name__}")
@@ -166,6 +172,7 @@ class TemporalFilter(nn.Module):
         if xw.shape[1] != self.kernel.shape[0]:
             raise ValueError(f"TemporalFilter: expected windows [T_w, {self.kernel.shape[0]}, B, ...] (dim 1 is the "
                              f"window), got shape {tuple(xw.shape)}")
+        _check_device(self.kernel, xw, "TemporalFilter")
         k = self.kernel.to(xw.dtype).reshape((1, -1) + (1,) * (xw.dim() - 2))
         y = (xw * k).sum(1)
         return y + self.bias if self.bias is not None else y
@@ -311,6 +318,7 @@ class A2SLearnable(nn.Module):
 
     def forward(self, v):
         _check_seq(v, "A2SLearnable", min_dim=1)
+        _check_device(self.weight, v, "A2SLearnable")
         # rates in [0, 1] as for the other A2S units, and the learnable weight / bias finite (a NaN
         # weight would silently give no spikes at all): one read of the values, as the others pay
         _check_unit_interval(v, "A2SLearnable", ((self.weight, "weight"), (self.bias, "bias")))
