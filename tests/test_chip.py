@@ -384,8 +384,8 @@ def test_run_odd_inputs(tmp_path):
     refused = [
         (torch.zeros(3, 2, 6, device="meta"), ValueError, r"ChipProgram.run: the input is a meta tensor, which has a "
                                                           r"shape but no values"),
-        (torch.zeros(3, 2, 6).to_sparse(), TypeError, r"expected a dense \(strided\) tensor \[T, B, 6\], got a sparse_coo "
-                                                      r"tensor"),
+        (torch.zeros(3, 2, 6).to_sparse(), TypeError,
+         r"expected a dense \(strided\) tensor \[T, B, 6\], got a sparse_coo tensor"),
         (torch.zeros(3, 2, 6, dtype=torch.complex64), TypeError, r"must hold real numbers .* got torch.complex64"),
         (np.ma.masked_array(np.zeros((3, 2, 6)), mask=True), TypeError, r"a masked array has entries without a value"),
         (np.zeros((3, 2, 6), dtype="datetime64[s]"), TypeError, r"must hold real numbers .* got datetime64"),
