@@ -608,3 +608,16 @@ def test_prepare_names_the_module_it_cannot_convert():
         Q.QLinear.from_float(nn.Conv2d(1, 1, 1))
     with pytest.raises(TypeError, match="QConv2d.from_float: expected an nn.Conv2d, got Linear"):
         Q.QConv2d.from_float(nn.Linear(1, 1))
+
+
+def test_save_refuses_what_the_loader_would_refuse(tmp_path, x):
+    q = quantized(x, "torch")
+    with torch.no_grad():
+        q.net[2].weight.mul_(1.5)  # changed after quantize(): the frozen integers are no longer theirs
+    with pytest.raises(ValueError, match=r"save_quantized_model: net.2.w_scale .* is not the scale of the saved "
+                                         r"weights .* run calculate_q_params\(\) / quantize\(\) again"):
+        q.save_quantized_model(tmp_path / "stale.safetensors")
+    assert not (tmp_path / "stale.safetensors").exists()
+    q.quantize()
+    q.save_quantized_model(tmp_path / "fresh.safetensors")
+    assert torch.equal(run(Q.load_quantized_model(tmp_path / "fresh.safetensors", fresh()), x), run(q, x))

@@ -112,8 +112,9 @@ class QModel(nn.Module):
         """One safetensors file: the state (float weights, int8 weights, int32 biases, scales) and a
         JSON manifest with checksums (see :func:`load_quantized_model` for the format). No pickle.
         Written atomically (a temporary file, fsync, rename): a failed write leaves no partial file.
-        Refuses NaN or inf in a quantizable layer's weights, bias or scales (the loader would refuse
-        the file)."""
+        Runs the loader's value checks first and refuses (ValueError) what the loader would refuse:
+        NaN or inf in a layer's weights, bias or scales, or in quantized mode float weights changed
+        since ``quantize()`` (the saved integers would not be theirs)."""
         from safetensors.torch import save
 
         from ..export.chip import _write_atomic, manifest_digest, tensor_digest
@@ -123,18 +124,20 @@ class QModel(nn.Module):
         self._require_calculated("save_quantized_model()")
         self._link()  # names and links as the loader will see them
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        for name, m in self.named_modules():
+
+        def fail(msg):
+            raise ValueError(f"save_quantized_model: {msg} (the loader would refuse the file; after changing "
+                             f"weights, run calculate_q_params() / quantize() again)")
+
+        mode = self.q_mode
+        for name, m in self.named_modules():  # never write a file that load_quantized_model refuses
             if isinstance(m, _QLayer):
-                for k in _LAYER_FLOATS:
-                    t = tensors.get(f"{name}.{k}")
-                    if t is not None and not bool(torch.isfinite(t).all()):
-                        raise ValueError(f"save_quantized_model: {name}.{k} holds NaN or inf; a quantized model "
-                                         f"needs finite weights and scales")
+                _check_layer_tensors(name, m, m.qconfig, tensors, tensors, mode, fail)
         from .. import __version__
 
         manifest = {
             "format": FORMAT, "version": FORMAT_VERSION, "producer": f"spiketriton {__version__}",
-            "mode": self.q_mode,
+            "mode": mode,
             "layers": {name: dict(dataclass_dict(m.qconfig), is_encoder=m.is_encoder, feeds_neuron=m.feeds_neuron)
                        for name, m in self.named_modules() if isinstance(m, _QLayer)},
             "neurons": {name: _neuron_manifest(m) for name, m in self.named_modules() if isinstance(m, QLIF)},
