@@ -1,4 +1,5 @@
-"""Opening files we did not write: regular files only, never more bytes than a format allows.
+"""Opening files we did not write: regular files only, never more bytes than a format allows; and
+writing files so that a failure never leaves a partial one.
 
 A path may name a FIFO (``open`` blocks until a writer comes), a device such as ``/dev/zero`` (its
 size reads as 0, so a size check passes, and reading never ends), or a directory. Each is refused
@@ -9,8 +10,10 @@ judged by what it points to and a file swapped after the check is not read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 
 
 def open_regular(path, who: str) -> int:
@@ -42,3 +45,42 @@ def read_regular(path, who: str, limit: int) -> bytes:
     fd = open_regular(path, who)
     with os.fdopen(fd, "rb") as f:
         return f.read(limit + 1)
+
+
+def write_atomic(path, data: bytes, who: str = "write") -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the complete new one, never a
+    part: the bytes go to a temporary file in the same directory (``.<name>.<random>.tmp``), which is
+    fsynced, made world-readable (``0o644``, as an ordinary file) and renamed over ``path``. On any
+    failure (a full disk, a file-size limit, a read-only directory, an interrupt) the temporary file
+    is removed, ``path`` is left as it was, and the error is re-raised; an ``OSError`` keeps its class
+    and errno and gains a message naming ``who`` and ``path``.
+
+    Plain Python I/O only: a failed ``write`` raises (CPython ignores ``SIGXFSZ``, so exceeding
+    ``RLIMIT_FSIZE`` is ``EFBIG``) instead of killing the process as a C library may.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{who}: data must be bytes, got {type(data).__name__}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the files we write are ordinary files
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise type(e)(e.errno, f"{who}: cannot write {path!r}: {e.strerror or e}") from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
