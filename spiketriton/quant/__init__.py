@@ -3,10 +3,10 @@ to integer-exact spiking inference (see model.py for the flow, modules.py for th
 
 from .model import FORMAT, FORMAT_VERSION, QModel, QuantFormatError, load_quantized_model, prepare
 from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLIF, QLinear, QuantConfig
-from .quantizer import check_bits, check_flag, fake_quant, floor_ste, qmax, quantize, round_ste, weight_scale
+from .quantizer import check_bits, fake_quant, floor_ste, qmax, quantize, round_ste, weight_scale
 
 __all__ = [
     "QModel", "prepare", "load_quantized_model", "QuantFormatError", "QLinear", "QConv2d", "QLIF", "QuantConfig",
     "FLOAT", "AWARE", "QUANTIZED", "FORMAT", "FORMAT_VERSION",
-    "check_bits", "check_flag", "fake_quant", "floor_ste", "qmax", "quantize", "round_ste", "weight_scale",
+    "check_bits", "fake_quant", "floor_ste", "qmax", "quantize", "round_ste", "weight_scale",
 ]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Optional
 
 import torch
@@ -46,8 +45,8 @@ from ..functional import ops as OPS
 from ..functional.ops import INT_SPEC_FIELDS
 from ..reference.neuron_int import family_b_int_steps, leak
 from ..spec import INT28_MAX, INT28_MIN
-from ..functional._backend import BACKENDS
-from .quantizer import check_bits, check_flag, floor_ste, qmax, require, round_ste, weight_scale
+from ..functional._checks import check_backend, check_bool, finite
+from .quantizer import check_bits, floor_ste, qmax, require, round_ste, weight_scale
 
 __all__ = ["QuantConfig", "QLinear", "QConv2d", "QLIF", "FLOAT", "AWARE", "QUANTIZED"]
 
@@ -67,11 +66,11 @@ class QuantConfig:
     even_shift: bool = False
 
     def __post_init__(self):
-        """Strict types: ``bits`` a Python int (not a bool), the flags True/False (a numpy bool is taken
-        as a Python bool): ``per_channel='no'`` is a TypeError, not a truthy string."""
+        """Strict types: ``bits`` a Python int (not a bool), the flags Python bools: ``per_channel='no'``
+        (a truthy string), ``1`` or a numpy bool is a TypeError."""
         check_bits(self.bits)
         for name in ("per_channel", "pow2", "even_shift"):
-            object.__setattr__(self, name, check_flag(getattr(self, name), f"QuantConfig: {name}"))
+            check_bool(getattr(self, name), name, "QuantConfig")
         if self.even_shift and not self.pow2:
             raise ValueError("QuantConfig: even_shift constrains a power-of-two scale; set pow2=True as well")
 
@@ -84,7 +83,7 @@ class _QLayer:
             raise TypeError(f"{type(self).__name__}: config must be a spiketriton.quant.QuantConfig or None, got "
                             f"{type(config).__name__}")
         self.qconfig = config or QuantConfig()
-        self.backend = _check_backend(backend, type(self).__name__)
+        self.backend = check_backend(backend, type(self).__name__)
         self.qname = None           # the module's name in its QModel (set by QModel's linking), for messages
         self._calib_batches = 0     # non-empty calibration batches seen since collect_q_params()
         self.mode = FLOAT
@@ -275,12 +274,6 @@ class _QLayer:
         return _clamp_ste(round_ste(y), q) if aware else torch.round(y).clamp(-q, q)
 
 
-def _check_backend(backend, who: str) -> str:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"{who}: backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 def int32_accumulates(K: int, bits: int) -> bool:
     """Whether the integer spike-matmul kernel's int32 sum of ``K`` spikes times ``bits``-bit weights
     plus an int28 bias cannot overflow (K < ~15.8 M for int8): beyond, the layer takes the float64 path,
@@ -416,25 +409,16 @@ class QLIF(BaseNeuron):
                  dv: float = 0.0, ref_len: int = 0, reset_mode="hard", v_th_alpha: float = 1.0,
                  v_th_beta: float = 0.0, v_th_incre: float = 0.0, surrogate: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, backend: str = "auto"):
-        super().__init__(_check_backend(backend, "QLIF"))
-        for name, value in (("v_th0", v_th0), ("v_leaky_alpha", v_leaky_alpha), ("v_leaky_beta", v_leaky_beta),
-                            ("v_reset", v_reset), ("v_init", v_init), ("v_l", v_l), ("dv", dv),
-                            ("v_th_alpha", v_th_alpha), ("v_th_beta", v_th_beta), ("v_th_incre", v_th_incre)):
-            if value is None and name in ("v_init", "v_l"):
-                continue
-            # a real Python/numpy number: a string such as "0.5" would pass float(), a tensor or a bool
-            # is not a constant of the chip's neuron
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"QLIF: {name} must be a real number, got {type(value).__name__} {value!r}")
-        detach_reset = check_flag(detach_reset, "QLIF: detach_reset")
+        super().__init__(check_backend(backend, "QLIF"))
+        # the leak: real numbers (a string such as "0.5" passed float(), a bool was 1.0); the other
+        # constants, detach_reset, ref_len and reset_mode are checked by extended_lif_spec
+        v_leaky_alpha = finite(v_leaky_alpha, "v_leaky_alpha", "QLIF")
+        v_leaky_beta = finite(v_leaky_beta, "v_leaky_beta", "QLIF")
         self.spec = extended_lif_spec(
             "QLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
             reset_mode=reset_mode, v_th_alpha=v_th_alpha, v_th_beta=v_th_beta, v_th_incre=v_th_incre,
             surrogate=surrogate, detach_reset=detach_reset,
         )
-        for name, value in (("v_leaky_alpha", v_leaky_alpha), ("v_leaky_beta", v_leaky_beta)):
-            if not math.isfinite(float(value)):
-                raise ValueError(f"QLIF: {name} must be finite, got {value}")
         if not 0.0 <= float(v_leaky_alpha) <= 1.0 or not 0.0 <= float(v_th_alpha) <= 1.0:
             raise ValueError("QLIF: v_leaky_alpha and v_th_alpha must lie in [0, 1] (they become q/256 on the chip)")
         self.v_leaky_alpha = float(v_leaky_alpha)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
-__all__ = ["qmax", "check_bits", "check_flag", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste",
+from ..functional._checks import check_bool
+
+__all__ = ["qmax", "check_bits", "weight_scale", "quantize", "fake_quant", "round_ste", "floor_ste",
            "require"]
 
 
@@ -46,14 +47,6 @@ def check_bits(bits) -> int:
     return bits
 
 
-def check_flag(value, who: str) -> bool:
-    """A boolean option: ``True``/``False`` (or a numpy bool), returned as a Python bool. Anything else,
-    ``0``/``1`` and strings such as ``'no'`` included, is a TypeError: a non-empty string is truthy."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{who} must be True or False, got {type(value).__name__} {value!r}")
-
-
 def qmax(bits: int) -> int:
     return (1 << (check_bits(bits) - 1)) - 1
 
@@ -64,8 +57,8 @@ def weight_scale(w: torch.Tensor, bits: int = 8, per_channel: bool = False, pow2
     per-channel (one per output channel, dim 0). All-zero weights get scale 1."""
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         raise TypeError("weight_scale: w must be a floating tensor")
-    per_channel, pow2, even_shift = (check_flag(v, f"weight_scale: {n}") for n, v in
-                                     (("per_channel", per_channel), ("pow2", pow2), ("even_shift", even_shift)))
+    for name, flag in (("per_channel", per_channel), ("pow2", pow2), ("even_shift", even_shift)):
+        check_bool(flag, name, "weight_scale")
     if even_shift and not pow2:
         raise ValueError("weight_scale: even_shift constrains a power-of-two scale; set pow2=True as well")
     q = qmax(bits)
