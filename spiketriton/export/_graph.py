@@ -88,10 +88,20 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
     """The model as a list of :class:`Step` from ``input`` to ``output`` (a chain)."""
     import torch.fx as fx
 
-    if not isinstance(sample_input, torch.Tensor) or sample_input.dim() < 3:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what}: model must be a torch.nn.Module (a network of spiketriton / torch layers), got "
+                        f"{type(model).__name__}")
+    if not isinstance(sample_input, torch.Tensor):
+        raise TypeError(f"{what}: sample_input must be a torch.Tensor [T, B, *features], got "
+                        f"{type(sample_input).__name__}")
+    if sample_input.dim() < 3:
         raise ValueError(f"{what}: sample_input must be a sequence [T, B, *features] (a tensor with at least 3 "
-                         f"dimensions), got {getattr(sample_input, 'shape', type(sample_input).__name__)}")
-    net = _copy_without_state(model)
+                         f"dimensions), got shape {tuple(sample_input.shape)}")
+    try:
+        net = _copy_without_state(model)
+    except Exception as e:  # e.g. a module holding a lock or an open file: deepcopy refuses it
+        raise ExportError(f"{what}: cannot copy the model to trace it (copy.deepcopy raised {type(e).__name__}: "
+                          f"{_first_line(e)}); the export works on a copy and leaves the model untouched") from None
     from ..quant.model import _Prepared
 
     if isinstance(net, _Prepared):  # prepare()'s wrapper forwards *args: export the wrapped network
@@ -105,11 +115,10 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
     try:
         gm = fx.GraphModule(net, _Tracer().trace(net))
     except Exception as e:
-        raise ExportError(f"{what}: torch.fx cannot trace the model's forward ({type(e).__name__}: {e}); the export "
-                          f"needs a forward without data-dependent Python control flow") from None
+        raise ExportError(f"{what}: torch.fx cannot trace the model's forward ({type(e).__name__}: {_first_line(e)}); "
+                          f"the export needs a forward without data-dependent Python control flow") from None
     param = next(net.parameters(), None)
-    x = torch.zeros((_T, _B) + tuple(sample_input.shape[2:]), dtype=sample_input.dtype,
-                    device=param.device if param is not None else sample_input.device)
+    shape = (_T, _B) + tuple(sample_input.shape[2:])
     shapes = {}
 
     class _Shapes(fx.Interpreter):  # (fx's ShapeProp prints a traceback of its own on failure)
@@ -120,11 +129,13 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
             return result
 
     try:
+        x = torch.zeros(shape, dtype=sample_input.dtype,
+                        device=param.device if param is not None else sample_input.device)
         with torch.no_grad():
             _Shapes(gm).run(x)
-    except Exception as e:
-        raise ExportError(f"{what}: running the model on an input of shape {tuple(x.shape)} failed "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # (MemoryError included: an input too large to allocate)
+        raise ExportError(f"{what}: running the model on an input of shape {shape} failed "
+                          f"({type(e).__name__}: {_first_line(e)})") from None
     modules = dict(gm.named_modules())
 
     def shape_of(node):
@@ -187,6 +198,11 @@ def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list
                               f"{getattr(node.target, '__name__', node.target)}); only layers, neurons and reshapes")
         head = node
     return steps
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _nodes_in(obj, node_type) -> list:

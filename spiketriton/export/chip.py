@@ -138,6 +138,7 @@ def save_chip(qmodel, path, sample_input) -> dict:
     own checks before it is written, and written atomically (an existing file is replaced only by a
     complete new one).
     """
+    _check_path(path, "save_chip")
     manifest, tensors = _build(qmodel, sample_input)
     data = _serialize(manifest, tensors)
     _parse(data, "save_chip")  # exactly the bytes about to be written pass load_chip's checks
@@ -343,7 +344,9 @@ def _write_atomic(path, data: bytes) -> None:
 
 def load_chip(path) -> "ChipProgram":
     """Read and validate a chip file; returns a :class:`ChipProgram`. Every malformed, inconsistent,
-    oversized, truncated or corrupted file raises :class:`ChipFormatError` saying what was wrong."""
+    oversized, truncated or corrupted file raises :class:`ChipFormatError` saying what was wrong; a
+    ``path`` that is not a str or os.PathLike is a ``TypeError``, a missing file ``FileNotFoundError``."""
+    _check_path(path, "load_chip")
     where = f"load_chip: {os.fspath(path)}"
     limit = _max_file_bytes()
     try:  # regular files only: a FIFO would block, /dev/zero would read without end (its size is 0)
@@ -356,6 +359,11 @@ def load_chip(path) -> "ChipProgram":
             raise ChipFormatError(f"{where}: the file has {size} bytes, beyond the limit of {limit} for a chip file")
         data = f.read(limit + 1)  # the file may have grown since: never more than the limit
     return _parse(data, where)
+
+
+def _check_path(path, who: str) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{who}: path must be a str or os.PathLike, got {type(path).__name__}")
 
 
 def _max_file_bytes() -> int:
