@@ -8,6 +8,7 @@ Each step works in fp32 (fp64 for fp64 input) on whole ``[*S]`` slices, in place
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -44,7 +45,7 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
         hb = torch.empty(S, dtype=cdt, device=dev)
         tmp = torch.empty(S, dtype=cdt, device=dev)
         sf = torch.empty(S, dtype=cdt, device=dev)
-        vr_t = torch.tensor(vr, dtype=cdt, device=dev)
+        fmax = torch.finfo(cdt).max
         for t in range(T):
             h = h_seq[t] if direct else hb
             torch.sub(v, vr, out=tmp)                              # V - Vr
@@ -56,10 +57,17 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
             spikes[t].copy_(sf)
             if store and not direct:
                 h_seq[t].copy_(h)
-            # reset into the V buffer, selecting as the kernel does (where(spike, Vr, H)): H - H S would
-            # turn an overflowed H = inf into NaN where the kernel resets it to Vr
+            # reset into the V buffer. Hard: V = min(H, fmax) (H < Vth) + Vr S, the kernel's
+            # where(spike, Vr, H) also for an fp32 overflow: H - H S was NaN for H = +inf (which always
+            # spikes: capped before the product with 0) and for H = -inf (which never does: kept by
+            # the factor 1); a NaN H stays NaN. (A reset to 0 of a negative H >= Vth gives -0.0, equal
+            # to the kernel's +0.0.) Float ops only: bool masks cost 5-10x more on the CPU (a
+            # torch.where here made this loop 3x slower; this costs ~+20% over H - H S)
             if spec.reset_mode == RESET_HARD:
-                torch.where(h >= vth, vr_t, h, out=v)
+                torch.lt(h, vth, out=tmp)
+                torch.clamp_max(h, fmax, out=v).mul_(tmp)
+                if vr != 0.0:
+                    v.add_(sf, alpha=vr)
             else:
                 torch.sub(h, sf, alpha=vth, out=v)
         a_last = ref_last = None
@@ -70,8 +78,10 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
         for t in range(T):
             x = x_seq[t].to(cdt)
             raw = spec.v_threshold + a
-            # the floors select as the kernel does (where(x >= v_l, x, v_l)): a NaN becomes v_l there
-            vth = torch.where(raw >= spec.v_l, raw, spec.v_l)
+            # the floors as the kernel's where(x >= v_l, x, v_l), which sends a NaN to v_l (an overflowed
+            # state: inf - inf); NaN -> v_l, then the max, in float ops (a bool where costs 7x more)
+            vth = raw.nan_to_num(nan=spec.v_l, posinf=math.inf, neginf=-math.inf).clamp_min_(spec.v_l) \
+                if spec.adaptive else raw.clamp_min_(spec.v_l)
             if spec.refractory:
                 gate = ref == 0
                 h = torch.where(gate, x, 0.0).add_(v)
@@ -82,13 +92,14 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
             if spec.reset_mode == RESET_HARD:
                 v2 = torch.where(s, torch.tensor(spec.v_reset, dtype=cdt, device=dev), h)
             elif spec.reset_mode == RESET_SOFT:
-                v2 = torch.where(s, h - vth, h)  # as the kernel: h - 0 * vth is NaN for an overflowed vth
+                # as the kernel's where(spike, h - vth, h): only an adaptive threshold can overflow (h - 0 * inf)
+                v2 = torch.where(s, h - vth, h) if spec.adaptive else h - s * vth
             else:
                 v2 = h - s * spec.dv
             v = (v2 * alpha).add_(beta)
             if floor_seq is not None:
                 torch.ge(v, spec.v_l, out=floor_seq[t])
-            v = torch.where(v >= spec.v_l, v, spec.v_l)
+            v = v.nan_to_num_(nan=spec.v_l, posinf=math.inf, neginf=-math.inf).clamp_min_(spec.v_l)
             if spec.adaptive:
                 a = a * spec.v_th_alpha + spec.v_th_beta + s * spec.v_th_incre
             if spec.refractory:
