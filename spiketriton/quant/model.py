@@ -473,7 +473,7 @@ def load_quantized_model(path, qmodel: QModel) -> QModel:
     """
     from safetensors.torch import load as st_load
 
-    from ..export.chip import _is_sha256, _json, manifest_digest, tensor_digest
+    from ..export.chip import tensor_digest
 
     if not isinstance(qmodel, QModel):
         raise TypeError(f"load_quantized_model: qmodel must be a QModel, got {type(qmodel).__name__}")
@@ -500,7 +500,7 @@ def load_quantized_model(path, qmodel: QModel) -> QModel:
         data = f.read(limit + 1)  # the file may have grown since the check: never more than the limit
     if len(data) > limit:
         fail(f"the file grew past {limit} bytes while being read")
-    manifest = _read_manifest(data, fail, _json, _is_sha256, manifest_digest)
+    manifest = _read_manifest(data, fail)
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors' own checks of the header (offsets, dtypes, sizes)
@@ -600,9 +600,12 @@ def _short(v, n=120) -> str:
     return r if len(r) <= n else r[:n - 3] + "..."
 
 
-def _read_manifest(data: bytes, fail, _json, _is_sha256, manifest_digest) -> dict:
+def _read_manifest(data: bytes, fail) -> dict:
     """The manifest of a safetensors image, after the header length, strict JSON, the format, the
     version, the fields and the manifest checksum."""
+    # the chip format's strict JSON reader and checksums (imported here: export imports quant)
+    from ..export.chip import _is_sha256, _json, manifest_digest
+
     if len(data) < 8:
         fail(f"truncated: {len(data)} bytes, shorter than the 8-byte header length of a safetensors file "
              f"(not a readable safetensors file)")
