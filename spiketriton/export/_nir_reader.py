@@ -104,6 +104,8 @@ def _walk(h5py, np, root, lim):
                 raise Refused(f"more than {lim['max_objects']} HDF5 objects, the limit for a NIR file")
             here = f"{where}/{key}"
             link = g.get(key, getlink=True)
+            if link is None:
+                raise Refused(f"{here}: a link that is listed but cannot be read (a damaged link table)")
             if not isinstance(link, h5py.HardLink):
                 raise Refused(f"{here}: a link of kind {type(link).__name__} (only hard links are followed: a link "
                               f"may name another file)")
@@ -146,11 +148,8 @@ def main():
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_FSIZE, 0)
     _limit(resource.RLIMIT_AS, int(lim["address_space_bytes"]))
-    cpu = int(lim["cpu_seconds"])
-    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    spent = int(used.ru_utime + used.ru_stime) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (spent + cpu, hard if hard != resource.RLIM_INFINITY else spent + cpu + 1))
+    used = resource.getrusage(resource.RUSAGE_SELF)  # the limit counts from the start: add what is spent
+    _limit(resource.RLIMIT_CPU, int(used.ru_utime + used.ru_stime) + 1 + int(lim["cpu_seconds"]))
 
     try:
         if len(image) > lim["max_file_bytes"]:

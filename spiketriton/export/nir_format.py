@@ -319,22 +319,25 @@ class NIRFormatError(ValueError):
 
 # Limits for reading a NIR file (module constants: read at each call; tests lower them).
 # A NIR file is parsed in a child process (see _nir_reader.py): HDF5's C library can crash or loop on
-# a damaged file. The child's start-up (python -I -S, numpy + h5py imports, no torch) measured
-# 0.13 s, and a whole from_nir of a small file (54 kB: Linear(6,8), LIF, Linear(8,3), IF) 0.17 s, on
-# the 2-core CI machine; parsing a 256 MiB file of float32 weights took 1.3 s there (0.2 GB/s).
+# a damaged file. Measured on the 2-core CI machine under load (h5py 3.16, nir 1.0.8): the child's
+# start-up (python -I -S, numpy + h5py, no torch) is 0.13 s; from_nir of a small file (54 kB:
+# Linear(6,8), LIF, Linear(8,3), IF) takes 0.17 s (median; 0.15 s at best) against 0.024 s for nir.read
+# in-process, so the isolation costs ~0.15 s per load; a 61 MB file (64 MiB of float32 weights,
+# gzip) takes 2.4-3.2 s in the child (20-25 MB/s, mostly gzip) against 1.4 s for nir.read.
 NIR_MAX_FILE_BYTES = 1 << 30          # 1 GiB: larger than any SNN we know of in NIR (weights are float32)
 NIR_MAX_ARRAY_BYTES = 1 << 30         # one dataset, decompressed (checked from its declared shape before reading)
 NIR_MAX_TOTAL_BYTES = 1 << 31         # all datasets together, decompressed: 2 GiB
 NIR_MAX_OBJECTS = 1 << 16             # HDF5 groups + datasets (a node has about 5-10)
 NIR_MAX_DEPTH = 16                    # group nesting (a graph uses 4: node / nodes / <name> / metadata)
 NIR_MAX_NODES = 1 << 14               # nodes (and edges) of the graph
-# wall-clock time for one parse: a base of 10 s (75x the small file's 0.13 s, for a loaded machine)
-# plus 1 s per 10 MB (20x slower than the 0.2 GB/s measured); the child's CPU limit is the same
+# wall-clock time for one parse: a base of 10 s (60x the small file's 0.17 s, for a loaded machine)
+# plus 1 s per 2 MB of file (10x slower than the 20 MB/s measured): a 1 GiB file gets ~9 minutes.
+# The child's CPU limit (RLIMIT_CPU, SIGXCPU) is the same number of seconds.
 NIR_PARSE_BASE_S = 10.0
-NIR_PARSE_BYTES_PER_S = 10e6
-# the child's address space (RLIMIT_AS): 1 GiB for the interpreter (numpy + h5py use 113 MB of
-# address space with one BLAS thread) and HDF5's buffers, plus twice the file image and twice the
-# decompressed data limit (an array read, then its bytes written out)
+NIR_PARSE_BYTES_PER_S = 2e6
+# the child's address space (RLIMIT_AS): 1 GiB for the interpreter (numpy + h5py map 113 MB with one
+# BLAS thread) and HDF5's buffers, plus twice the file image (stdin buffer, BytesIO) and twice the
+# decompressed data limit (the arrays read, then their bytes written out)
 NIR_CHILD_BASE_BYTES = 1 << 30
 
 
@@ -456,8 +459,7 @@ def _parse_in_child(image: bytes, who: str):
               "max_total_bytes": int(NIR_MAX_TOTAL_BYTES), "max_objects": int(NIR_MAX_OBJECTS),
               "max_depth": int(NIR_MAX_DEPTH), "max_rank": 8, "max_strings": int(NIR_MAX_NODES) * 4,
               "max_string_chars": 1 << 16, "cpu_seconds": max(1, math.ceil(timeout)),
-              "address_space_bytes": int(NIR_CHILD_BASE_BYTES) + 2 * len(image)
-              + 2 * min(int(NIR_MAX_TOTAL_BYTES), 1 << 40)}
+              "address_space_bytes": int(NIR_CHILD_BASE_BYTES) + 2 * len(image) + 2 * int(NIR_MAX_TOTAL_BYTES)}
     config = json.dumps({"path": _child_path(), "limits": limits}).encode() + b"\n"
     # a minimal environment: no PYTHON* variables (-I), no site (-S), one BLAS thread, no HDF5 plugin
     # path; the dynamic loader's path is kept so that h5py finds the libraries the parent found
