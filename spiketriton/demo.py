@@ -38,6 +38,7 @@ can drive the demo without parsing its output.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -348,12 +349,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 2 <= args.bits <= 8:
         parser.error(f"--bits must be in 2..8, got {args.bits}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.qat_epochs < -1:
+        parser.error(f"--qat-epochs must be >= -1 (-1 skips quantization, 0 skips QAT), got {args.qat_epochs}")
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error(f"--seed must be in 0..2**32-1 (scikit-learn's split takes no other), got {args.seed}")
+    if args.export_dir is not None and os.path.exists(args.export_dir) and not os.path.isdir(args.export_dir):
+        parser.error(f"--export-dir {args.export_dir}: exists and is not a directory")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:  # not a device name
         parser.error(f"--device: {e}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: the demo runs on cpu or cuda[:N], got a {device.type!r} device")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     try:
         backend_text = describe_backend(args.backend, device)
     except RuntimeError as e:  # e.g. --backend triton on a CPU without TRITON_INTERPRET=1
