@@ -626,3 +626,19 @@ def test_save_refuses_what_the_loader_would_refuse(tmp_path, x):
     q.quantize()
     q.save_quantized_model(tmp_path / "fresh.safetensors")
     assert torch.equal(run(Q.load_quantized_model(tmp_path / "fresh.safetensors", fresh()), x), run(q, x))
+
+
+def test_a_failed_save_leaves_no_file(tmp_path, x, monkeypatch):
+    q = quantized(x, "torch")
+    path = tmp_path / "q.safetensors"
+    q.save_quantized_model(path)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # the data reached no disk
+    with pytest.raises(OSError, match="save_quantized_model: cannot write"):
+        q.restore_float().save_quantized_model(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors"]

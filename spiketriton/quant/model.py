@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._files import open_regular
+from .._files import open_regular, write_atomic
 from ..layers import SpikeLinear
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD
@@ -117,7 +117,7 @@ class QModel(nn.Module):
         since ``quantize()`` (the saved integers would not be theirs)."""
         from safetensors.torch import save
 
-        from ..export.chip import _write_atomic, manifest_digest, tensor_digest
+        from ..export.chip import manifest_digest, tensor_digest
 
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"save_quantized_model: path must be a str or os.PathLike, got {type(path).__name__}")
@@ -145,7 +145,8 @@ class QModel(nn.Module):
             "tensor_sha256": tensor_digest(_digest_arrays(tensors)),
         }
         manifest["manifest_sha256"] = manifest_digest(manifest)
-        _write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(manifest, allow_nan=False)}))
+        write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(manifest, allow_nan=False)}),
+                     "save_quantized_model")
 
     # -- internals ---------------------------------------------------------------------------------
     def _layers(self):
