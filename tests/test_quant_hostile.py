@@ -407,7 +407,8 @@ def test_manifest_cross_checks(saved, tmp_path):
         ({"mode": 3}, r"mode is 3, expected one of"),
         ({"layers": []}, "layers must be a JSON object"),
         ({"layers": {**layers, "net.0": {**layers["net.0"], "bits": "8"}}}, "net.0: bits must be an integer"),
-        ({"layers": {**layers, "net.0": {**layers["net.0"], "per_channel": "no"}}}, "per_channel must be true or false"),
+        ({"layers": {**layers, "net.0": {**layers["net.0"], "per_channel": "no"}}},
+         "per_channel must be true or false"),
         ({"layers": {**layers, "net.0": {**layers["net.0"], "bits": 9}}}, "bad configuration for layer net.0"),
         ({"layers": {**layers, "net.2": {**layers["net.2"], "is_encoder": True}}},
          "layer net.2 has is_encoder=True in the file, False in the model"),
@@ -484,6 +485,10 @@ def _with_header(data: bytes, header: dict) -> bytes:
     return struct.pack("<Q", len(h)) + h + data[8 + n:]
 
 
+def _with_entry(data: bytes, header: dict, name: str, **change) -> bytes:
+    return _with_header(data, {**header, name: {**header[name], **change}})
+
+
 def _crafted(path, tmp_path, q):
     """Valid safetensors (or nearly) with one thing wrong each."""
     from safetensors.torch import save
@@ -512,8 +517,11 @@ def _crafted(path, tmp_path, q):
         "header_not_utf8": data[:8] + b"\xff" + data[9:],
         "header_duplicate_key": _with_header(data, h).replace(b'"__metadata__"', b'"__metadata__": {}, "__metadata__"',
                                                               1),
-        "header_bad_offsets": _with_header(data, {**h, "net.0.bias": {**h["net.0.bias"], "data_offsets": [0, 1 << 40]}}),
-        "header_bad_dtype": _with_header(data, {**h, "net.0.bias": {**h["net.0.bias"], "dtype": "Q99"}}),
+        "header_bad_offsets": _with_entry(data, h, "net.0.bias", data_offsets=[0, 1 << 40]),
+        "header_bad_dtype": _with_entry(data, h, "net.0.bias", dtype="Q99"),
+        "header_dtype_torch_lacks": _with_entry(data, h, "net.0.bias", dtype="F4"),
+        "header_shape_overflows": _with_entry(data, h, "net.0.bias", shape=[2**40, 2**40]),
+        "header_shape_negative": _with_entry(data, h, "net.0.bias", shape=[-16]),
         "empty": b"",
         "appended": data + b"\0" * 16,
     }

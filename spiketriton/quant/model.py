@@ -172,12 +172,12 @@ class QModel(nn.Module):
             custom = sorted({type(m).__name__ for m in root.modules()
                              if isinstance(m, nn.Sequential) and type(m).forward is not nn.Sequential.forward})
             if not isinstance(root, nn.Sequential) or custom:
+                why = (f" (the nn.Sequential subclasses {', '.join(custom)} have their own forward, so the order of "
+                       f"their children is not their data flow)") if custom else ""
                 raise RuntimeError(
                     f"QModel: torch.fx cannot trace this model's forward ({type(links).__name__}: "
-                    f"{str(links)[:200]}), so the layer feeding each neuron is unknown"
-                    f"{' (the nn.Sequential subclasses ' + ', '.join(custom) + ' have their own forward, so the order of their children is not their data flow)' if custom else ''}"
-                    f"; make the forward traceable (no data-dependent Python control flow) or build it of plain "
-                    f"nn.Sequential containers")
+                    f"{str(links)[:200]}), so the layer feeding each neuron is unknown{why}; make the forward "
+                    f"traceable (no data-dependent Python control flow) or build it of plain nn.Sequential containers")
             links = _links_sequential(root)
         feeders, fed_by_spikes = links
         for name, m in self.named_modules():
@@ -504,8 +504,10 @@ def load_quantized_model(path, qmodel: QModel) -> QModel:
     manifest = _read_manifest(data, fail)
     try:
         tensors = st_load(data)
-    except Exception as e:  # safetensors' own checks of the header (offsets, dtypes, sizes)
-        fail(f"not a readable safetensors file: {str(e)[:200]}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # safetensors' own checks (offsets, dtypes, sizes); a Rust panic included
+        fail(f"not a readable safetensors file: {type(e).__name__}: {str(e)[:200]}")
     have = {k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in tensors.items()}
     table = manifest["tensors"]
     if have != table:

@@ -479,8 +479,9 @@ class QLIF(BaseNeuron):
         if not isinstance(x, torch.Tensor) or x.is_complex() or x.dim() < 2:
             got = (f"shape {tuple(x.shape)}" if x.dim() < 2 else f"dtype {x.dtype}") if isinstance(x, torch.Tensor) \
                 else type(x).__name__
-            raise ValueError(f"QLIF{' ' + repr(self.qname) if self.qname else ''}: the integer neuron takes the current "
-                             f"[T, B, *features] (time first) of the layer feeding it, got {got}")
+            name = f"QLIF {self.qname!r}" if self.qname else "QLIF"
+            raise ValueError(f"{name}: the integer neuron takes the current [T, B, *features] (time first) of the "
+                             f"layer feeding it, got {got}")
         if self.feeder is None:
             raise RuntimeError("QLIF: not linked to the layer feeding it; build the model as a QModel "
                                "(or via spiketriton.quant.prepare) and call collect_q_params()")
