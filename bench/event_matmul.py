@@ -53,7 +53,8 @@ output) and ``gbps`` = bytes / median.
 Measured crossover per (dtype, M, K): the lowest firing rate of the grid at which event_matmul(packed) is no
 faster than spike_matmul(packed) (medians), and the firing interpolated between it and the rate below (log of
 the time ratio, linear in the measured firing fraction); also event_matmul(dense) vs spike_matmul(dense) and vs
-F.linear. Compared with the rule of ``choose_event_path`` (CPU: event while firing < CPU_CROSSOVER_M1 *
+F.linear, and each from the minimum times ("... (min)": on a loaded machine a call is either undisturbed or
+descheduled for a time slice, and the minimum is the undisturbed cost). Compared with the rule of ``choose_event_path`` (CPU: event while firing < CPU_CROSSOVER_M1 *
 M^-CPU_CROSSOVER_EXP; CUDA: M <= EVENT_MAX_ROWS_CUDA).
 
 Goals (bench/report.py): at M = 1, 5 % firing, K = N = 4096, fp32: event_matmul(packed) and inference_matmul
@@ -360,14 +361,16 @@ def crossovers(rows: List[dict], device_kind: str) -> List[dict]:
         sel = [r for r in rows if (r["dtype"], r["M"], r["K"], r["N"]) == key and r.get("median_ms")]
         e = {"dtype": key[0], "M": key[1], "K": key[2], "N": key[3], "rule": rule_crossover(key[1], device_kind)}
         for ev_impl, dense_impl in CROSSOVER_PAIRS:
-            pts = []
-            for r in sel:
-                if r["impl"] != ev_impl or not r.get("ok"):
-                    continue
-                d = _find(sel, r, dense_impl)
-                if d and d.get("ok"):
-                    pts.append((r["rate"], r["firing_rate"], r["median_ms"] / d["median_ms"]))
-            e[f"{ev_impl} vs {dense_impl}"] = measured_crossover(pts)
+            for stat, suffix in (("median_ms", ""), ("min_ms", " (min)")):
+                pts = []
+                for r in sel:
+                    if r["impl"] != ev_impl or not r.get("ok") or not r.get(stat):
+                        continue
+                    d = _find(sel, r, dense_impl)
+                    if d and d.get("ok") and d.get(stat):
+                        pts.append((r["rate"], r["firing_rate"], r[stat] / d[stat]))
+                if pts or not suffix:
+                    e[f"{ev_impl} vs {dense_impl}{suffix}"] = measured_crossover(pts)
         out.append(e)
     return out
 

@@ -494,7 +494,8 @@ def event_headline(results: Dict[str, dict]) -> List[str]:
                f"{cfg.get('torch_num_threads')} torch thread(s) on the CPU; x torch = torch.matmul's time / the "
                "event path's; [path] = what inference_matmul chose)", "",
                "| dtype | M | K = N | " + " | ".join(EVENT_COLS) + " | x torch: event_matmul(packed) | "
-               "x torch: inference_matmul(packed) |", "|---|---:|---:|" + "---:|" * (len(EVENT_COLS) + 2)]
+               "x torch: inference_matmul(packed) | x torch from the minima: event / inference (packed) |",
+               "|---|---:|---:|" + "---:|" * (len(EVENT_COLS) + 3)]
         for dt, M, K in dict.fromkeys((c["dtype"], c["M"], c["K"]) for c in cases):
             sel = {c["impl"]: c for c in cases if (c["dtype"], c["M"], c["K"]) == (dt, M, K) and c["rate"] == rate}
             if not sel:
@@ -505,11 +506,14 @@ def event_headline(results: Dict[str, dict]) -> List[str]:
                 cells.append(_f(c.get("median_ms")) + (f" [{c['path']}]" if c.get("path") else ""))
             md.append(f"| {dt} | {M} | {K} | " + " | ".join(cells) + " | "
                       f"{_f((sel.get('event_matmul(packed)') or {}).get('x_torch'), '{:.2f}x')} | "
-                      f"{_f((sel.get('inference_matmul(packed)') or {}).get('x_torch'), '{:.2f}x')} |")
+                      f"{_f((sel.get('inference_matmul(packed)') or {}).get('x_torch'), '{:.2f}x')} | "
+                      f"{_f((sel.get('event_matmul(packed)') or {}).get('x_torch_min'), '{:.2f}x')} / "
+                      f"{_f((sel.get('inference_matmul(packed)') or {}).get('x_torch_min'), '{:.2f}x')} |")
         md += ["", "Measured crossover: the lowest firing rate measured at which the event path is no faster "
                "(medians), and the firing interpolated to equal times; the rule is `choose_event_path`'s.", "",
-               "| dtype | M | K = N | event(packed) vs spike_matmul(packed) | interpolated | event(dense) vs "
-               "spike_matmul(dense) | event(dense) vs F.linear | rule |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+               "| dtype | M | K = N | event(packed) vs spike_matmul(packed) | interpolated | interpolated from the "
+               "minima | event(dense) vs spike_matmul(dense) | event(dense) vs F.linear | rule |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
 
         def first(x):
             x = x or {}
@@ -521,10 +525,15 @@ def event_headline(results: Dict[str, dict]) -> List[str]:
         for e in r.get("crossovers", []):
             p = e.get("event_matmul(packed) vs spike_matmul(packed)") or {}
             ip = p.get("interpolated_firing")
+            pm = e.get("event_matmul(packed) vs spike_matmul(packed) (min)") or {}
+            ipm = pm.get("interpolated_firing")
+            ipm_txt = (_f(100 * ipm, "{:.1f} %") if ipm is not None else
+                       ("<= " + _f(100 * pm["first_rate_not_faster"], "{:g} %")) if pm.get("first_rate_not_faster")
+                       else "none measured" if pm else "-")
             rule = e.get("rule") or {}
             rtxt = f"{100 * rule['firing']:.1f} %" if rule.get("firing") is not None else str(rule.get("rule"))
             md.append(f"| {e['dtype']} | {e['M']} | {e['K']} | {first(p)} | "
-                      f"{_f(100 * ip if ip is not None else None, '{:.1f} %')} | "
+                      f"{_f(100 * ip if ip is not None else None, '{:.1f} %')} | {ipm_txt} | "
                       f"{first(e.get('event_matmul(dense) vs spike_matmul(dense)'))} | "
                       f"{first(e.get('event_matmul(dense) vs F.linear'))} | {rtxt} |")
         md.append("")
