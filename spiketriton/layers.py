@@ -92,7 +92,7 @@ class SpikeLinear(nn.Linear):
                 raise TypeError(f"SpikeLinear: spikes must be float/bool 0/1 or a SpikeTensor, got {s.dtype}")
             if s.dim() < 1 or s.shape[-1] != K:
                 raise ValueError(f"SpikeLinear: input [..., {K}] expected, got shape {tuple(s.shape)}")
-            if self.check_binary:
+            if self.check_binary and not s.is_meta:
                 if torch.compiler.is_compiling():
                     # a data-dependent Python branch would break the graph: a traced device-side assert
                     # (a RuntimeError with the same message when the compiled code runs)
@@ -103,6 +103,12 @@ class SpikeLinear(nn.Linear):
                 s = s.to(self.weight.dtype)
         else:
             raise TypeError(f"SpikeLinear: expected a tensor or SpikeTensor, got {type(s).__name__}")
+        if s.device.type == "meta" or self.weight.is_meta:
+            # shapes only (deferred initialisation, shape inference): no values to check or multiply
+            if s.device != self.weight.device:
+                raise ValueError(f"SpikeLinear: the input is on {s.device}, the weight on {self.weight.device}")
+            return nn.functional.linear(torch.empty(s.shape, dtype=self.weight.dtype, device="meta"), self.weight,
+                                        self.bias)
         p = self.input_dropout
         if p > 0.0 and self.training:
             if isinstance(s, SpikeTensor):

@@ -359,3 +359,16 @@ def test_stepwise_refuses_what_is_not_a_sequence():
         s([[1.0]])
     with pytest.raises(ValueError, match=r"StepWise: expected a sequence \[T, B, \*features\], got shape \(2, 3\)"):
         s(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("check_binary", [True, False])
+def test_spike_linear_on_meta_tensors_gives_shapes(check_binary):
+    # as the neurons do (a model built on the meta device for shape inference); the binary check read
+    # the values (Tensor.item() on a meta tensor), the matmul asked for an autocast type of 'meta'
+    lin = st.SpikeLinear(8, 3, check_binary=check_binary, device="meta")
+    y = lin(torch.zeros(4, 2, 8, device="meta"))
+    assert y.is_meta and y.shape == (4, 2, 3) and y.dtype == torch.float32
+    m = st.convert(nn.Sequential(nn.Linear(8, 8), st.LIF(), nn.Linear(8, 3)).to("meta"), check_binary=check_binary)
+    assert m[1].packed_output and isinstance(m[2], st.SpikeLinear)
+    y = m(torch.zeros(4, 2, 8, device="meta"))  # packed spikes on the meta device too
+    assert y.is_meta and y.shape == (4, 2, 3)
