@@ -443,6 +443,8 @@ GRAPH_REJECTED = {
     "tau-ragged": (lambda: _graph(_set(_lif(6), tau=[[1e-3], [1e-3, 2e-3]])), "tau is not an array of numbers"),
     "tau-bool": (lambda: _graph(_lif(6, tau=np.full(6, True))), "tau has dtype bool"),
     "neuron-size": (lambda: _graph(_lif(4)), "tau has shape \\[4\\], but the layer before it gives \\[6\\]"),
+    "threshold-at-f32-max": (lambda: _graph(_lif(6, v_threshold=np.full(6, np.finfo(np.float32).max))),
+                             "leaves no float32 above it"),
     "conv-groups-0": (lambda: _graph(_conv(groups=0), in_shape=IMG), "groups is 0, expected an integer in \\[1"),
     "conv-groups-split": (lambda: _graph(_conv(c_out=3, c_in_g=1, groups=2), in_shape=IMG),
                           "3 output channels do not split into groups=2"),

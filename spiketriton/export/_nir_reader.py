@@ -25,12 +25,18 @@ Nothing here may import spiketriton (that would import torch into the child).
 
 import io
 import json
-import resource
 import struct
 import sys
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX: the parent's wall-clock timeout still applies
+    resource = None
+
 
 def _limit(which, value):
+    if resource is None:  # pragma: no cover
+        return
     soft, hard = resource.getrlimit(which)
     value = value if hard == resource.RLIM_INFINITY else min(value, hard)
     resource.setrlimit(which, (value, hard))
@@ -145,11 +151,13 @@ def main():
 
     while h5py.h5pl.size():  # no filter plugins: a file must not make us dlopen a library
         h5py.h5pl.remove(0)
-    _limit(resource.RLIMIT_CORE, 0)
-    _limit(resource.RLIMIT_FSIZE, 0)
-    _limit(resource.RLIMIT_AS, int(lim["address_space_bytes"]))
-    used = resource.getrusage(resource.RUSAGE_SELF)  # the limit counts from the start: add what is spent
-    _limit(resource.RLIMIT_CPU, int(used.ru_utime + used.ru_stime) + 1 + int(lim["cpu_seconds"]))
+    if resource is not None:
+        _limit(resource.RLIMIT_CORE, 0)
+        _limit(resource.RLIMIT_FSIZE, 0)
+        _limit(resource.RLIMIT_NOFILE, 8)  # stdin/out/err and a few spare: the image is parsed in memory
+        _limit(resource.RLIMIT_AS, int(lim["address_space_bytes"]))
+        used = resource.getrusage(resource.RUSAGE_SELF)  # the limit counts from the start: add what is spent
+        _limit(resource.RLIMIT_CPU, int(used.ru_utime + used.ru_stime) + 1 + int(lim["cpu_seconds"]))
 
     try:
         if len(image) > lim["max_file_bytes"]:

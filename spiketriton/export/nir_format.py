@@ -80,6 +80,9 @@ def inclusive_threshold(theta: float) -> float:
         raise ValueError(f"from_nir: a threshold of {theta} is beyond float32, in which the neurons compute")
     t = np.float32(theta)
     if float(t) <= float(theta):
+        if t == np.finfo(np.float32).max:  # H > max(float32) never holds for a finite H
+            raise ValueError(f"from_nir: a threshold of {theta} leaves no float32 above it, in which the neurons "
+                             f"compute")
         t = np.nextafter(t, np.float32(np.inf))
     return float(t)
 
@@ -401,7 +404,12 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
                     raise NIRFormatError(f"{at}: output_type {list(out)}, but the chain before it gives "
                                          f"{list(shape)}")
                 continue
-            module, shape = _import_node(nir, node, at, shape, dt, backend)
+            try:
+                module, shape = _import_node(nir, node, at, shape, dt, backend)
+            except NIRFormatError:
+                raise
+            except (ValueError, TypeError, OverflowError) as e:  # a module refused what the checks let through
+                raise NIRFormatError(f"{at}: {e}") from None
             layers.append((name, module))
     seq = nn.Sequential()
     for name, module in layers:
@@ -925,7 +933,7 @@ def _inclusive(theta, at):
     try:
         return inclusive_threshold(theta)
     except ValueError as e:
-        raise NIRFormatError(f"{at}: {e}".replace("from_nir: ", "")) from None
+        raise NIRFormatError(f"{at}: {str(e).removeprefix('from_nir: ')}") from None
 
 
 def _check_dt(dt, what) -> float:
