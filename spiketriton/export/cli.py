@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m spiketriton export",
         description="Export a saved quantized spiketriton model to the chip format or to NIR.",
+        epilog="exit status: 0 written; 1 the model cannot be expressed (quant.prepare or the format refuses it); "
+               "2 bad arguments (module/factory that fails or exits, weights that do not fit or are not a regular "
+               "file, bad input shape, output not writable or the same file as an input); 130 interrupted",
     )
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--chip", metavar="OUT", help="write a chip file (integers; runs bit-exactly in ChipProgram)")
