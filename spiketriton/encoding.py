@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from . import surrogate as sg
+from .functional._checks import check_bool, check_generator
 from .functional.spikes import SpikeTensor, pack_spikes
 
 __all__ = [
@@ -70,49 +71,60 @@ def check_T(T, name: str) -> int:
     return T
 
 
-def _check_bool(v, what: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{what} must be True or False, got {v!r}")
-    return v
-
-
 def _check_values(x, name: str, min_dim: int = 1) -> None:
+    """A floating tensor with at least ``min_dim`` dimensions; a sequence (``min_dim >= 2``, time first)
+    also needs T >= 1 step (a batch may be empty)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
+        raise TypeError(f"{name}: expected a floating tensor, got {got}")
     if x.dim() < min_dim:
-        what = "[B, *features]" if min_dim == 1 else "[T, B, *features] (time first)"
-        raise ValueError(f"{name}: expected at least {min_dim} dimension(s), {what}, got shape {tuple(x.shape)}")
+        what = "[B, ...]" if min_dim == 1 else "[T, B, ...] time first"
+        raise ValueError(f"{name}: expected at least {min_dim} dimensions ({what}), got {tuple(x.shape)}")
+    if min_dim >= 2 and x.shape[0] == 0:
+        raise ValueError(f"{name}: the sequence has T = 0 time steps (shape {tuple(x.shape)}); expected T >= 1")
 
 
-def check_unit_interval(x: torch.Tensor, name: str) -> None:
+def check_unit_interval(x: torch.Tensor, name: str, params=()) -> None:
     """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp.
-    Costs one reduction and one device sync (none for an empty tensor)."""
-    if x.numel() == 0:
-        return
+    ``params``: ``(tensor, name)`` pairs of learnable parameters that must be finite, checked in the
+    same read (one device sync for everything on CUDA; a traced assert under torch.compile)."""
+    x = x.detach()
+    params = tuple((p.detach(), pname) for p, pname in params)
     if torch.compiler.is_compiling():
         # reading the values on the host would break the graph: a traced assert (a RuntimeError with
         # the message when the compiled code runs on the CPU; a device-side assert on CUDA)
-        torch._assert_async(torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all(),
-                            f"{name}: input has inf/NaN or values outside [0, 1]; a rate code needs finite values "
-                            f"in [0, 1]")
+        ok = torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all()
+        for p, _ in params:
+            ok = ok & torch.isfinite(p).all()
+        torch._assert_async(ok, f"{name}: input has inf/NaN or values outside [0, 1], or a parameter is inf/NaN; "
+                                f"a rate code needs finite values in [0, 1]")
         return
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
-                         f"(normalise it, or put a sigmoid / clamp in front)")
+    if x.is_meta:  # no values to read
+        return
+    stats = [torch.isfinite(p).all() for p, _ in params]
+    if x.numel():
+        stats += [torch.isfinite(x).all(), x.min(), x.max()]
+    if not stats:
+        return
+    vals = torch.stack([t.to(torch.float64) for t in stats]).tolist()  # one read of everything
+    for (p, pname), ok in zip(params, vals):
+        if not ok:
+            raise ValueError(f"{name}: the learnable {pname} has inf or NaN (diverged in training?); expected "
+                             f"finite values")
+    if x.numel():
+        fin, lo, hi = vals[len(params):]
+        if not fin:
+            raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
+                             f"(normalise it, or put a sigmoid / clamp in front)")
 
 
-def _check_generator(g, device, name: str):
-    if g is None:
-        return None
-    if not isinstance(g, torch.Generator):
-        raise TypeError(f"{name}: generator must be a torch.Generator or None, got {type(g).__name__}")
-    if g.device.type != torch.device(device).type:
+def _generator_for(g, device, name: str):
+    check_generator(g, name)
+    if g is not None and g.device.type != torch.device(device).type:
         raise ValueError(f"{name}: the generator is on {g.device} but the input is on {device}; "
-                         f"use torch.Generator(device={str(torch.device(device).type)!r})")
+                         f"use a torch.Generator(device={torch.device(device).type!r})")
     return g
 
 
@@ -133,11 +145,15 @@ def _straight_through(spikes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def poisson(x: torch.Tensor, T: int, generator: Optional[torch.Generator] = None, packed: bool = False):
     """``s[t] ~ Bernoulli(x)`` for ``x`` in [0, 1], ``[B, ...] -> [T, B, ...]``; gradient straight-through."""
-    T = check_T(T, "poisson")
-    _check_values(x, "poisson")
-    _check_bool(packed, "poisson: packed")
-    g = _check_generator(generator, x.device, "poisson")
-    check_unit_interval(x.detach(), "poisson")
+    return _poisson(x, T, generator, packed, "poisson")
+
+
+def _poisson(x, T, generator, packed, who):
+    T = check_T(T, who)
+    _check_values(x, who)
+    check_bool(packed, "packed", who)
+    g = _generator_for(generator, x.device, who)
+    check_unit_interval(x, who)
     # uniform draws in fp32 (fp64 for fp64 input): bf16/fp16 draws are too coarse near 0 (a 3x rate bias)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     u = torch.rand((T,) + tuple(x.shape), generator=g, device=x.device, dtype=dt)
@@ -149,10 +165,14 @@ def rate(x: torch.Tensor, T: int, packed: bool = False):
     """Deterministic rate code: ``floor(x T)`` spikes spread evenly over T steps,
     ``s[t] = floor(x (t+1)) - floor(x t)`` (0.25 over T = 8 fires at t = 3 and 7); a value within its
     dtype's rounding of a multiple of 1/T counts as that multiple. Gradient: straight-through."""
-    T = check_T(T, "rate")
-    _check_values(x, "rate")
-    _check_bool(packed, "rate: packed")
-    check_unit_interval(x.detach(), "rate")
+    return _rate(x, T, packed, "rate")
+
+
+def _rate(x, T, packed, who):
+    T = check_T(T, who)
+    _check_values(x, who)
+    check_bool(packed, "packed", who)
+    check_unit_interval(x, who)
     t = torch.arange(T + 1, dtype=torch.float64, device=x.device).reshape((-1,) + (1,) * x.dim())
     # a value within half a unit of its dtype's rounding of a multiple k/T is taken as k/T (float32 0.7
     # is 0.69999999, and 0.7 over T = 10 must give 7 spikes); then exact counts in float64
@@ -165,12 +185,17 @@ def rate(x: torch.Tensor, T: int, packed: bool = False):
     return _emit(_straight_through(spikes, x), packed)
 
 
+def _check_mode(mode, who):
+    if not isinstance(mode, str) or mode not in LATENCY_MODES:
+        raise ValueError(f"{who}: mode must be one of {LATENCY_MODES}, got {mode!r}")
+    return mode
+
+
 def latency_thresholds(T: int, mode: str = "linear", dtype=torch.float64, device=None) -> torch.Tensor:
     """The decreasing thresholds ``thr[t]`` (``thr[0] = 1``, ``thr[T-1] = 0``) of the latency code: a value
     fires at the first ``t`` with ``x >= thr[t]``."""
     T = check_T(T, "latency_thresholds")
-    if mode not in LATENCY_MODES:
-        raise ValueError(f"latency: mode must be one of {LATENCY_MODES}, got {mode!r}")
+    _check_mode(mode, "latency_thresholds")
     t = torch.arange(T, dtype=torch.float64, device=device)
     n = max(T - 1, 1)
     if mode == "linear":
@@ -185,19 +210,26 @@ def latency_thresholds(T: int, mode: str = "linear", dtype=torch.float64, device
     return thr.to(dtype)
 
 
+def _default_latency_surrogate(T: int) -> sg.Surrogate:
+    return sg.Sigmoid(alpha=4.0 * max(T - 1, 1))
+
+
 def latency(x: torch.Tensor, T: int, mode: str = "linear", surrogate: Optional[sg.Surrogate] = None,
             packed: bool = False):
     """Time-to-first-spike: one spike per element, at the first step ``t`` with ``x >= thr[t]``
     (:func:`latency_thresholds`): ``x = 1`` fires at t = 0, ``x = 0`` at the last step. A value within one
     unit of its dtype's rounding of a threshold counts as on it. Gradient: the surrogate derivative of
     each threshold crossing (default ``Sigmoid(alpha = 4 (T - 1))``)."""
-    T = check_T(T, "latency")
-    _check_values(x, "latency")
-    _check_bool(packed, "latency: packed")
-    if mode not in LATENCY_MODES:
-        raise ValueError(f"latency: mode must be one of {LATENCY_MODES}, got {mode!r}")
-    surrogate = sg.check(surrogate or sg.Sigmoid(alpha=4.0 * max(T - 1, 1)))
-    check_unit_interval(x.detach(), "latency")
+    return _latency(x, T, mode, surrogate, packed, "latency")
+
+
+def _latency(x, T, mode, surrogate, packed, who):
+    T = check_T(T, who)
+    _check_values(x, who)
+    check_bool(packed, "packed", who)
+    _check_mode(mode, who)
+    surrogate = sg.check(surrogate or _default_latency_surrogate(T))
+    check_unit_interval(x, who)
     thr = latency_thresholds(T, mode, device=x.device)
     # values, exactly in float64: the first crossing is T minus the number of thresholds <= x (+ tolerance)
     x64 = x.detach().double()
@@ -227,10 +259,12 @@ def delta(x_seq: torch.Tensor, threshold: float, on_off: bool = False, packed: b
     by at least ``threshold`` since its last spike (its reference starts at ``x[0]``, so t = 0 never
     spikes), and its reference moves to ``x[t]``. With ``on_off=True`` a fall by ``threshold`` spikes too,
     in a second block of features: ``[T, B, 2F, ...]`` with rises in ``[:, :, :F]`` and falls in
-    ``[:, :, F:]`` (polarity channels, as an event camera's). No gradient."""
-    _check_values(x_seq, "delta", min_dim=2)
-    _check_bool(on_off, "delta: on_off")
-    _check_bool(packed, "delta: packed")
+    ``[:, :, F:]`` (polarity channels, as an event camera's). No gradient. Reads the values once to
+    refuse inf/NaN (one device sync)."""
+    who = "delta"
+    _check_values(x_seq, who, min_dim=2)
+    check_bool(on_off, "on_off", who)
+    check_bool(packed, "packed", who)
     threshold = _positive_float(threshold, "delta: threshold")
     if on_off and x_seq.dim() < 3:
         raise ValueError(f"delta: on_off=True needs a feature dimension [T, B, F, ...], got shape {tuple(x_seq.shape)}")
@@ -275,14 +309,13 @@ class PoissonEncoder(nn.Module):
 
     def __init__(self, T: int, generator: Optional[torch.Generator] = None, packed: bool = False):
         super().__init__()
-        self.T = check_T(T, "PoissonEncoder")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"PoissonEncoder: generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.generator = generator
-        self.packed = _check_bool(packed, "PoissonEncoder: packed")
+        self.T = check_T(T, type(self).__name__)
+        self.generator = check_generator(generator, type(self).__name__)
+        self.packed = check_bool(packed, "packed", type(self).__name__)
 
     def forward(self, x, generator: Optional[torch.Generator] = None):
-        return poisson(x, self.T, generator if generator is not None else self.generator, self.packed)
+        return _poisson(x, self.T, generator if generator is not None else self.generator, self.packed,
+                        type(self).__name__)
 
     def extra_repr(self):
         return f"T={self.T}, packed={self.packed}"
@@ -295,11 +328,11 @@ class RateEncoder(nn.Module):
 
     def __init__(self, T: int, packed: bool = False):
         super().__init__()
-        self.T = check_T(T, "RateEncoder")
-        self.packed = _check_bool(packed, "RateEncoder: packed")
+        self.T = check_T(T, type(self).__name__)
+        self.packed = check_bool(packed, "packed", type(self).__name__)
 
     def forward(self, x):
-        return rate(x, self.T, self.packed)
+        return _rate(x, self.T, self.packed, type(self).__name__)
 
     def extra_repr(self):
         return f"T={self.T}, packed={self.packed}"
@@ -312,15 +345,13 @@ class LatencyEncoder(nn.Module):
 
     def __init__(self, T: int, mode: str = "linear", surrogate: Optional[sg.Surrogate] = None, packed: bool = False):
         super().__init__()
-        self.T = check_T(T, "LatencyEncoder")
-        if mode not in LATENCY_MODES:
-            raise ValueError(f"LatencyEncoder: mode must be one of {LATENCY_MODES}, got {mode!r}")
-        self.mode = mode
-        self.surrogate = sg.check(surrogate or sg.Sigmoid(alpha=4.0 * max(T - 1, 1)))
-        self.packed = _check_bool(packed, "LatencyEncoder: packed")
+        self.T = check_T(T, type(self).__name__)
+        self.mode = _check_mode(mode, type(self).__name__)
+        self.surrogate = sg.check(surrogate or _default_latency_surrogate(T))
+        self.packed = check_bool(packed, "packed", type(self).__name__)
 
     def forward(self, x):
-        return latency(x, self.T, self.mode, self.surrogate, self.packed)
+        return _latency(x, self.T, self.mode, self.surrogate, self.packed, type(self).__name__)
 
     def extra_repr(self):
         return f"T={self.T}, mode={self.mode!r}, packed={self.packed}"
@@ -348,8 +379,8 @@ class DeltaEncoder(nn.Module):
     def __init__(self, threshold: float, on_off: bool = False, packed: bool = False):
         super().__init__()
         self.threshold = _positive_float(threshold, "DeltaEncoder: threshold")
-        self.on_off = _check_bool(on_off, "DeltaEncoder: on_off")
-        self.packed = _check_bool(packed, "DeltaEncoder: packed")
+        self.on_off = check_bool(on_off, "on_off", "DeltaEncoder")
+        self.packed = check_bool(packed, "packed", "DeltaEncoder")
 
     def forward(self, x_seq):
         return delta(x_seq, self.threshold, self.on_off, self.packed)

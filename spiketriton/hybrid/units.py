@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import surrogate as sg
+from ..encoding import _check_values, _latency, _poisson, _rate, check_T, check_unit_interval, firing_rate
 from ..functional._checks import check_backend, check_bool, check_generator, finite
 
 __all__ = [
@@ -27,57 +28,13 @@ __all__ = [
 ]
 
 
-def _check_T(T, name):
-    if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
-        raise ValueError(f"{name}: T (time steps) must be an integer > 0, got {T!r}")
-    return T
+# the checks every encoder shares: the hybrid A2S units are compositions of spiketriton.encoding
+_check_T = check_T
+_check_unit_interval = check_unit_interval
 
 
 def _check_seq(x, name, min_dim=2):
-    """A floating tensor with at least ``min_dim`` dimensions; a sequence (``min_dim >= 2``, time first)
-    also needs T >= 1 step (a batch may be empty)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{name}: expected at least {min_dim} dimensions ([T, B, ...] time first), got {tuple(x.shape)}")
-    if min_dim >= 2 and x.shape[0] == 0:
-        raise ValueError(f"{name}: the sequence has T = 0 time steps (shape {tuple(x.shape)}); expected T >= 1")
-
-
-def _check_unit_interval(x, name, params=()):
-    """Rates and probabilities must be finite values in [0, 1]: a clear error rather than a clamp.
-    ``params``: ``(tensor, name)`` pairs of learnable parameters that must be finite, checked in the
-    same read (one device sync for everything on CUDA; a traced assert under torch.compile)."""
-    x = x.detach()
-    params = tuple((p.detach(), pname) for p, pname in params)
-    if torch.compiler.is_compiling():
-        # reading the values on the host would break the graph: a traced assert (a RuntimeError with
-        # the message when the compiled code runs on the CPU; a device-side assert on CUDA)
-        ok = torch.isfinite(x).all() & (x >= 0).all() & (x <= 1).all()
-        for p, _ in params:
-            ok = ok & torch.isfinite(p).all()
-        torch._assert_async(ok, f"{name}: input has inf/NaN or values outside [0, 1], or a parameter is inf/NaN; "
-                                f"a rate code needs finite values in [0, 1]")
-        return
-    if x.is_meta:  # no values to read
-        return
-    stats = [torch.isfinite(p).all() for p, _ in params]
-    if x.numel():
-        stats += [torch.isfinite(x).all(), x.min(), x.max()]
-    if not stats:
-        return
-    vals = torch.stack([t.to(torch.float64) for t in stats]).tolist()  # one read of everything
-    for (p, pname), ok in zip(params, vals):
-        if not ok:
-            raise ValueError(f"{name}: the learnable {pname} has inf or NaN (diverged in training?); expected "
-                             f"finite values")
-    if x.numel():
-        fin, lo, hi = vals[len(params):]
-        if not fin:
-            raise ValueError(f"{name}: input has inf or NaN; expected finite values in [0, 1]")
-        if lo < 0 or hi > 1:
-            raise ValueError(f"{name}: input has values in [{lo:.4g}, {hi:.4g}]; a rate code needs [0, 1] "
-                             f"(normalise it, or put a sigmoid / clamp in front)")
+    _check_values(x, name, min_dim)
 
 
 def _check_device(param, x, name):
@@ -223,7 +180,8 @@ class A2SRate(nn.Module):
     """Deterministic rate code: a value ``v`` in [0, 1] becomes ``floor(v T)`` evenly spread spikes over
     T steps: ``s[t] = floor(v (t+1)) - floor(v t)`` (an integrate-and-fire counter: 0.25 over T = 8 gives
     spikes at t = 3 and 7); a value within its dtype's rounding of a multiple of 1/T counts as that
-    multiple. Gradient: straight-through, ``d s[t] / d v = 1``. Input ``[B, ...]``."""
+    multiple. Gradient: straight-through, ``d s[t] / d v = 1``. Input ``[B, ...]``.
+    The same code as :class:`spiketriton.encoding.RateEncoder`."""
 
     emits_spikes = True
 
@@ -232,23 +190,13 @@ class A2SRate(nn.Module):
         self.T = _check_T(T, "A2SRate")
 
     def forward(self, v):
-        _check_seq(v, "A2SRate", min_dim=1)
-        _check_unit_interval(v, "A2SRate")
-        t = torch.arange(self.T + 1, dtype=torch.float64, device=v.device).reshape((-1,) + (1,) * v.dim())
-        # a value within half a unit of its dtype's rounding of a multiple k/T is taken as k/T (float32 0.7
-        # is 0.69999999, and 0.7 over T = 10 must give 7 spikes); then exact counts in float64
-        v64 = v.detach().double()
-        k = torch.round(v64 * self.T)
-        snap = (v64 * self.T - k).abs() <= self.T * v64.abs() * torch.finfo(v.dtype).eps / 2 + 1e-9
-        rate = torch.where(snap, k / self.T, v64)
-        counts = torch.floor(rate * t + 1e-9)  # 1e-9: (k/T) * t in float64 may land a hair below an integer
-        spikes = (counts[1:] - counts[:-1]).to(v.dtype)
-        return spikes + (v - v.detach())  # value: the spikes; gradient: 1 per step
+        return _rate(v, self.T, False, "A2SRate")
 
 
 class A2SPoisson(nn.Module):
     """Poisson (Bernoulli per step) code: ``s[t] ~ Bernoulli(v)``; reproducible with a ``torch.Generator``
-    (passed at construction or per call). Gradient: straight-through, ``d s[t] / d v = 1``."""
+    (passed at construction or per call). Gradient: straight-through, ``d s[t] / d v = 1``.
+    The same code as :class:`spiketriton.encoding.PoissonEncoder`."""
 
     emits_spikes = True
 
@@ -258,23 +206,13 @@ class A2SPoisson(nn.Module):
         self.generator = check_generator(generator, "A2SPoisson")
 
     def forward(self, v, generator: Optional[torch.Generator] = None):
-        _check_seq(v, "A2SPoisson", min_dim=1)
-        check_generator(generator, "A2SPoisson")
-        g = generator if generator is not None else self.generator
-        if g is not None and g.device.type != v.device.type:
-            raise ValueError(f"A2SPoisson: the generator is on {g.device} but the input is on {v.device}; "
-                             f"use a torch.Generator(device={v.device.type!r})")
-        _check_unit_interval(v, "A2SPoisson")
-        # uniform draws in fp32 (fp64 for fp64 input): bf16/fp16 draws are too coarse near 0 (a 3x rate bias)
-        dt = torch.float64 if v.dtype == torch.float64 else torch.float32
-        u = torch.rand((self.T,) + tuple(v.shape), generator=g, device=v.device, dtype=dt)
-        spikes = (u < v.detach().to(dt)).to(v.dtype)
-        return spikes + (v - v.detach())
+        return _poisson(v, self.T, generator if generator is not None else self.generator, False, "A2SPoisson")
 
 
 class A2SLatency(nn.Module):
     """Time-to-first-spike: one spike at the first step t with ``v >= 1 - t / (T - 1)`` (v = 1 fires at
-    t = 0, v = 0 at the last step). Gradient: the surrogate of each threshold crossing."""
+    t = 0, v = 0 at the last step). Gradient: the surrogate of each threshold crossing.
+    :class:`spiketriton.encoding.LatencyEncoder` with ``mode="linear"``."""
 
     emits_spikes = True
 
@@ -284,22 +222,7 @@ class A2SLatency(nn.Module):
         self.surrogate = sg.check(surrogate or sg.Sigmoid(alpha=4.0 * max(T - 1, 1)))
 
     def forward(self, v):
-        _check_seq(v, "A2SLatency", min_dim=1)
-        _check_unit_interval(v, "A2SLatency")
-        T = self.T
-        n = max(T - 1, 1)
-        # values: the first t >= (1 - v)(T - 1), exactly in float64 (a value within one unit of its
-        # dtype's rounding of a threshold counts as on it)
-        v64 = v.detach().double()
-        first = torch.ceil((1 - v64) * n - n * v64.abs() * torch.finfo(v.dtype).eps).clamp(0, T - 1).long()
-        exact = torch.nn.functional.one_hot(first, T).movedim(-1, 0).to(v.dtype)
-        # gradient: the surrogate of each threshold crossing (the last threshold, 0, is always crossed)
-        thr = (1 - torch.arange(T, dtype=torch.float64, device=v.device) / n).to(v.dtype)
-        thr = thr.reshape((-1,) + (1,) * v.dim())
-        crossed = self.surrogate(v.unsqueeze(0) - thr)
-        crossed = torch.cat([crossed[:-1], torch.ones_like(crossed[-1:])])
-        soft = crossed - torch.cat([torch.zeros_like(crossed[:1]), crossed[:-1]])
-        return exact + (soft - soft.detach())                    # exactly one spike, at the first crossing
+        return _latency(v, self.T, "linear", self.surrogate, False, "A2SLatency")
 
 
 class A2SLearnable(nn.Module):
@@ -335,11 +258,11 @@ class A2SLearnable(nn.Module):
 
 
 class S2AGlobalRate(nn.Module):
-    """Firing rate over all T: ``[T, B, ...]`` -> ``[B, ...]``."""
+    """Firing rate over all T: ``[T, B, ...]`` -> ``[B, ...]`` (:func:`spiketriton.encoding.firing_rate`)."""
 
     def forward(self, s):
         _check_seq(s, "S2AGlobalRate")
-        return s.mean(0)
+        return firing_rate(s)
 
 
 class S2AWindowRate(HybridUnit):
