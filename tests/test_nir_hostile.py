@@ -485,6 +485,8 @@ GRAPH_REJECTED = {
     "dt-inf": (lambda: _set(_graph(_affine(6, 6)), metadata={"dt": float("inf")}), "expected a finite number > 0"),
     "dt-zero-array": (lambda: _set(_graph(_affine(6, 6)), metadata={"dt": np.array([0.0])}), "expected a finite"),
     "dt-complex": (lambda: _set(_graph(_affine(6, 6)), metadata={"dt": 1j}), "not a number"),
+    "dt-ragged": (lambda: _set(_graph(_affine(6, 6)), metadata={"dt": [[1e-3], [1, 2]]}), "not a number"),
+    "dt-two": (lambda: _set(_graph(_affine(6, 6)), metadata={"dt": (1e-3, 2e-3)}), "not a number"),
 }
 
 
@@ -515,6 +517,8 @@ def test_valid_shapes_still_import():
     assert y.shape == (3, 2, 5)
     g = _graph(_affine(8, 6), _lif(8), in_shape=(1, 6), out_shape=(8,))  # Norse writes [1, n]
     assert _run(from_nir(g, backend="torch"), torch.rand(2, 2, 6)).shape == (2, 2, 8)
+    g = _set(_graph(_lif(6, r=np.ones(6))), metadata={"dt": [0.5e-4]})  # a one-element list is a number
+    assert from_nir(g, backend="torch")[0].tau == 4.0  # tau / dt; the default dt (1e-4) would give 2
 
 
 # --------------------------------------------------------------------------------------------- #

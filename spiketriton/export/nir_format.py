@@ -376,7 +376,10 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
         meta = graph.metadata if isinstance(graph.metadata, dict) else {}
         dt = meta.get("dt", DEFAULT_DT)
         if isinstance(dt, bool) or not isinstance(dt, (int, float)):
-            a = np.asarray(dt) if isinstance(dt, (np.ndarray, np.generic)) else None
+            try:
+                a = np.asarray(dt) if isinstance(dt, (np.ndarray, np.generic, list, tuple)) else None
+            except (TypeError, ValueError):  # a ragged list
+                a = None
             if a is None or a.size != 1 or a.dtype.kind not in "iuf":
                 raise NIRFormatError(f"{who}: the graph's metadata holds dt = {_short(dt)}, not a number; pass dt= "
                                      f"explicitly")
