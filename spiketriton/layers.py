@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 import operator
 from typing import Optional
 
 import torch
 from torch import nn
 
+from .functional._checks import check_backend, check_bool, finite
 from .functional.spikes import SpikeTensor, is_binary, spike_matmul
 from .neuron import BaseNeuron
 
@@ -52,13 +52,11 @@ class SpikeLinear(nn.Linear):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise (ValueError if isinstance(v, int) and not isinstance(v, bool) else TypeError)(
                     f"SpikeLinear: {what} must be an int >= 0, got {v!r}")
-        _check_flag(bias, "SpikeLinear: bias")
-        _check_flag(check_binary, "SpikeLinear: check_binary")
-        if isinstance(input_dropout, bool) or not isinstance(input_dropout, numbers.Real):
-            raise TypeError(f"SpikeLinear: input_dropout must be a real number in [0, 1), got {input_dropout!r}")
-        if not 0.0 <= float(input_dropout) < 1.0:
+        check_bool(bias, "bias", "SpikeLinear")
+        check_bool(check_binary, "check_binary", "SpikeLinear")
+        if not 0.0 <= finite(input_dropout, "input_dropout", "SpikeLinear") < 1.0:
             raise ValueError(f"SpikeLinear: input_dropout must be in [0, 1), got {input_dropout}")
-        _check_backend(backend, "SpikeLinear")
+        check_backend(backend, "SpikeLinear")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.check_binary = check_binary
         self.input_dropout = float(input_dropout)
@@ -209,9 +207,9 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_flag(check_binary, "convert: check_binary")
-    _check_flag(packed, "convert: packed")
-    _check_backend(backend, "convert")
+    check_bool(check_binary, "check_binary", "convert")
+    check_bool(packed, "packed", "convert")
+    check_backend(backend, "convert")
     names = _names_of(model)
     targets, feeders = _targets(model, "", check_binary, names)
     # build every replacement first, then swap: a failure leaves the model untouched
@@ -239,20 +237,6 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
                     and not _value_hooks(linear, output=True, input=True):
                 neuron.packed_output = True
     return model
-
-
-def _check_flag(v, what: str) -> bool:
-    if not isinstance(v, bool):  # a string such as "no" is truthy: refuse it rather than read it as True
-        raise TypeError(f"{what} must be True or False, got {v!r} ({type(v).__name__})")
-    return v
-
-
-def _check_backend(backend, who: str) -> str:
-    from .functional import BACKENDS
-
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"{who}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    return backend
 
 
 def _is_plain_linear(m) -> bool:
