@@ -66,10 +66,10 @@ class Untraceable(nn.Module):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_untraceable_sequential_subclass_is_refused(backend):
+def test_untraceable_sequential_subclass_is_refused(backend, device):
     torch.manual_seed(0)
-    m = _drive(PlusOne(nn.Linear(8, 8), st.LIF(backend=backend), nn.Linear(8, 3)))
-    x = torch.rand(4, 2, 8) * 2
+    m = _drive(PlusOne(nn.Linear(8, 8), st.LIF(backend=backend), nn.Linear(8, 3))).to(device)
+    x = torch.rand(4, 2, 8, device=device) * 2
     want = m(x)
     st.reset(m)
     with pytest.raises(ValueError, match=r"convert: cannot read the data flow of the model \(PlusOne\): torch.fx "
@@ -92,7 +92,7 @@ def test_untraceable_submodule_is_named():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_plain_sequential_fallback_reads_children_on_their_own(backend):
+def test_plain_sequential_fallback_reads_children_on_their_own(backend, device):
     # fx cannot trace the root (DimCheck); the root is a plain nn.Sequential, so its children are read in
     # order, and each child container is traced on its own: both spike-reading Linears are converted,
     # the one inside a traceable child with packed spikes, the one right after a neuron of the root without
@@ -103,8 +103,8 @@ def test_plain_sequential_fallback_reads_children_on_their_own(backend):
         st.LIF(backend=backend), nn.Flatten(2), nn.Linear(8, 8),
         nn.Sequential(st.LIF(backend=backend), nn.Linear(8, 3)),
         DimCheck(),
-    ))
-    x = torch.rand(4, 2, 8) * 2
+    )).to(device)
+    x = torch.rand(4, 2, 8, device=device) * 2
     _same_outputs(m, x, backend=backend)
     assert type(m[1]) is nn.Linear
     assert isinstance(m[4], st.SpikeLinear) and not m[2].packed_output  # fallback: never packed
@@ -159,7 +159,7 @@ class InPlace(nn.Module):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ["called_twice", "plus_one", "neuron_subclass", "inplace_method", "inplace_view",
                                   "inplace_function", "inplace_functional"])
-def test_only_proven_spikes_are_swapped(case, backend):
+def test_only_proven_spikes_are_swapped(case, backend, device):
     torch.manual_seed(2)
     m = {"called_twice": CalledTwice, "plus_one": lambda: NotSpikes(lambda s: s + 1),
          "neuron_subclass": lambda: NotSpikes(nn.Identity()),
@@ -170,8 +170,8 @@ def test_only_proven_spikes_are_swapped(case, backend):
     for n in m.modules():
         if isinstance(n, st.BaseNeuron):
             n.backend = backend
-    _drive(m)
-    x = torch.rand(4, 2, 8) * 2
+    _drive(m).to(device)
+    x = torch.rand(4, 2, 8, device=device) * 2
     _same_outputs(m, x, check_binary=False, backend=backend)
     assert type(m.fc) is nn.Linear
     assert not m.lif.packed_output
@@ -196,13 +196,13 @@ class Aliased(nn.Module):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_shared_linear_is_replaced_wherever_it_is_registered(backend):
+def test_a_shared_linear_is_replaced_wherever_it_is_registered(backend, device):
     # convert used to replace it under its first name only: the forward then fed packed spikes to the old
     # nn.Linear under the second (TypeError)
     torch.manual_seed(3)
-    m = _drive(Aliased())
+    m = _drive(Aliased()).to(device)
     m.lif.backend = backend
-    _same_outputs(m, torch.rand(4, 2, 8) * 2, backend=backend)
+    _same_outputs(m, torch.rand(4, 2, 8, device=device) * 2, backend=backend)
     assert isinstance(m.fc, st.SpikeLinear) and m.alias is m.fc and m.lif.packed_output
 
 
@@ -211,31 +211,31 @@ def test_a_shared_linear_is_replaced_wherever_it_is_registered(backend):
 # ------------------------------------------------------------------------------------------- #
 
 
-def _net(backend="torch"):
+def _net(backend="torch", device="cpu"):
     torch.manual_seed(4)
-    return _drive(nn.Sequential(nn.Linear(8, 8), st.LIF(backend=backend), nn.Linear(8, 3)))
+    return _drive(nn.Sequential(nn.Linear(8, 8), st.LIF(backend=backend), nn.Linear(8, 3))).to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_hook_that_changes_the_spikes_blocks_an_unchecked_swap(backend):
-    x = torch.rand(4, 2, 8) * 2
-    m = _net(backend)
+def test_a_hook_that_changes_the_spikes_blocks_an_unchecked_swap(backend, device):
+    x = torch.rand(4, 2, 8, device=device) * 2
+    m = _net(backend, device)
     m[1].register_forward_hook(lambda mod, inp, out: out + 1)
     _same_outputs(m, x, check_binary=False, backend=backend)
     assert type(m[2]) is nn.Linear
     # with the binary check on, the layer is converted: the check proves each input when it runs
-    m = _net(backend)
+    m = _net(backend, device)
     m[1].register_forward_hook(lambda mod, inp, out: out + 1)
     st.convert(m, backend=backend)
     assert isinstance(m[2], st.SpikeLinear) and not m[1].packed_output
     with pytest.raises(ValueError, match="SpikeLinear: input has values other than 0 and 1"):
         m(x)
     # a pre-hook on the Linear, and a hook on a module in between, change its input just as well
-    m = _net(backend)
+    m = _net(backend, device)
     m[2].register_forward_pre_hook(lambda mod, inp: (inp[0] * 2,))
     _same_outputs(m, x, check_binary=False, backend=backend)
     assert type(m[2]) is nn.Linear
-    m = nn.Sequential(*_net(backend)[:2], nn.Identity(), _net(backend)[2])
+    m = nn.Sequential(*_net(backend, device)[:2], nn.Identity(), _net(backend, device)[2])
     m[2].register_forward_hook(lambda mod, inp, out: out * 2)
     _same_outputs(m, x, check_binary=False, backend=backend)
     assert type(m[3]) is nn.Linear
@@ -254,10 +254,10 @@ def test_a_global_forward_hook_blocks_unchecked_swaps_and_packing():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hooks_on_a_converted_linear_move_with_it(backend):
+def test_hooks_on_a_converted_linear_move_with_it(backend, device):
     # they used to stay on the replaced nn.Linear, so that they silently stopped firing
-    x = torch.rand(4, 2, 8) * 2
-    m = _net(backend)
+    x = torch.rand(4, 2, 8, device=device) * 2
+    m = _net(backend, device)
     seen = []
     handle = m[2].register_forward_hook(lambda mod, inp, out: seen.append((type(mod), type(inp[0]), out.shape)))
     pre = m[2].register_forward_pre_hook(lambda mod, inp: None)
@@ -284,13 +284,13 @@ def test_a_hooked_dropout_is_not_folded():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_hook_registered_after_convert_sees_packed_spikes(backend):
+def test_a_hook_registered_after_convert_sees_packed_spikes(backend, device):
     """Documented in convert() and SpikeLinear: the neuron hands over a SpikeTensor; ``unpack()`` and
     ``to_dense()`` give the 0/1 values, ``packed_output = False`` the float spikes."""
-    x = torch.rand(4, 2, 8) * 2
-    dense = _net(backend)
+    x = torch.rand(4, 2, 8, device=device) * 2
+    dense = _net(backend, device)
     want = dense[1](dense[0](x))
-    m = st.convert(_net(backend), backend=backend)
+    m = st.convert(_net(backend, device), backend=backend)
     assert m[1].packed_output
     got = []
     m[1].register_forward_hook(lambda mod, inp, out: got.append(out))
