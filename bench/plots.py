@@ -267,7 +267,7 @@ def plot_event_matmul(result: Dict, path: Path) -> Optional[str]:
         return None
     panels = list(dict.fromkeys((r["dtype"], r["K"]) for r in rows))
     Ms = sorted({r["M"] for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 5.4 * len(panels)), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(10.0, 5.8 * len(panels)), 4.8), squeeze=False)
     rule = {x["M"]: (x.get("rule") or {}).get("firing") for x in result.get("crossovers", [])}
     for j, (dt, K) in enumerate(panels):
         ax = axes[0][j]
@@ -286,10 +286,10 @@ def plot_event_matmul(result: Dict, path: Path) -> Optional[str]:
         ax.set_yscale("log")
         ax.set_xlabel("firing rate %" + (" (dash-dot: the CPU rule's crossover per M)" if any(rule.values()) else ""))
         ax.set_ylabel("x torch.matmul (torch's time / this; > 1 faster)")
-        ax.set_title(f"{dt}, K = N = {K}: solid event_matmul, dotted inference_matmul (auto), dashed spike_matmul",
-                     fontsize=7)
+        ax.set_title(f"{dt}, K = N = {K}", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path, result, "Event-driven spike matmul (M rows): speedup over torch.matmul")
+    return _save(fig, path, result, "Event-driven spike matmul, M rows: speedup over torch.matmul (solid event_matmul, "
+                                    "dotted inference_matmul = the automatic choice, dashed spike_matmul)")
 
 
 #: benchmark name (the result JSON's "benchmark") -> (plot function, PNG name)
