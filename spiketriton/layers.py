@@ -194,7 +194,7 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     ``SpikeLinear.from_linear``. A module without an ``nn.Linear`` is left alone.
 
     With ``packed=True``, a neuron whose only consumer is a converted layer (proven by fx, and
-    without forward hooks on the neuron or hooks on the layer that would see its input) is switched
+    without forward or backward hooks on the neuron or on the layer, nor global ones) is switched
     to ``packed_output``: its spikes go to the layer 8 per byte and no float spike tensor is made.
     A forward hook registered on such a neuron *after* ``convert`` receives that
     :class:`~spiketriton.functional.spikes.SpikeTensor` as the output: ``output.unpack()`` gives the
@@ -226,15 +226,14 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
                 _set_submodule(model, where, nn.Identity())
         for where in names[id(linear)]:  # every place a shared module is registered
             _set_submodule(model, where, new)
-    if packed and not _global_hooks():
+    if packed and not _global_hooks(backward=True):
         converted = set(targets)
         for neuron_name, linear_name in feeders:
             neuron = model.get_submodule(neuron_name)
             linear = model.get_submodule(linear_name)
-            # a hook on the neuron (e.g. a firing-rate monitor), or one on the layer that sees its input,
-            # would be handed packed spikes
-            if linear_name in converted and not _value_hooks(neuron, output=True) \
-                    and not _value_hooks(linear, output=True, input=True):
+            # a hook on the neuron (e.g. a firing-rate monitor) or on the layer (which sees its input),
+            # forward or backward, would be handed packed spikes
+            if linear_name in converted and not _call_hooks(neuron) and not _call_hooks(linear):
                 neuron.packed_output = True
     return model
 
@@ -255,17 +254,26 @@ def _emits_spikes(m) -> bool:
     return getattr(m, "emits_spikes", False) is True and fwd.startswith("spiketriton.hybrid")
 
 
-def _global_hooks() -> bool:
-    """Whether global forward (pre-)hooks are registered: they may replace any module's input or output."""
+def _global_hooks(backward: bool = False) -> bool:
+    """Whether global forward (pre-)hooks (and, with ``backward``, backward hooks) are registered: they
+    see, and may replace, any module's input or output."""
     import torch.nn.modules.module as mm
 
-    return any(getattr(mm, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks") + \
+        (("_global_backward_hooks", "_global_backward_pre_hooks") if backward else ())
+    return any(getattr(mm, n, None) for n in names)
 
 
 def _value_hooks(m, output: bool = False, input: bool = False) -> bool:
     """Whether ``m`` has forward hooks (which may replace or see its output) / forward pre-hooks
     (which may replace its input)."""
     return bool((output and getattr(m, "_forward_hooks", None)) or (input and getattr(m, "_forward_pre_hooks", None)))
+
+
+def _call_hooks(m) -> bool:
+    """Whether ``m`` has hooks that see its inputs or outputs: forward, forward-pre, backward, backward-pre."""
+    return any(getattr(m, a, None) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                             "_backward_pre_hooks"))
 
 
 def _move_hooks(old: nn.Module, new: nn.Module) -> None:

@@ -272,6 +272,24 @@ def test_hooks_on_a_converted_linear_move_with_it(backend, device):
     assert len(seen) == n and not m[2]._forward_hooks and not m[2]._forward_pre_hooks
 
 
+@pytest.mark.parametrize("where", ["neuron", "linear"])
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_hooks_that_see_the_spikes_keep_them_dense(where, kind):
+    m = _net()
+    module = m[1] if where == "neuron" else m[2]
+    seen = []
+    if kind == "forward":
+        module.register_forward_hook(lambda mod, inp, out: seen.append(type(out if where == "neuron" else inp[0])))
+    else:
+        module.register_full_backward_hook(lambda mod, gin, gout: seen.append(type(gout[0] if where == "neuron"
+                                                                                   else gin[0])))
+    st.convert(m)
+    assert isinstance(m[2], st.SpikeLinear) and not m[1].packed_output
+    x = torch.rand(4, 2, 8, requires_grad=True) * 2
+    m(x).sum().backward()
+    assert seen == [torch.Tensor]
+
+
 def test_a_hooked_dropout_is_not_folded():
     # folding replaces the Dropout with an Identity: its hooks would silently stop firing
     m = nn.Sequential(*_net()[:2], nn.Dropout(0.5), _net()[2])
