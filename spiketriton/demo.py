@@ -98,6 +98,11 @@ def encode(x: torch.Tensor, T: int) -> torch.Tensor:
 
     ``expand`` repeats the image without copying it; deterministic, so no encoder noise.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise TypeError(f"encode: x must be a tensor [B, features], got "
+                        f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"encode: T (time steps) must be an int >= 1, got {T!r}")
     return x.unsqueeze(0).expand(T, *x.shape)
 
 
@@ -125,6 +130,8 @@ def build_net(neuron: str = "lif", hidden: int = 256, backend: str = "auto") -> 
     front of it hand over its spikes packed 8 per byte. The first Linear reads pixel intensities,
     not spikes, and stays an ``nn.Linear``.
     """
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"build_net: hidden must be an int >= 1, got {hidden!r}")
     net = nn.Sequential(
         nn.Linear(NUM_INPUTS, hidden),
         make_neuron(neuron, backend),

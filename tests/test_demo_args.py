@@ -38,3 +38,19 @@ def test_export_dir_that_is_a_file(tmp_path, capsys):
         demo.main(["--export-dir", str(tmp_path / "f"), "--backend", "torch", "--no-progress"])
     assert exc.value.code == 2
     assert f"--export-dir {tmp_path / 'f'}: exists and is not a directory" in capsys.readouterr().err
+
+
+def test_demo_functions_check_their_arguments():
+    import torch
+
+    with pytest.raises(ValueError, match=r"encode: T \(time steps\) must be an int >= 1, got -1"):
+        demo.encode(torch.rand(2, 64), -1)
+    with pytest.raises(ValueError, match=r"encode: T \(time steps\) must be an int >= 1, got 2.0"):
+        demo.encode(torch.rand(2, 64), 2.0)
+    with pytest.raises(TypeError, match=r"encode: x must be a tensor \[B, features\], got list"):
+        demo.encode([[0.0] * 64], 2)
+    with pytest.raises(ValueError, match=r"build_net: hidden must be an int >= 1, got 0"):
+        demo.build_net(hidden=0)
+    with pytest.raises(ValueError, match=r"unknown neuron 'lfi'; choose lif, plif or if"):
+        demo.build_net("lfi")
+    assert demo.encode(torch.rand(2, 64), 3).shape == (3, 2, 64)
