@@ -497,9 +497,9 @@ def _parse_in_child(image: bytes, who: str):
         if sig == "SIGXCPU":
             raise NIRFormatError(f"{who}: parsing used more than {limits['cpu_seconds']} s of CPU and was stopped (a "
                                  f"damaged HDF5 file can send the parser into an endless loop)")
-        raise NIRFormatError(f"{who}: the HDF5 parser crashed (signal {sig}): the file is damaged or not a NIR file"
-                             + (" (or the parser ran out of its memory limit)" if sig in ("SIGKILL", "SIGABRT")
-                                else ""))
+        raise NIRFormatError(f"{who}: the HDF5 parser crashed (signal {sig}): the file is damaged, is not a NIR file, "
+                             f"or needs more than the parser's memory limit ({limits['address_space_bytes']} bytes of "
+                             f"address space; HDF5 can crash when an allocation fails)")
     if rc == 0 and out.startswith(b"ER\n"):
         msg = out[3:3 + 2000].decode("utf-8", "replace")
         if msg.startswith("MemoryError"):
