@@ -24,7 +24,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
