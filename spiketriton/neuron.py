@@ -1,8 +1,19 @@
-"""Multi-step spiking neuron modules: ``spikes = lif(x_seq)`` with ``x_seq [T, B, *features]``.
+"""Spiking neuron modules: ``spikes = lif(x_seq)`` with ``x_seq [T, B, *features]`` (multi-step, the
+default ``step_mode="m"``) or ``spikes = lif(x)`` with ``x [B, *features]`` (one step per call,
+``step_mode="s"``, the state carried between calls).
 
 The last membrane potential stays in the module (``module.v``, fp32) and carries into the next call,
 gradient included (BPTT across calls), until ``module.reset()`` or ``spiketriton.reset(net)``.
 State is not part of ``state_dict``; learnable parameters (PLIF's ``w``, a learnable leak) are.
+
+Shapes are never guessed: a multi-step neuron refuses a 2-D input, because ``[B, N]`` (one step of a
+batch, what a snnTorch-style loop over time passes) and ``[T, N]`` (a sequence without a batch) look
+alike; the error names both ways out (``step_mode="s"``, or ``x.unsqueeze(1)``).
+
+T calls in single-step mode compute exactly what one multi-step call over the T steps computes (spikes,
+state and, through BPTT, every gradient): a single step is a multi-step call with T = 1, one kernel
+launch. ``store_v_seq=True`` keeps the last call's potential before the reset (``h_seq``) and after it
+(``v_seq``), ``[T, *S]`` fp32 (T = 1 in single-step mode), as :mod:`spiketriton.monitor` records them.
 """
 
 from __future__ import annotations
@@ -23,9 +34,20 @@ from .functional.neuron import (
     run_neuron,
 )
 from .functional._checks import check_backend, check_bool
+from .functional.spikes import SpikeTensor
 from .spec import NeuronSpec
 
-__all__ = ["BaseNeuron", "IF", "LIF", "PLIF", "ExtendedLIF", "reset"]
+__all__ = ["BaseNeuron", "IF", "LIF", "PLIF", "ExtendedLIF", "reset", "set_step_mode", "STEP_MODES"]
+
+#: "m": multi-step, ``[T, B, *features]`` per call; "s": single-step, ``[B, *features]`` per call
+STEP_MODES = ("m", "s")
+
+
+def _check_step_mode(step_mode, op: str) -> str:
+    if not isinstance(step_mode, str) or step_mode not in STEP_MODES:
+        raise ValueError(f"{op}: step_mode must be 'm' (multi-step, [T, B, *features] per call) or 's' (single "
+                         f"step, [B, *features] per call), got {step_mode!r}")
+    return step_mode
 
 
 class BaseNeuron(nn.Module):
@@ -33,12 +55,18 @@ class BaseNeuron(nn.Module):
 
     spec: NeuronSpec
 
-    def __init__(self, backend: str = "auto", packed_output: bool = False):
+    def __init__(self, backend: str = "auto", packed_output: bool = False, step_mode: str = "m",
+                 store_v_seq: bool = False):
         super().__init__()
         self.backend = check_backend(backend, type(self).__name__)
         #: return spikes as a SpikeTensor (8 per byte) for a following SpikeLinear: the float spike
         #: tensor is then never materialised, and backward keeps only H and these bits
         self.packed_output = check_bool(packed_output, "packed_output", type(self).__name__)
+        self.step_mode = _check_step_mode(step_mode, type(self).__name__)
+        #: keep the last call's ``h_seq`` / ``v_seq`` (costs writing H in fp32, as in training)
+        self.store_v_seq = check_bool(store_v_seq, "store_v_seq", type(self).__name__)
+        self.h_seq: Optional[torch.Tensor] = None
+        self.v_seq: Optional[torch.Tensor] = None
         self.v: Optional[torch.Tensor] = None
 
     #: the carried state (not in state_dict); ``.to(device)`` moves it, a dtype cast leaves it alone
@@ -47,6 +75,8 @@ class BaseNeuron(nn.Module):
     def reset(self) -> None:
         """Forget the carried state (the next call starts from the initial potential)."""
         self.v = None
+        self.h_seq = None
+        self.v_seq = None
 
     def _apply(self, fn, recurse=True):
         """``module.to(device)`` / ``.cuda()`` / ``.cpu()`` also move the carried state, so that a
@@ -75,21 +105,54 @@ class BaseNeuron(nn.Module):
             return state.clone()
         return state
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        check_sequence(x_seq, type(self).__name__)
-        self.v = self._carry(self.v)
-        spikes, self.v, _, _ = run_neuron(
-            x_seq, self.v, None, None, self._params(x_seq), self.spec, self.backend, type(self).__name__,
-            packed=self.packed_output,
-        )
-        return spikes
+    def _as_sequence(self, x) -> torch.Tensor:
+        """The call's input as ``[T, B, *features]``: a single step gets T = 1; a multi-step neuron
+        refuses 2-D input rather than guess which dimension is time."""
+        name = type(self).__name__
+        if self.step_mode == "s":
+            if isinstance(x, torch.Tensor) and x.dim() == 0:
+                raise ValueError(f"{name}: step_mode='s' takes one time step [B, *features], got a 0-d tensor")
+            return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x  # (check_sequence names a non-tensor)
+        if isinstance(x, torch.Tensor) and x.dim() == 2:
+            raise ValueError(
+                f"{name}: got a 2-D input of shape {tuple(x.shape)}, but a multi-step neuron (step_mode='m', the "
+                f"default) takes [T, B, *features] with time first. For one time step of a batch per call "
+                f"([B, features], e.g. a loop over time steps as in snnTorch) use step_mode='s' (or "
+                f"spiketriton.set_step_mode(net, 's') for a whole model); for a sequence without a batch "
+                f"dimension ([T, features]) pass x.unsqueeze(1).")
+        return x
+
+    def _one_step(self, spikes):
+        if self.step_mode == "m":
+            return spikes
+        if isinstance(spikes, SpikeTensor):
+            return SpikeTensor(spikes.data[0], spikes.k, spikes.anchor[0] if spikes.anchor is not None else None)
+        return spikes[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [T, B, *features]`` (``step_mode="m"``) or ``[B, *features]`` (``"s"``) -> spikes of
+        the same shape, in x's dtype (a SpikeTensor with ``packed_output=True``)."""
+        name = type(self).__name__
+        x_seq = self._as_sequence(x)
+        check_sequence(x_seq, name)
+        states = [self._carry(getattr(self, n)) for n in self._state_names] + [None, None]
+        out = run_neuron(x_seq, states[0], states[1], states[2], self._params(x_seq), self.spec, self.backend, name,
+                         packed=self.packed_output, record=self.store_v_seq)
+        for n, t in zip(self._state_names, out[1:4]):
+            setattr(self, n, t)
+        if self.store_v_seq:
+            self.h_seq, self.v_seq = out[4]
+        return self._one_step(out[0])
 
     def extra_repr(self) -> str:
         s = self.spec
         reset = f"v_reset={s.v_reset}" if s.reset_mode == 0 else "v_reset=None (soft)"
         packed = ", packed_output=True" if self.packed_output else ""
         return (f"v_threshold={s.v_threshold}, {reset}, surrogate={s.surrogate}, "
-                f"detach_reset={s.detach_reset}, backend={self.backend!r}{packed}")
+                f"detach_reset={s.detach_reset}, backend={self.backend!r}{packed}{self._mode_repr()}")
+
+    def _mode_repr(self) -> str:
+        return (", step_mode='s'" if self.step_mode == "s" else "") + (", store_v_seq=True" if self.store_v_seq else "")
 
 
 class IF(BaseNeuron):
@@ -97,8 +160,8 @@ class IF(BaseNeuron):
 
     def __init__(self, v_threshold: float = 1.0, v_reset: Optional[float] = 0.0,
                  surrogate: Optional[sg.Surrogate] = None, detach_reset: bool = False, backend: str = "auto",
-                 packed_output: bool = False):
-        super().__init__(backend, packed_output)
+                 packed_output: bool = False, step_mode: str = "m", store_v_seq: bool = False):
+        super().__init__(backend, packed_output, step_mode, store_v_seq)
         self.spec = family_a_spec("IF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=False)
 
@@ -115,8 +178,9 @@ class LIF(BaseNeuron):
 
     def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
-                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False):
-        super().__init__(backend, packed_output)
+                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False,
+                 step_mode: str = "m", store_v_seq: bool = False):
+        super().__init__(backend, packed_output, step_mode, store_v_seq)
         self.tau = check_tau(tau, "LIF")
         self.spec = family_a_spec("LIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=decay_input)
@@ -134,8 +198,9 @@ class PLIF(BaseNeuron):
 
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
-                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False):
-        super().__init__(backend, packed_output)
+                 detach_reset: bool = False, backend: str = "auto", packed_output: bool = False,
+                 step_mode: str = "m", store_v_seq: bool = False):
+        super().__init__(backend, packed_output, step_mode, store_v_seq)
         init_tau = check_tau(init_tau, "PLIF", "init_tau")
         self.spec = family_a_spec("PLIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                                   detach_reset=detach_reset, decay_input=decay_input)
@@ -166,8 +231,8 @@ class ExtendedLIF(BaseNeuron):
                  dv: float = 0.0, ref_len: int = 0, reset_mode="hard", v_th_alpha: float = 1.0,
                  v_th_beta: float = 0.0, v_th_incre: float = 0.0, surrogate: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, learnable_leak: bool = False, backend: str = "auto",
-                 packed_output: bool = False):
-        super().__init__(backend, packed_output)
+                 packed_output: bool = False, step_mode: str = "m", store_v_seq: bool = False):
+        super().__init__(backend, packed_output, step_mode, store_v_seq)
         check_bool(learnable_leak, "learnable_leak", "ExtendedLIF")
         self.spec = extended_lif_spec(
             "ExtendedLIF", v_th0=v_th0, v_reset=v_reset, v_init=v_init, v_l=v_l, dv=dv, ref_len=ref_len,
@@ -196,21 +261,12 @@ class ExtendedLIF(BaseNeuron):
             return torch.cat([self.v_leaky_alpha.float(), self.v_leaky_beta.float()])
         return torch.tensor([self.v_leaky_alpha, self.v_leaky_beta], dtype=torch.float32).to(x.device)
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        check_sequence(x_seq, "ExtendedLIF")
-        self.v, self.v_th_adpt, self.ref_cnt = (self._carry(t) for t in (self.v, self.v_th_adpt, self.ref_cnt))
-        spikes, self.v, self.v_th_adpt, self.ref_cnt = run_neuron(
-            x_seq, self.v, self.v_th_adpt, self.ref_cnt, self._params(x_seq), self.spec, self.backend, "ExtendedLIF",
-            packed=self.packed_output,
-        )
-        return spikes
-
     def extra_repr(self):
         s = self.spec
         mode = ("HARD", "SOFT", "SOFT_CONSTANT")[s.reset_mode]
         return (f"v_th0={s.v_threshold}, reset_mode={mode}, v_reset={s.v_reset}, v_l={s.v_l}, dv={s.dv}, "
                 f"ref_len={s.ref_len}, v_th_alpha={s.v_th_alpha}, v_th_beta={s.v_th_beta}, "
-                f"v_th_incre={s.v_th_incre}, surrogate={s.surrogate}, backend={self.backend!r}")
+                f"v_th_incre={s.v_th_incre}, surrogate={s.surrogate}, backend={self.backend!r}{self._mode_repr()}")
 
 
 def reset(net: nn.Module) -> None:
@@ -220,3 +276,23 @@ def reset(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, BaseNeuron):
             m.reset()
+
+
+def set_step_mode(net: nn.Module, step_mode: str) -> nn.Module:
+    """Switch every spiketriton neuron in ``net`` (and every :class:`~spiketriton.StepWise` wrapper, which
+    then passes ``[B, ...]`` straight to its module) to ``step_mode`` ("m" or "s"), and reset their state
+    (a sequence does not continue across the switch). Returns ``net``. A neuron with its own forward that
+    does not implement step modes (the quantized QLIF) is an error, rather than silently multi-step."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"set_step_mode: expected a torch.nn.Module, got {type(net).__name__}")
+    _check_step_mode(step_mode, "set_step_mode")
+    for name, m in net.named_modules():
+        if isinstance(m, BaseNeuron) and type(m).forward is not BaseNeuron.forward and step_mode != "m":
+            raise TypeError(f"set_step_mode: {name or 'the model'} ({type(m).__name__}) has its own forward and "
+                            f"runs multi-step only")
+    for m in net.modules():
+        if isinstance(m, BaseNeuron) or hasattr(m, "step_mode"):
+            m.step_mode = step_mode
+        if isinstance(m, BaseNeuron):
+            m.reset()
+    return net

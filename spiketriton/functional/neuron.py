@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from .. import surrogate as sg
-from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, NeuronSpec, ResetMode
+from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, RESET_SOFT_CONSTANT, NeuronSpec, ResetMode
 from . import ops
 from ._backend import use_triton
 from ._checks import check_bool, finite, finite_tensor
@@ -117,6 +117,7 @@ def run_neuron(
     backend: str = "auto",
     op: str = "neuron",
     packed: bool = False,
+    record: bool = False,
 ):
     """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)``: spikes in the input dtype,
     fp32 states (fp64 for float64 input) and an int32 refractory counter (family A, which has no
@@ -125,6 +126,11 @@ def run_neuron(
 
     ``packed=True`` returns the spikes as a :class:`~spiketriton.functional.spikes.SpikeTensor` instead:
     the kernels write them 8 per byte only, and their gradient flows back through its anchor.
+
+    ``record=True`` appends ``(h_seq, v_seq)``, the potential before the reset (``H``, what is compared
+    with the threshold) and after it (``V``, the state carried to the next step; for ExtendedLIF after
+    the leak and the floor), ``[T, *S]`` fp32 without gradient: the kernels write H (as for training,
+    in fp32) and V follows from it with the kernels' reset rule (:func:`v_sequence`).
     """
     check_sequence(x_seq, op)
     if not isinstance(spec, NeuronSpec):
@@ -156,16 +162,51 @@ def run_neuron(
     # saved H: the first divides H's rounding error by k, the second sums it over every neuron-step
     # with cancellation (bf16: 8% off, found by tests/test_neuron_property.py). Keep H in fp32 then
     # (fp16/bf16: +2 bytes per neuron-step).
-    h_fp32 = needs_grad and spec.family == FAMILY_A and params.requires_grad
+    h_fp32 = (needs_grad and spec.family == FAMILY_A and params.requires_grad) or record
     spec_i, spec_f = ops.spec_args(spec)
     # one op body (functional/ops.py) for both backends: the custom op under torch.compile, called
     # directly in eager mode; with a gradient it saves only what backward reads, without one nothing
     # is written for backward
-    spikes, v_last, a_last, ref_last, _, bits, _, _, _ = ops.call_neuron_fwd(
-        x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad, h_fp32, packed)
+    spikes, v_last, a_last, ref_last, h, bits, vth, _, _ = ops.call_neuron_fwd(
+        x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad or record, h_fp32, packed)
     if packed:
         spikes = SpikeTensor(bits, x_seq.shape[-1], spikes if needs_grad else None)
+    if record:
+        h = h.detach()
+        vth = vth.detach() if (spec.family != FAMILY_A and spec.adaptive) else None
+        return spikes, v_last, a_last, ref_last, (h, v_sequence(h, vth, params.detach(), spec))
     return spikes, v_last, a_last, ref_last
+
+
+def v_sequence(h_seq: torch.Tensor, vth_seq: Optional[torch.Tensor], params: torch.Tensor, spec: NeuronSpec):
+    """The membrane potential after each step's reset (and, for family B, leak and floor) from the
+    potential ``h_seq`` compared with the threshold, by the kernels' rule: a spike where ``H >= V_th``
+    (family A) or ``H > vth[t]`` (family B, ``vth_seq`` when the threshold adapts); hard reset to
+    ``V_reset``, soft ``H - V_th`` (or ``- dv``); family B then ``alpha R + beta`` floored at ``v_l``.
+    Elementwise in ``h_seq``'s dtype (fp32): equal to the state a step-by-step run carries, bit for bit
+    on the PyTorch path and the Triton interpreter (tests/test_step_modes.py); a compiled kernel may
+    fuse ``alpha R + beta`` into one FMA (one rounding fewer) for ExtendedLIF with a leak."""
+    dt = h_seq.dtype
+    if spec.family == FAMILY_A:
+        vth = spec.v_threshold
+        fired = h_seq >= vth
+    else:
+        if vth_seq is None:
+            vth = max(spec.v_threshold, spec.v_l)   # the threshold in force: max(v_th0 + 0, v_l)
+        else:
+            vth = vth_seq.to(dt)
+        fired = h_seq > vth
+    if spec.reset_mode == RESET_HARD:
+        r = torch.where(fired, torch.full_like(h_seq, spec.v_reset), h_seq)
+    elif spec.family != FAMILY_A and spec.reset_mode == RESET_SOFT_CONSTANT:
+        r = torch.where(fired, h_seq - spec.dv, h_seq)
+    else:
+        r = torch.where(fired, h_seq - vth, h_seq)
+    if spec.family == FAMILY_A:
+        return r
+    alpha, beta = params.to(dt).reshape(2).unbind()
+    v = r * alpha + beta
+    return torch.where(v >= spec.v_l, v, torch.full_like(v, spec.v_l))
 
 
 # --------------------------------------------------------------------------------------------- #
