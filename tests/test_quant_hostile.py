@@ -650,3 +650,18 @@ def test_a_failed_save_leaves_no_file(tmp_path, x, monkeypatch):
         q.restore_float().save_quantized_model(path)
     monkeypatch.undo()
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors"]
+
+
+def test_quantized_forward_value_checks_cost_one_sync_each(x, monkeypatch):
+    """The integer forward reads tensor values (a host sync each) once per encoding layer (NaN) and once
+    per QLIF (its constants within int28, all in one check; it was one per constant)."""
+    from spiketriton.quant import modules as QM
+
+    for backend in BACKENDS:
+        q = quantized(x, backend)
+        calls = []
+        real = QM.require
+        monkeypatch.setattr(QM, "require", lambda ok, *a, **k: (calls.append(ok.numel()), real(ok, *a, **k)))
+        run(q, x)
+        monkeypatch.setattr(QM, "require", real)
+        assert len(calls) == 1 + 2, (backend, calls)  # net.0's NaN check; net.1's and net.3's constants

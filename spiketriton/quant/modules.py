@@ -451,21 +451,37 @@ class QLIF(BaseNeuron):
         s = self.spec
         S = _broadcast_scale(S.double(), self.feeder, shape)
 
-        def k(value, name):
-            if value == -math.inf:
+        values = {"v_th0": s.v_threshold, "v_reset": s.v_reset, "v_init": s.v_init, "v_l": s.v_l, "dv": s.dv,
+                  "v_leaky_beta": self.v_leaky_beta, "v_th_beta": s.v_th_beta, "v_th_incre": s.v_th_incre}
+        rounded = {name: torch.round(torch.as_tensor(value, dtype=torch.float64) * S)
+                   for name, value in values.items() if value != -math.inf}
+        advice = ("the quantized neuron could never reach it. Use fewer weight bits or larger weights in the feeding "
+                  "layer")
+
+        def within(name):
+            return rounded[name].abs() <= INT28_MAX
+
+        def message(name):
+            return (f"QLIF: {name} = {values[name]} is {float(rounded[name].abs().max()):.3g} in the integer units of "
+                    f"the layer feeding it (x {float(S.max()):.3g}), beyond int28: {advice}")
+
+        if torch.compiler.is_compiling():  # traced asserts: no sync, one per constant (it names it)
+            for name in rounded:
+                require(within(name), ValueError, "",
+                        static=f"QLIF: {name} = {values[name]} is beyond int28 in the integer units of the layer "
+                               f"feeding it: {advice}")
+        else:  # eager: all constants in one check, one host sync per forward
+            require(torch.stack([within(name).all() for name in rounded]), ValueError,
+                    lambda: message(next(name for name in rounded if not bool(within(name).all()))))
+
+        def k(name):
+            if name not in rounded:  # v_l = -inf: no floor
                 return torch.full_like(S, INT28_MIN).to(torch.int64)
-            r = torch.round(torch.as_tensor(value, dtype=torch.float64) * S)
-            advice = "the quantized neuron could never reach it. Use fewer weight bits or larger weights in the feeding layer"
-            require(r.abs() <= INT28_MAX, ValueError,
-                    lambda: f"QLIF: {name} = {value} is {float(r.abs().max()):.3g} in the integer units of the layer "
-                            f"feeding it (x {float(S.max()):.3g}), beyond int28: {advice}",
-                    static=f"QLIF: {name} = {value} is beyond int28 in the integer units of the layer feeding it: {advice}")
-            return r.to(torch.int64)
+            return rounded[name].to(torch.int64)
 
         return dict(
-            v_th0=k(s.v_threshold, "v_th0"), v_reset=k(s.v_reset, "v_reset"), v_init=k(s.v_init, "v_init"),
-            v_l=k(s.v_l, "v_l"), dv=k(s.dv, "dv"), beta_q=k(self.v_leaky_beta, "v_leaky_beta"),
-            v_th_beta_q=k(s.v_th_beta, "v_th_beta"), v_th_incre=k(s.v_th_incre, "v_th_incre"),
+            v_th0=k("v_th0"), v_reset=k("v_reset"), v_init=k("v_init"), v_l=k("v_l"), dv=k("dv"),
+            beta_q=k("v_leaky_beta"), v_th_beta_q=k("v_th_beta"), v_th_incre=k("v_th_incre"),
             alpha_q=int(round(256 * self.v_leaky_alpha)), v_th_alpha_q=int(round(256 * s.v_th_alpha)),
             ref_len=s.ref_len,
         )
