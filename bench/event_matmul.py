@@ -300,7 +300,7 @@ def to_rows(cases: List[dict], device_kind: str) -> List[dict]:
 
     for r in rows:
         r["rule_event"] = choose_event_path(r["M"], int(round(r["firing_rate"] * r["M"] * r["K"])), r["K"],
-                                            torch.device(device_kind))
+                                            triton=device_kind != "cpu")
     return rows
 
 

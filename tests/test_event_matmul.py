@@ -83,7 +83,7 @@ def test_event_matmul_has_no_gradient_and_does_not_build_a_graph():
 
 
 def test_crossover_rule():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda = False, True  # the PyTorch path's rule, the Triton kernels' rule
     assert choose_event_path(1, 200, 4096, cpu)            # 5 %
     assert not choose_event_path(1, 2000, 4096, cpu)       # 49 %
     assert choose_event_path(16, int(0.1 * 16 * 1024), 1024, cpu)
@@ -124,12 +124,33 @@ def test_inference_matmul_takes_the_path_the_rule_chooses_and_agrees_with_spike_
     from spiketriton.functional import events
 
     s, w, b = _case(2, 512, 33, torch.float32, p=p)
+    wt = w.t().contiguous()
     taken = []
-    real = events.event_matmul
-    monkeypatch.setattr(events, "event_matmul", lambda *a, **k: taken.append(1) or real(*a, **k))
-    y = events.inference_matmul(st.pack_spikes(s), w, b, w.t().contiguous(), backend="torch")
-    assert bool(taken) == (p < 0.1)  # 2 % fires below the CPU crossover (0.4 * 2^-0.3 = 0.32), 60 % above
-    _check(y, s, w, b, torch.float32)
+    real = events._torch_event
+    monkeypatch.setattr(events, "_torch_event", lambda *a, **k: taken.append(1) or real(*a, **k))
+    for inp in (st.pack_spikes(s), s):
+        taken.clear()
+        y = events.inference_matmul(inp, w, b, wt, backend="torch")
+        assert bool(taken) == (p < 0.1)  # 2 % fires below the CPU crossover (0.4 * 2^-0.3 = 0.32), 60 % above
+        if taken:
+            assert torch.equal(y, events.event_matmul(inp, wt, b, backend="torch"))
+        else:  # the dense fallback is spike_matmul's own result
+            assert torch.equal(y, st.spike_matmul(inp, w, b, backend="torch"))
     taken.clear()
     events.inference_matmul(s, w, b, None, backend="torch")  # no transposed copy: always dense
     assert not taken
+
+
+def test_inference_matmul_on_triton_takes_the_event_kernel_for_few_rows(monkeypatch):
+    from spiketriton.functional import events
+
+    s, w, b = _case(6, 64, 9, torch.float32, p=0.1)
+    wt = w.t().contiguous()
+    taken = []
+    real = events.event_matmul
+    monkeypatch.setattr(events, "event_matmul", lambda *a, **k: taken.append(1) or real(*a, **k))
+    y = events.inference_matmul(s[:4], w, b, wt, backend="triton")  # 4 rows: event kernel (CUDA rule)
+    assert taken and torch.allclose(y, s[:4] @ w.T + b, rtol=1e-5, atol=1e-5)
+    taken.clear()
+    y = events.inference_matmul(s, w, b, wt, backend="triton")  # 6 rows: the dense kernel
+    assert not taken and torch.allclose(y, s @ w.T + b, rtol=1e-5, atol=1e-5)

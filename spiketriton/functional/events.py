@@ -31,7 +31,8 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: CPU crossover: the event path is used while the fraction of fired inputs per row is below
 #: ``0.4 * M ** -0.3`` (M rows). Measured with one thread on the 2-core CI machine (F.linear against
 #: embedding_bag, K = N = 1024 and 4096, firing 1-50 %): the two cost the same at a firing of about
-#: 0.4-0.45 for M = 1, 0.26-0.35 for M = 4 and 0.15-0.18 for M = 16 (bench/event_matmul_cpu.py).
+#: 0.4-0.45 for M = 1, 0.26-0.35 for M = 4 and 0.15-0.18 for M = 16; bench/event_matmul.py measured 41-46 %, 29-34 %, 15-20 % at
+#: K = N = 1024 and > 50 %, 33-40 %, 15-17 % at 4096 (M = 1, 4, 16), bench/results/cpu/event_matmul_cpu.json.
 CPU_CROSSOVER_M1 = 0.4
 CPU_CROSSOVER_EXP = 0.3
 #: CUDA: no firing count without a device sync, so the choice is by rows only. An estimate from the
@@ -57,39 +58,44 @@ def _as_rows(s, K: int, who: str):
     return s.reshape(math.prod(lead), K), False, lead
 
 
-def choose_event_path(rows: int, fired: Optional[int], K: int, device: torch.device) -> bool:
+def choose_event_path(rows: int, fired: Optional[int], K: int, triton: bool) -> bool:
     """Whether the event-driven path beats the dense one for ``rows`` rows of ``K`` inputs with ``fired``
-    spikes in all (``None`` when unknown). CPU: fired / (rows K) < 0.4 rows^-0.3 (measured); CUDA: rows
-    <= EVENT_MAX_ROWS_CUDA (estimated)."""
+    spikes in all (``None`` when unknown). PyTorch path (CPU): fired / (rows K) < 0.4 rows^-0.3
+    (measured); Triton kernels: rows <= EVENT_MAX_ROWS_CUDA (estimated; no spike count, which would cost
+    a device sync)."""
     if rows == 0 or K == 0:
         return False
-    if device.type == "cpu":
-        if fired is None:
-            return False
-        return fired < CPU_CROSSOVER_M1 * rows ** (-CPU_CROSSOVER_EXP) * rows * K
-    return rows <= EVENT_MAX_ROWS_CUDA
+    if triton:
+        return rows <= EVENT_MAX_ROWS_CUDA
+    if fired is None:
+        return False
+    return fired < CPU_CROSSOVER_M1 * rows ** (-CPU_CROSSOVER_EXP) * rows * K
 
 
-def _torch_event(rows: torch.Tensor, packed: bool, K: int, weight_t: torch.Tensor, bias, out_dtype) -> torch.Tensor:
-    from ..kernels.pack_torch import unpack_bits
-
-    fired = unpack_bits(rows, K) if packed else rows != 0
+def _torch_event(fired: torch.Tensor, weight_t: torch.Tensor, bias, out_dtype) -> torch.Tensor:
+    """``fired [M, K]`` (bool, or 0/1 values: nonzero is a spike) -> the sum of the fired rows of
+    ``weight_t`` per row, plus the bias, in ``out_dtype``."""
     M = fired.shape[0]
-    counts = fired.sum(1)
-    cols = fired.nonzero(as_tuple=True)[1]
+    rows, cols = fired.nonzero(as_tuple=True)
     if weight_t.dtype in (torch.float32, torch.float64):
+        counts = torch.bincount(rows, minlength=M)
         offsets = torch.zeros(M, dtype=torch.long, device=fired.device)
         offsets[1:] = counts.cumsum(0)[:-1]
         y = F.embedding_bag(cols, weight_t, offsets, mode="sum")
     else:
         # fp16/bf16: gathered rows summed in fp32, rounded once with the bias (embedding_bag would round
         # its fp16 sum before the bias is added)
-        which = torch.repeat_interleave(torch.arange(M, device=fired.device), counts)
         y = torch.zeros((M, weight_t.shape[1]), dtype=torch.float32, device=fired.device)
-        y.index_add_(0, which, weight_t.index_select(0, cols).float())
+        y.index_add_(0, rows, weight_t.index_select(0, cols).float())
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.to(out_dtype)
+
+
+def _unpacked(rows: torch.Tensor, packed: bool, K: int, dtype=torch.bool) -> torch.Tensor:
+    from ..kernels.pack_torch import unpack_bits
+
+    return unpack_bits(rows, K, dtype) if packed else rows
 
 
 def event_matmul(s: Union[SpikeTensor, torch.Tensor], weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -124,7 +130,7 @@ def event_matmul(s: Union[SpikeTensor, torch.Tensor], weight_t: torch.Tensor, bi
             wt = weight_t if weight_t.is_contiguous() else weight_t.contiguous()
             y = kernel(rows, packed, wt, bias.contiguous() if bias is not None else None, out_dtype)
         else:
-            y = _torch_event(rows, packed, K, weight_t, bias, out_dtype)
+            y = _torch_event(_unpacked(rows, packed, K), weight_t, bias, out_dtype)
     return y.reshape(lead + (N,))
 
 
@@ -139,24 +145,40 @@ def count_fired(s: Union[SpikeTensor, torch.Tensor]) -> int:
         if _POPCOUNT is None:
             _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
         table = _POPCOUNT.to(s.data.device)
-        return int(table[s.data.long()].sum()) if s.data.numel() else 0
-    return int((s != 0).sum())
+        return int(table.take(s.data.long()).sum()) if s.data.numel() else 0
+    return int(torch.count_nonzero(s))
 
 
 def inference_matmul(s: Union[SpikeTensor, torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
                      weight_t: Optional[torch.Tensor], *, backend: str = "auto") -> torch.Tensor:
     """``s @ weight.T + bias`` without gradient, event-driven when :func:`choose_event_path` says it is
     faster (``weight_t``, the transposed copy, must then be given; ``None`` forces the dense path), else
-    :func:`~spiketriton.spike_matmul`. On the CPU this counts the spikes first (one pass over ``s``)."""
+    :func:`~spiketriton.spike_matmul`'s result. On the PyTorch path the spikes are unpacked once, counted
+    (``count_nonzero``, a few microseconds) and handed to whichever path is chosen, so the choice costs
+    about one small reduction over a dense call."""
+    from . import ops
     from .spikes import spike_matmul
 
-    if weight_t is not None:
-        K = weight.shape[1]
-        lead = s.shape[:-1]
-        rows = math.prod(lead)
-        device = weight.device
-        fired = count_fired(s) if device.type == "cpu" and rows > 0 else None
-        if choose_event_path(rows, fired, K, device):
-            return event_matmul(s, weight_t, bias, backend=backend)
     with torch.no_grad():
-        return spike_matmul(s, weight, bias, backend=backend)
+        if weight_t is None or use_triton(backend, weight, op="inference_matmul"):
+            if weight_t is not None:
+                rows = math.prod(s.shape[:-1])
+                if choose_event_path(rows, None, weight.shape[1], triton=True):
+                    return event_matmul(s, weight_t, bias, backend=backend)
+            return spike_matmul(s, weight, bias, backend=backend)
+        K = weight.shape[1]
+        data, packed, lead = _as_rows(s, K, "inference_matmul")
+        if weight_t.shape != (K, weight.shape[0]):
+            raise ValueError(f"inference_matmul: weight_t must be weight.T {(K, weight.shape[0])}, got "
+                             f"{tuple(weight_t.shape)}")
+        acc = ops.acc_dtype(weight)
+        values = _unpacked(data, packed, K, acc)  # 0/1 in the BLAS dtype (a dense input as it is)
+        fired = int(torch.count_nonzero(values)) if values.numel() else 0
+        if choose_event_path(values.shape[0], fired, K, triton=False):
+            y = _torch_event(values, weight_t, bias, weight_t.dtype)
+        elif packed:
+            y = torch.nn.functional.linear(values, weight.to(acc), bias.to(acc) if bias is not None else None)
+            y = y.to(weight.dtype)
+        else:
+            y = ops.torch_spike_matmul_fwd(None, K, weight, bias, values)
+        return y.reshape(lead + (weight.shape[0],))
