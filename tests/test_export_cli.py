@@ -165,10 +165,10 @@ def test_write_failure_is_a_usage_error(files, capsys, monkeypatch):
 
     monkeypatch.chdir(files["dir"])
 
-    def refuse(path, data):
+    def refuse(path, data, who):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(chip, "_write_atomic", refuse)
+    monkeypatch.setattr(chip, "write_atomic", refuse)
     with pytest.raises(SystemExit) as exc:
         cli.main(["--chip", "out3.chip", "--model", "spiketriton.demo:build_net", "--weights", "q.safetensors",
                   "--input-shape", "64"])

@@ -55,18 +55,16 @@ inconsistency with its own :class:`ChipFormatError`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import struct
-import tempfile
 from typing import Optional
 
 import numpy as np
 
-from .._files import open_regular
+from .._files import open_regular, write_atomic
 from . import _chipsim as sim
 from ._graph import ExportError, _pair, trace_steps
 
@@ -142,7 +140,7 @@ def save_chip(qmodel, path, sample_input) -> dict:
     manifest, tensors = _build(qmodel, sample_input)
     data = _serialize(manifest, tensors)
     _parse(data, "save_chip")  # exactly the bytes about to be written pass load_chip's checks
-    _write_atomic(path, data)
+    write_atomic(path, data, "save_chip")
     return manifest
 
 
@@ -310,31 +308,6 @@ def _serialize(manifest: dict, tensors: dict) -> bytes:
 
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                 metadata={META_KEY: json.dumps(manifest, allow_nan=False)})
-
-
-def _write_atomic(path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync it, then rename it over ``path``:
-    readers see the old file or the complete new one; on any failure the temporary file is removed."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a chip file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 # ============================================================================================= #

@@ -170,7 +170,8 @@ def _export(parser, args) -> int:
     except (ExportError, ChipFormatError, ImportError) as e:
         return _fail(str(e))
     except OSError as e:  # the output cannot be written (checked up front; the file system may still refuse)
-        parser.error(f"{out_flag} {out}: cannot write the file: {e.strerror or e}")
+        # the system's words for the errno (write_atomic's message also names the caller and the path)
+        parser.error(f"{out_flag} {out}: cannot write the file: {os.strerror(e.errno) if e.errno else e}")
     except Exception as e:  # anything else the export raised (e.g. from the model's code): no traceback
         return _fail(f"{out_flag} {out}: the export failed: {type(e).__name__}: {_first_line(e)}")
     except KeyboardInterrupt:
