@@ -32,6 +32,12 @@ class SpikeLinear(nn.Linear):
       probability p and the product is scaled by ``1/(1-p)``, the same values and RNG draws as
       ``nn.Linear(nn.Dropout(p)(s))`` while the input to the matmul stays binary.
     - ``backend``: ``"auto"``, ``"triton"`` or ``"torch"`` (see ``spike_matmul``).
+    - ``event_driven``: in inference (no gradient needed, no autocast), read only the weights of the
+      inputs that fired (:mod:`spiketriton.functional.events`): ``"auto"`` (default) where the measured
+      crossover says it is faster (few rows and sparse firing: streaming, one time step at a time),
+      ``True`` always, ``False`` never. The event path reads a transposed copy of the weight, made at
+      the first such call and kept (``in_features * out_features`` more elements; remade when the
+      weight changes; ``release_event_cache()`` frees it).
 
     The constructor checks its options in Python (no tensor is read): ``in_features`` and
     ``out_features`` are ints >= 0, ``bias`` and ``check_binary`` are bools (a string such as ``"no"``
@@ -46,7 +52,8 @@ class SpikeLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 check_binary: bool = True, input_dropout: float = 0.0, backend: str = "auto"):
+                 check_binary: bool = True, input_dropout: float = 0.0, backend: str = "auto",
+                 event_driven="auto"):
         for what, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise (ValueError if isinstance(v, int) and not isinstance(v, bool) else TypeError)(
@@ -56,10 +63,41 @@ class SpikeLinear(nn.Linear):
         if not 0.0 <= finite(input_dropout, "input_dropout", "SpikeLinear") < 1.0:
             raise ValueError(f"SpikeLinear: input_dropout must be in [0, 1), got {input_dropout}")
         check_backend(backend, "SpikeLinear")
+        if not (event_driven == "auto" if isinstance(event_driven, str) else isinstance(event_driven, bool)):
+            raise ValueError(f"SpikeLinear: event_driven must be 'auto', True or False, got {event_driven!r}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.check_binary = check_binary
         self.input_dropout = float(input_dropout)
         self.backend = backend
+        self.event_driven = event_driven
+        self.__dict__["_wt_cache"] = None  # (key, W.T contiguous): not a buffer, not in state_dict
+
+    def release_event_cache(self) -> None:
+        """Free the transposed weight copy of the event-driven inference path."""
+        self.__dict__["_wt_cache"] = None
+
+    def _weight_t(self) -> torch.Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape))
+        cache = self.__dict__.get("_wt_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, w.detach().t().contiguous())
+            self.__dict__["_wt_cache"] = cache
+        return cache[1]
+
+    def _event_inference(self, s) -> bool:
+        """An inference call the event path may serve: no gradient, no autocast, not under compile."""
+        if self.event_driven is False or torch.compiler.is_compiling():
+            return False
+        dev = self.weight.device.type
+        if torch.is_autocast_enabled(dev):
+            return False
+        if torch.is_grad_enabled():
+            anchor = s.anchor if isinstance(s, SpikeTensor) else s
+            if self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad) or (
+                    anchor is not None and anchor.requires_grad):
+                return False
+        return True
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "SpikeLinear":
@@ -125,10 +163,18 @@ class SpikeLinear(nn.Linear):
                 if b is not None:
                     y = y + b
             return y.to(cast) if cast is not None else y
+        if self._event_inference(s):
+            from .functional.events import event_matmul, inference_matmul
+
+            if self.event_driven is True:
+                return event_matmul(s, self._weight_t(), self.bias, backend=self.backend)
+            return inference_matmul(s, self.weight, self.bias, self._weight_t(), backend=self.backend)
         return spike_matmul(s, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:
         extra = f", input_dropout={self.input_dropout}" if self.input_dropout else ""
+        if self.event_driven != "auto":
+            extra += f", event_driven={self.event_driven}"
         return super().extra_repr() + f", check_binary={self.check_binary}{extra}"
 
 
@@ -155,9 +201,16 @@ class StepWise(nn.Sequential):
 
     ``StepWise(nn.Conv2d(2, 8, 3), nn.AvgPool2d(2))`` is an ``nn.Sequential`` (same state_dict keys
     ``0.weight``, ...), so quantization and export see its layers as usual.
+
+    ``step_mode="s"`` (set by :func:`spiketriton.set_step_mode`): the input is one step ``[B, *features]``
+    and goes to the modules as it is.
     """
 
+    step_mode = "m"
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return super().forward(x_seq)
         if not isinstance(x_seq, torch.Tensor):
             from torch.fx import Proxy
 

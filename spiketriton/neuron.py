@@ -208,7 +208,8 @@ class PLIF(BaseNeuron):
 
     @property
     def tau(self) -> float:
-        return 1.0 / torch.sigmoid(self.w.detach().float()).item()
+        k = torch.sigmoid(self.w.detach().float()).item()
+        return math.inf if k == 0.0 else 1.0 / k  # w below about -104: sigmoid underflows, no leak
 
     def _params(self, x):
         return torch.sigmoid(self.w.float())

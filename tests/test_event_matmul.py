@@ -154,3 +154,64 @@ def test_inference_matmul_on_triton_takes_the_event_kernel_for_few_rows(monkeypa
     taken.clear()
     y = events.inference_matmul(s, w, b, wt, backend="triton")  # 6 rows: the dense kernel
     assert not taken and torch.allclose(y, s @ w.T + b, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- #
+# SpikeLinear's inference path
+# --------------------------------------------------------------------------------------------- #
+
+
+def _spy(monkeypatch):
+    from spiketriton.functional import events
+
+    taken = []
+    for name in ("_torch_event", "event_matmul"):
+        real = getattr(events, name)
+        monkeypatch.setattr(events, name, lambda *a, _r=real, **k: taken.append(1) or _r(*a, **k))
+    return taken
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spike_linear_streams_sparse_single_steps_through_the_event_path(backend, monkeypatch):
+    torch.manual_seed(0)
+    lin = st.SpikeLinear(300, 40, backend=backend).eval()
+    ref = torch.nn.Linear(300, 40)
+    ref.load_state_dict(lin.state_dict())
+    s = (torch.rand(1, 300) < 0.05).float()
+    taken = _spy(monkeypatch)
+    with torch.no_grad():
+        y = lin(s)
+        y_packed = lin(st.pack_spikes(s))
+    assert len(taken) == 2
+    torch.testing.assert_close(y, ref(s), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_packed, y, rtol=0, atol=0)
+    taken.clear()
+    y = lin(s)  # gradients wanted: the dense autograd path
+    assert not taken and y.requires_grad
+
+
+def test_spike_linear_event_driven_option_and_cache(monkeypatch):
+    torch.manual_seed(0)
+    lin = st.SpikeLinear(64, 8, backend="torch")
+    s = (torch.rand(2, 64) < 0.5).float()  # above the CPU crossover: "auto" stays dense
+    taken = _spy(monkeypatch)
+    with torch.no_grad():
+        lin(s)
+        assert not taken
+        lin.event_driven = True
+        y = lin(s)
+        assert taken
+        torch.testing.assert_close(y, s @ lin.weight.T + lin.bias, rtol=1e-5, atol=1e-5)
+        # the transposed copy follows an in-place update of the weight (an optimizer step)
+        lin.weight.add_(1.0)
+        torch.testing.assert_close(lin(s), s @ lin.weight.T + lin.bias, rtol=1e-5, atol=1e-5)
+        taken.clear()
+        lin.event_driven = False
+        lin(s)
+        assert not taken
+    assert set(lin.state_dict()) == {"weight", "bias"}
+    lin.release_event_cache()
+    assert lin._wt_cache is None
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="event_driven must be 'auto', True or False"):
+            st.SpikeLinear(4, 2, event_driven=bad)

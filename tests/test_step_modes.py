@@ -173,3 +173,21 @@ def test_set_step_mode_refuses_a_neuron_without_step_modes():
 
     with pytest.raises(TypeError, match="QLIF.*runs multi-step only"):
         st.set_step_mode(torch.nn.Sequential(QLIF()), "s")
+
+
+def test_stepwise_passes_single_steps_straight_through():
+    net = torch.nn.Sequential(st.StepWise(torch.nn.Conv2d(1, 2, 3, padding=1)), st.LIF(),
+                              torch.nn.Flatten(-3), torch.nn.Linear(2 * 4 * 4, 3))
+    x = torch.rand(4, 2, 1, 4, 4)
+    y_multi = net(x)
+    st.set_step_mode(net, "s")
+    assert net[0].step_mode == "s"
+    y_single = torch.stack([net(x[t]) for t in range(4)])
+    torch.testing.assert_close(y_single, y_multi, rtol=0, atol=0)
+
+
+def test_plif_tau_of_a_saturated_w_is_infinite():
+    m = st.PLIF()
+    with torch.no_grad():
+        m.w.fill_(-200.0)
+    assert m.tau == float("inf")
