@@ -84,16 +84,21 @@ def _per_step(shape, what: str) -> tuple:
                       f"nor [T*B, ...]; the export describes one time step and needs time and batch in front")
 
 
-def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list:
-    """The model as a list of :class:`Step` from ``input`` to ``output`` (a chain)."""
-    import torch.fx as fx
-
+def check_model_and_sample(model, sample_input, what: str) -> None:
+    """``TypeError`` unless ``model`` is an ``nn.Module`` and ``sample_input`` a tensor."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{what}: model must be a torch.nn.Module (a network of spiketriton / torch layers), got "
                         f"{type(model).__name__}")
     if not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"{what}: sample_input must be a torch.Tensor [T, B, *features], got "
                         f"{type(sample_input).__name__}")
+
+
+def trace_steps(model: nn.Module, sample_input: torch.Tensor, what: str) -> list:
+    """The model as a list of :class:`Step` from ``input`` to ``output`` (a chain)."""
+    import torch.fx as fx
+
+    check_model_and_sample(model, sample_input, what)
     if sample_input.dim() < 3:
         raise ValueError(f"{what}: sample_input must be a sequence [T, B, *features] (a tensor with at least 3 "
                          f"dimensions), got shape {tuple(sample_input.shape)}")

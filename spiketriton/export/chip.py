@@ -343,20 +343,20 @@ def _max_file_bytes() -> int:
     return 8 + MAX_HEADER_BYTES + 4 * MAX_TOTAL_ELEMENTS
 
 
-def _parse(data: bytes, where: str) -> "ChipProgram":
-    def fail(msg):
-        raise ChipFormatError(f"{where}: {msg}")
-
-    if len(data) > _max_file_bytes():
-        fail(f"the file has more than {_max_file_bytes()} bytes, the limit for a chip file")
+def safetensors_header(data: bytes, fail, limit: int, kind: str):
+    """The JSON header of a safetensors image (a dict) and its length ``n``: the 8-byte length field
+    within ``limit`` and the bytes present, UTF-8, strict JSON (:func:`_json`). ``fail(msg)`` raises the
+    reader's error type; ``kind`` names the format in its messages. Shared with the quantized format."""
     if len(data) < 8:
-        fail(f"truncated: {len(data)} bytes, shorter than the 8-byte header length of a safetensors file")
+        fail(f"truncated: {len(data)} bytes, shorter than the 8-byte header length of a safetensors file "
+             f"(not a readable {kind})")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES:
-        fail(f"the header length field declares {n} bytes, beyond the limit of {MAX_HEADER_BYTES} (not a chip file, "
-             f"or a corrupted one)")
+    if n > limit:
+        fail(f"the header length field declares {n} bytes, beyond the limit of {limit} (not a {kind}, or a "
+             f"corrupted one)")
     if 8 + n > len(data):
-        fail(f"truncated: the header length field declares {n} bytes but only {len(data) - 8} follow it")
+        fail(f"truncated: the header length field declares {n} bytes but only {len(data) - 8} follow it (not a "
+             f"readable {kind})")
     try:
         text = data[8:8 + n].decode("utf-8")
     except UnicodeDecodeError:
@@ -364,6 +364,16 @@ def _parse(data: bytes, where: str) -> "ChipProgram":
     header = _json(text, "the safetensors header", fail)
     if not isinstance(header, dict):
         fail(f"the safetensors header is a JSON {type(header).__name__}, expected an object")
+    return header, n
+
+
+def _parse(data: bytes, where: str) -> "ChipProgram":
+    def fail(msg):
+        raise ChipFormatError(f"{where}: {msg}")
+
+    if len(data) > _max_file_bytes():
+        fail(f"the file has more than {_max_file_bytes()} bytes, the limit for a chip file")
+    header, n = safetensors_header(data, fail, MAX_HEADER_BYTES, "chip file")
     manifest = _manifest_of(header.pop("__metadata__", None), fail)
     entries = _tensor_entries(header, len(data) - 8 - n, fail)
     layers, table = _check_manifest(manifest, fail)

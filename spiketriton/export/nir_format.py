@@ -47,7 +47,7 @@ from ..functional._checks import check_backend, finite
 from ..layers import StepWise
 from ..neuron import IF, LIF, PLIF, ExtendedLIF
 from ..spec import FAMILY_A, RESET_HARD
-from ._graph import ExportError, trace_steps
+from ._graph import ExportError, check_model_and_sample, trace_steps
 
 __all__ = ["to_nir", "save_nir", "from_nir", "DEFAULT_DT", "ExportError", "NIRFormatError"]
 
@@ -108,7 +108,7 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, dt: float = DEFAULT_DT)
     ``TypeError``.
     """
     nir = _nir()
-    _check_export_args(model, sample_input, "to_nir")
+    check_model_and_sample(model, sample_input, "to_nir")
     dt = _check_dt(dt, "to_nir")
     steps = trace_steps(model, sample_input, "to_nir")
     taken = {step.name for step in steps if step.kind not in ("input", "output")}
@@ -148,20 +148,11 @@ def save_nir(model: nn.Module, path: Union[str, os.PathLike], sample_input: torc
     nir = _nir()
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"save_nir: path must be a str or os.PathLike, got {type(path).__name__}")
-    _check_export_args(model, sample_input, "save_nir")
+    check_model_and_sample(model, sample_input, "save_nir")
     graph = to_nir(model, sample_input, dt)
     buf = io.BytesIO()
     nir.write(buf, graph)  # in memory: HDF5's C library never writes to the file system
     write_atomic(path, buf.getvalue(), "save_nir")
-
-
-def _check_export_args(model, sample_input, what):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what}: model must be a torch.nn.Module (a network of spiketriton / torch layers), got "
-                        f"{type(model).__name__}")
-    if not isinstance(sample_input, torch.Tensor):
-        raise TypeError(f"{what}: sample_input must be a torch.Tensor [T, B, *features], got "
-                        f"{type(sample_input).__name__}")
 
 
 _F32_MAX = float(np.finfo(np.float32).max)

@@ -28,7 +28,6 @@ import json
 import warnings
 import math
 import os
-import struct
 from typing import Optional
 
 import torch
@@ -607,25 +606,9 @@ def _read_manifest(data: bytes, fail) -> dict:
     """The manifest of a safetensors image, after the header length, strict JSON, the format, the
     version, the fields and the manifest checksum."""
     # the chip format's strict JSON reader and checksums (imported here: export imports quant)
-    from ..export.chip import _is_sha256, _json, manifest_digest
+    from ..export.chip import _is_sha256, _json, manifest_digest, safetensors_header
 
-    if len(data) < 8:
-        fail(f"truncated: {len(data)} bytes, shorter than the 8-byte header length of a safetensors file "
-             f"(not a readable safetensors file)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES:
-        fail(f"the header length field declares {n} bytes, beyond the limit of {MAX_HEADER_BYTES} (not a "
-             f"{FORMAT} file, or a corrupted one)")
-    if 8 + n > len(data):
-        fail(f"truncated: the header length field declares {n} bytes but only {len(data) - 8} follow it (not a "
-             f"readable safetensors file)")
-    try:
-        text = data[8:8 + n].decode("utf-8")
-    except UnicodeDecodeError:
-        fail("the safetensors header is not UTF-8 text (corrupted)")
-    header = _json(text, "the safetensors header", fail)
-    if not isinstance(header, dict):
-        fail(f"the safetensors header is a JSON {type(header).__name__}, expected an object")
+    header, _ = safetensors_header(data, fail, MAX_HEADER_BYTES, f"{FORMAT} file")
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not isinstance(meta.get(META_KEY), str):
         if isinstance(meta, dict) and "spiketriton.chip" in meta:
