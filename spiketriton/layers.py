@@ -366,7 +366,7 @@ def _targets(model: nn.Module, prefix: str, check_binary: bool, names: dict):
     try:
         graph = tracer.trace(model)
     except Exception as e:  # data-dependent control flow, an untraceable op, ...
-        if _is_plain_container(model):
+        if is_plain_container(model):
             return _targets_sequential(model, prefix, check_binary, names, tracer)
         linears = [n for n, m in model.named_modules() if _is_plain_linear(m)]
         if not linears:  # nothing here to convert: leave it as it is
@@ -405,7 +405,7 @@ def _rooted(targets, feeders, prefix, model, names):
     return out, feeds
 
 
-def _is_plain_container(m) -> bool:
+def is_plain_container(m) -> bool:
     """A container whose forward is provably its children in order: nn.Sequential's own forward
     (StepWise's only folds time into the batch around it)."""
     return isinstance(m, nn.Sequential) and type(m).forward in (nn.Sequential.forward, StepWise.forward)

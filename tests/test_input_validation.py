@@ -365,3 +365,10 @@ def test_devices_and_reset():
         H.TemporalFilter(2)(torch.zeros(3, 2, 4, device="meta"))
     with pytest.raises(TypeError, match="reset: expected a torch.nn.Module, got list"):
         st.reset([st.LIF()])
+
+
+def test_spike_matmul_on_meta_tensors_gives_the_shape():
+    w = torch.empty(5, 12, device="meta")
+    for s in (torch.empty(3, 4, 12, device="meta"), st.SpikeTensor(torch.empty(3, 4, 2, dtype=torch.uint8, device="meta"), 12)):
+        y = st.spike_matmul(s, w, torch.empty(5, device="meta"))
+        assert y.shape == (3, 4, 5) and y.is_meta

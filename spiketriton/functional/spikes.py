@@ -186,6 +186,8 @@ def spike_matmul(
                          + (f", bias on {bias.device}" if bias is not None else "") + "; move them to one device")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"spike_matmul: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if device.type == "meta":  # shapes only (shape inference, deferred initialisation): nothing to multiply
+        return torch.empty(tuple(s.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device="meta")
     if torch.is_autocast_enabled(device.type):
         dt = torch.get_autocast_dtype(device.type)
         weight = weight.to(dt)

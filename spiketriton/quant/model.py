@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .._files import open_regular, write_atomic
-from ..layers import SpikeLinear
+from ..layers import SpikeLinear, is_plain_container
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD
 from ..spec import INT28_MAX
@@ -169,7 +169,7 @@ class QModel(nn.Module):
             # the order of a Sequential's children is its data flow only when its forward is
             # nn.Sequential's own: a subclass with another forward would be guessed, not read
             custom = sorted({type(m).__name__ for m in root.modules()
-                             if isinstance(m, nn.Sequential) and type(m).forward is not nn.Sequential.forward})
+                             if isinstance(m, nn.Sequential) and not is_plain_container(m)})
             if not isinstance(root, nn.Sequential) or custom:
                 why = (f" (the nn.Sequential subclasses {', '.join(custom)} have their own forward, so the order of "
                        f"their children is not their data flow)") if custom else ""
