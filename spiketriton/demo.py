@@ -30,6 +30,13 @@ What it shows, step by step:
    ``ChipProgram``, an integer simulator in plain numpy: its output spikes equal the quantized
    model's bit for bit. The trained float network is written to NIR (``save_nir``), read back with
    ``from_nir``, and its spikes on the test set equal the original's.
+8. **Monitor.** ``spiketriton.monitor.Monitor`` records the trained network's spikes and membrane
+   potentials on a few test images, one after another, and the demo saves a figure (spike rasters,
+   membrane traces with the threshold line, firing rate per layer) and prints its path: by default
+   ``digits_monitor.png`` in ``--export-dir``, or in the current directory without one (the export
+   files' temporary directory is removed at the end); ``--figure PATH`` chooses another file,
+   ``--no-figure`` skips it. The figure needs matplotlib (``pip install matplotlib``); without it the
+   demo says so and goes on.
 
 ``main(argv)`` returns a dict with the accuracies and the run time, so tests and other scripts
 can drive the demo without parsing its output.
@@ -58,11 +65,13 @@ except ImportError:  # pragma: no cover - depends on the environment
     tqdm = None
 
 __all__ = ["load_data", "encode", "make_neuron", "build_net", "firing_rate", "describe_backend", "train_epoch",
-           "evaluate", "build_parser", "main"]
+           "evaluate", "monitor_step", "build_parser", "main"]
 
 NUM_INPUTS = 64   # 8x8 pixels
 NUM_CLASSES = 10  # digits 0-9
 QUICK_EPOCHS = 2  # --quick: 87-95% test accuracy over seeds 0-9 (tests/test_demo.py), ~0.3 s of training on 2 CPU cores
+FIGURE_NAME = "digits_monitor.png"  # the monitor figure's default name (in --export-dir, else the current directory)
+MONITOR_IMAGES = 8  # test images shown in the monitor figure, one after another
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -303,7 +312,68 @@ def _nir_step(net, x, y_te, export_dir, log) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- #
-# 7. Command line
+# 7. Monitor: spikes and membrane potentials of the trained network, as a figure
+# --------------------------------------------------------------------------------------------- #
+
+
+@torch.no_grad()
+def monitor_step(net, x_te, y_te, T: int, path: str, images: int = MONITOR_IMAGES, log=print) -> str:
+    """Run the first ``images`` test images through ``net`` one after another (``T`` steps each, the
+    state reset between them) under a :class:`~spiketriton.monitor.Monitor`, and save its figure to
+    ``path``: a spike raster per layer, the output layer's membrane potential (V, and H before the
+    reset, dotted) with the threshold line, and the firing rate per layer. Returns ``path``."""
+    from .monitor import Monitor
+
+    net.eval()
+    n = min(images, len(x_te))
+    with Monitor(net) as mon:  # every neuron: spikes, H and V, copied to the CPU
+        for i in range(n):
+            net(encode(x_te[i:i + 1], T))
+            spiketriton.reset(net)
+    digits = " ".join(str(int(d)) for d in y_te[:n])
+    mon.figure(path, title=f"{n} test images (digits {digits}), {T} steps each, state reset between them")
+    log(f"monitor figure: {os.path.abspath(path)} (spike rasters, membrane traces of the output layer with the "
+        f"threshold, firing rate per layer; {n} test images, {T} steps each)")
+    return path
+
+
+def _figure_path(args) -> Optional[str]:
+    """Where the monitor figure goes: ``--figure``, else ``digits_monitor.png`` in ``--export-dir`` (the
+    other outputs' place), else in the current directory (the export's temporary directory is removed
+    at the end); None with ``--no-figure``."""
+    if args.no_figure:
+        return None
+    if args.figure is not None:
+        return args.figure
+    return os.path.join(args.export_dir if args.export_dir is not None else os.curdir, FIGURE_NAME)
+
+
+def _check_figure_args(parser, args) -> None:
+    """Refuse a --figure that cannot be written before any training (issue 12's rule for the demo's flags)."""
+    if args.no_figure and args.figure is not None:
+        parser.error("--figure and --no-figure contradict each other; give one")
+    if args.figure is None:
+        return
+    path = args.figure
+    if not path or os.path.isdir(path):
+        parser.error(f"--figure {path!r}: expected a file name such as {FIGURE_NAME}, got "
+                     f"{'a directory' if path else 'an empty name'}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        parser.error(f"--figure {path}: the directory {parent} does not exist")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        parser.error("--figure needs matplotlib, which is not installed: pip install matplotlib (or --no-figure)")
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        parser.error(f"--figure {path}: matplotlib cannot write .{suffix} files; use one of "
+                     f"{', '.join('.' + f for f in sorted(supported))}")
+
+
+# --------------------------------------------------------------------------------------------- #
+# 8. Command line
 # --------------------------------------------------------------------------------------------- #
 
 
@@ -331,8 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "-1 skips quantization altogether (default: 2; --quick: 1)")
     p.add_argument("--bits", type=int, default=8, help="weight bits for quantization, 2..8 (default: 8)")
     p.add_argument("--export-dir", default=None,
-                   help="where the quantized network's chip file (digits.chip) is written and kept (default: a "
-                        "temporary directory, removed at the end)")
+                   help="where the quantized network's chip file (digits.chip) and NIR file (digits.nir) are "
+                        f"written and kept, and the monitor figure ({FIGURE_NAME}) (default: a temporary directory, "
+                        "removed at the end; the figure then goes to the current directory)")
+    p.add_argument("--figure", default=None, metavar="PATH",
+                   help=f"save the monitor figure (spike rasters, membrane traces, firing rates) to PATH; the "
+                        f"format follows the suffix (.png, .pdf, .svg, ...) (default: {FIGURE_NAME} in --export-dir, "
+                        f"else in the current directory; needs matplotlib)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw the monitor figure")
     return p
 
 
@@ -344,7 +420,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     loading, training and evaluation), the settings used (``epochs``, ``T``, ``hidden``, ``neuron``,
     ``backend``, ``device``, ``seed``) and the trained ``model`` (an ``nn.Sequential``); with
     quantization also ``ptq_accuracy``, ``qat_accuracy``, the quantized ``qmodel`` and
-    ``chip_accuracy`` (the chip file run by ``ChipProgram``, equal to the model's bit for bit).
+    ``chip_accuracy`` (the chip file run by ``ChipProgram``, equal to the model's bit for bit);
+    ``figure``: the monitor figure's path (None with ``--no-figure`` or without matplotlib).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -364,6 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"--seed must be in 0..2**32-1 (scikit-learn's split takes no other), got {args.seed}")
     if args.export_dir is not None and os.path.exists(args.export_dir) and not os.path.isdir(args.export_dir):
         parser.error(f"--export-dir {args.export_dir}: exists and is not a directory")
+    _check_figure_args(parser, args)
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:  # not a device name
@@ -417,6 +495,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     test_acc = evaluate(net, x_te, y_te, args.T, args.batch_size)
     print(f"final train accuracy: {train_acc:.2%}")
     print(f"TEST accuracy: {test_acc:.2%} ({len(x_te)} images, chance is 10%) in {time.perf_counter() - start:.1f} s")
+    figure = _figure_path(args)
+    if figure is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("monitor figure skipped: matplotlib is not installed (pip install matplotlib)")
+            figure = None
+    if figure is not None:
+        if args.export_dir is not None:
+            os.makedirs(args.export_dir, exist_ok=True)
+        monitor_step(net, x_te, y_te, args.T, figure)
     quant_results = quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) if args.qat_epochs >= 0 else {}
     if quant_results:
         if args.export_dir is not None:
@@ -439,6 +528,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "backend": args.backend,
         "device": str(device),
         "seed": args.seed,
+        "figure": figure,
         "model": net,
     }
 

@@ -16,15 +16,21 @@ Each run takes about 1-2 s (data loading included).
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
+
+import spiketriton as st
 
 pytest.importorskip("sklearn", reason="the demo needs scikit-learn (installed by .ci/run); a bare GPU image lacks it")
 
 from spiketriton import demo  # noqa: E402
 
 QUICK_MIN_TEST_ACCURACY = 0.80
-CPU = ["--backend", "torch", "--device", "cpu", "--no-progress"]
+CPU = ["--backend", "torch", "--device", "cpu", "--no-progress", "--no-figure"]  # no figure in the current directory
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.filterwarnings("ignore:prepare. PLIF's learnable tau is fixed")  # expected for --neuron plif
@@ -65,12 +71,53 @@ def test_export_dir_keeps_the_chip_file(tmp_path, capsys):
     from spiketriton.export import load_chip
 
     result = demo.main(["--quick", "--epochs", "1", "--qat-epochs", "0", "--hidden", "16", "--export-dir",
-                        str(tmp_path / "out"), *CPU])
+                        str(tmp_path / "out"), *CPU[:-1]])
     program = load_chip(tmp_path / "out" / "digits.chip")
     assert (tmp_path / "out" / "digits.nir").stat().st_size > 0
     assert program.input_shape == (64,) and program.output_shape == (10,)
     assert result["chip_accuracy"] == result["ptq_accuracy"]
-    assert f"chip export: {tmp_path / 'out' / 'digits.chip'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"chip export: {tmp_path / 'out' / 'digits.chip'}" in out
+    # the monitor figure goes where the other outputs go
+    figure = tmp_path / "out" / demo.FIGURE_NAME
+    assert result["figure"] == str(figure) and figure.read_bytes()[:8] == PNG
+    assert f"monitor figure: {figure} (spike rasters, membrane traces" in out
+
+
+def _is_png(path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    data = path.read_bytes()
+    return data[:8] == PNG and matplotlib.image.imread(path).shape[2] in (3, 4)
+
+
+def test_monitor_figure_without_export_dir_is_kept_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    result = demo.main(["--epochs", "1", "--qat-epochs", "-1", "--hidden", "16", *CPU[:-1]])
+    figure = tmp_path / demo.FIGURE_NAME
+    assert _is_png(figure) and figure.stat().st_size > 10_000
+    assert os.path.samefile(result["figure"], figure)
+    assert f"monitor figure: {figure} (" in capsys.readouterr().out
+    # the monitor is gone: no hooks, store_v_seq as before, the state reset
+    for m in result["model"].modules():
+        assert not m._forward_hooks
+        if isinstance(m, st.BaseNeuron):
+            assert not m.store_v_seq and m.v is None
+
+
+def test_figure_flag_chooses_the_file_and_no_figure_skips_it(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "1", "--qat-epochs", "-1", "--hidden", "8", *CPU[:-1]]
+    result = demo.main(args + ["--figure", "sub.svg"])
+    assert result["figure"] == "sub.svg" and (tmp_path / "sub.svg").read_text().lstrip().startswith("<?xml")
+    assert demo.main(args + ["--no-figure"])["figure"] is None
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # not installed: the demo says so and goes on
+    assert demo.main(args)["figure"] is None
+    assert "monitor figure skipped: matplotlib is not installed (pip install matplotlib)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.svg"]
 
 
 def test_explicit_flags_override_quick():
@@ -82,7 +129,7 @@ def test_explicit_flags_override_quick():
 
 def test_plain_prints_without_tqdm(monkeypatch, capsys):
     monkeypatch.setattr(demo, "tqdm", None)
-    demo.main(["--epochs", "2", "--T", "2", "--hidden", "8", "--backend", "torch", "--device", "cpu"])
+    demo.main(["--epochs", "2", "--T", "2", "--hidden", "8", "--backend", "torch", "--device", "cpu", "--no-figure"])
     out = capsys.readouterr().out
     assert "epoch 1/2: train loss" in out and "epoch 2/2: train loss" in out
 

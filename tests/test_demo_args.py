@@ -40,6 +40,39 @@ def test_export_dir_that_is_a_file(tmp_path, capsys):
     assert f"--export-dir {tmp_path / 'f'}: exists and is not a directory" in capsys.readouterr().err
 
 
+FIGURE_BAD = [
+    (["--figure", "x.png", "--no-figure"], "--figure and --no-figure contradict each other"),
+    (["--figure", "no/such/dir/x.png"], "/no/such/dir does not exist"),
+    (["--figure", "x.docx"], "--figure x.docx: matplotlib cannot write .docx files; use one of"),
+    (["--figure", ""], "--figure '': expected a file name such as digits_monitor.png, got an empty name"),
+]
+
+
+@pytest.mark.parametrize("argv,message", FIGURE_BAD, ids=[" ".join(b[0]) for b in FIGURE_BAD])
+def test_bad_figure_flags_exit_2_before_training(argv, message, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(argv + ["--backend", "torch", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    assert message in err.err and "training" not in err.out
+    with pytest.raises(SystemExit):
+        demo.main(["--figure", str(tmp_path), "--backend", "torch", "--no-progress"])
+    assert "expected a file name such as digits_monitor.png, got a directory" in capsys.readouterr().err
+
+
+def test_figure_flag_without_matplotlib_is_a_usage_error(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--figure", "x.png", "--backend", "torch", "--no-progress"])
+    assert exc.value.code == 2
+    assert "--figure needs matplotlib, which is not installed: pip install matplotlib" in capsys.readouterr().err
+
+
 def test_demo_functions_check_their_arguments():
     import torch
 
