@@ -149,7 +149,7 @@ class Monitor:
     :meth:`plot_raster`, :meth:`plot_traces`, :meth:`plot_rates` and :meth:`figure`. Records survive
     :meth:`detach` and ``spiketriton.reset(net)``; :meth:`reset` clears them. A module called several
     times per forward records every call, in order. Use as a context manager (``with Monitor(net) as
-    mon:``) or call :meth:`detach` to remove the hooks.
+    mon:``) or call :meth:`detach` to remove the hooks (and before ``torch.save(net)``: hooks do not pickle).
     """
 
     def __init__(self, net: nn.Module, modules=None, record: Union[str, Sequence[str]] = RECORD_KINDS,
@@ -169,8 +169,8 @@ class Monitor:
             own = [f"{n!r} ({type(m).__name__})" for n, m in self._modules.items()
                    if type(m).forward is not BaseNeuron.forward]
             if own:
-                raise ValueError(f"Monitor: {', '.join(own)} has its own forward, which does not store H/V sequences "
-                                 f"(store_v_seq); record only its spikes (record=('spikes',)) or leave it out "
+                raise ValueError(f"Monitor: {', '.join(own)}: a neuron with its own forward, which does not store H/V "
+                                 f"sequences (store_v_seq); record only spikes (record=('spikes',)) or leave it out "
                                  f"(modules=[...])")
         self._records: Dict[str, Dict[str, _Record]] = {}
         self.reset()
@@ -268,7 +268,8 @@ class Monitor:
 
     def _make_hook(self, name: str):
         def hook(module, args, output):
-            self._store(name, module, output)
+            if module is self._modules[name]:  # not a deepcopy of the module, which copies its hooks
+                self._store(name, module, output)
         return hook
 
     def _to_store(self, t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -172,6 +172,16 @@ def test_detach_restores_store_v_seq_and_removes_the_hooks():
     spikes_only.detach()
 
 
+def test_a_copy_of_a_monitored_net_is_not_recorded():
+    net = _net("torch")
+    with Monitor(net) as mon:
+        twin = copy.deepcopy(net)               # copies the hooks and store_v_seq=True with the modules
+        twin(_x(3, 2, 6))
+        assert mon.steps("0") == 0
+        net(_x(2, 2, 6))
+        assert mon.steps("0") == 2
+
+
 def test_spiketriton_reset_keeps_the_records_and_monitor_reset_clears_them():
     net = _net("torch")
     with Monitor(net, record=("spikes", "v")) as mon:
@@ -216,7 +226,7 @@ def test_single_steps_of_a_neuron_that_is_the_net():
     x = _x(4, 2, 9, scale=2.0)
     with Monitor(lif, max_steps=3) as mon:
         outs = [lif(x[t]).unpack() for t in range(4)]
-    assert mon.names == ("LIF",) and "LIF" in mon and mon.module() is lif
+    assert mon.names == ("LIF",) and "LIF" in mon and "0" not in mon and mon.module() is lif
     assert torch.equal(mon.spikes(), torch.stack(outs[1:]))
     assert torch.equal(mon.v(lif), mon.v("LIF")) and mon.v().shape == (3, 2, 9)
 
@@ -252,7 +262,7 @@ def test_bad_arguments_are_clear_errors():
     from spiketriton.quant.modules import QLIF
 
     qnet = nn.Sequential(QLIF())
-    with pytest.raises(ValueError, match=r"'0' \(QLIF\) has its own forward, which does not store H/V"):
+    with pytest.raises(ValueError, match=r"'0' \(QLIF\): a neuron with its own forward, which does not store H/V"):
         Monitor(qnet)
     Monitor(qnet, record="spikes").detach()
 
