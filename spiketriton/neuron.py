@@ -66,8 +66,15 @@ class BaseNeuron(nn.Module):
         #: keep the last call's ``h_seq`` / ``v_seq`` (costs writing H in fp32, as in training)
         self.store_v_seq = check_bool(store_v_seq, "store_v_seq", type(self).__name__)
         self.h_seq: Optional[torch.Tensor] = None
-        self.v_seq: Optional[torch.Tensor] = None
+        self._record = None  # the last call's StateRecord: v_seq is computed from it when first read
         self.v: Optional[torch.Tensor] = None
+
+    @property
+    def v_seq(self) -> Optional[torch.Tensor]:
+        """The potential after each step's reset (and leak and floor) of the last call, ``[T, *S]`` fp32,
+        with ``store_v_seq=True``; computed from ``h_seq`` when first read."""
+        rec = self.__dict__.get("_record")
+        return rec.v if rec is not None else None
 
     #: the carried state (not in state_dict); ``.to(device)`` moves it, a dtype cast leaves it alone
     _state_names = ("v",)
@@ -76,7 +83,7 @@ class BaseNeuron(nn.Module):
         """Forget the carried state (the next call starts from the initial potential)."""
         self.v = None
         self.h_seq = None
-        self.v_seq = None
+        self._record = None
 
     def _apply(self, fn, recurse=True):
         """``module.to(device)`` / ``.cuda()`` / ``.cpu()`` also move the carried state, so that a
@@ -141,7 +148,8 @@ class BaseNeuron(nn.Module):
         for n, t in zip(self._state_names, out[1:4]):
             setattr(self, n, t)
         if self.store_v_seq:
-            self.h_seq, self.v_seq = out[4]
+            self._record = out[4]
+            self.h_seq = self._record.h
         return self._one_step(out[0])
 
     def extra_repr(self) -> str:

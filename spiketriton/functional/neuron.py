@@ -127,7 +127,7 @@ def run_neuron(
     ``packed=True`` returns the spikes as a :class:`~spiketriton.functional.spikes.SpikeTensor` instead:
     the kernels write them 8 per byte only, and their gradient flows back through its anchor.
 
-    ``record=True`` appends ``(h_seq, v_seq)``, the potential before the reset (``H``, what is compared
+    ``record=True`` appends a :class:`StateRecord` (``.h``, ``.v``; unpacks as ``(h_seq, v_seq)``), the potential before the reset (``H``, what is compared
     with the threshold) and after it (``V``, the state carried to the next step; for ExtendedLIF after
     the leak and the floor), ``[T, *S]`` fp32 without gradient: the kernels write H (as for training,
     in fp32) and V follows from it with the kernels' reset rule (:func:`v_sequence`).
@@ -172,10 +172,31 @@ def run_neuron(
     if packed:
         spikes = SpikeTensor(bits, x_seq.shape[-1], spikes if needs_grad else None)
     if record:
-        h = h.detach()
         vth = vth.detach() if (spec.family != FAMILY_A and spec.adaptive) else None
-        return spikes, v_last, a_last, ref_last, (h, v_sequence(h, vth, params.detach(), spec))
+        return spikes, v_last, a_last, ref_last, StateRecord(h.detach(), vth, params.detach(), spec)
     return spikes, v_last, a_last, ref_last
+
+
+class StateRecord:
+    """What ``run_neuron(..., record=True)`` recorded: ``h`` (``[T, *S]`` fp32, the potential compared
+    with the threshold) and ``v`` (after the reset, leak and floor), computed from ``h`` by
+    :func:`v_sequence` when first read (a monitor that wants only H does not pay for V). Iterates as
+    ``(h, v)``."""
+
+    __slots__ = ("h", "_v", "_args")
+
+    def __init__(self, h, vth, params, spec):
+        self.h, self._v, self._args = h, None, (vth, params, spec)
+
+    @property
+    def v(self) -> torch.Tensor:
+        if self._v is None:
+            self._v = v_sequence(self.h, *self._args)
+            self._args = None
+        return self._v
+
+    def __iter__(self):
+        return iter((self.h, self.v))
 
 
 def v_sequence(h_seq: torch.Tensor, vth_seq: Optional[torch.Tensor], params: torch.Tensor, spec: NeuronSpec):
