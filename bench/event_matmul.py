@@ -190,19 +190,23 @@ def runner(impl: str, draws: List[dict], w, wt, b):
 
 
 def observed_paths(impl: str, draws: List[dict], w, wt, b) -> List[str]:
-    """The path inference_matmul takes on each draw ('event' / 'dense'), observed: the module's event_matmul is
+    """The path inference_matmul takes on each draw ('event' / 'dense'), observed: the module's event paths
+    (event_matmul, and _torch_event, which the PyTorch path calls on the spikes it already unpacked) are
     wrapped during one untimed call per draw."""
     import spiketriton.functional.events as ev
 
-    real = ev.event_matmul
+    reals = {name: getattr(ev, name) for name in ("event_matmul", "_torch_event")}
     hits = []
 
-    def spy(*a, **k):
-        hits.append(1)
-        return real(*a, **k)
+    def spy(real):
+        def call(*a, **k):
+            hits.append(1)
+            return real(*a, **k)
+        return call
 
     paths = []
-    ev.event_matmul = spy
+    for name, real in reals.items():
+        setattr(ev, name, spy(real))
     try:
         for d in draws:
             n0 = len(hits)
@@ -210,7 +214,8 @@ def observed_paths(impl: str, draws: List[dict], w, wt, b) -> List[str]:
                 ev.inference_matmul(d[spike_format(impl)], w, b, wt)
             paths.append("event" if len(hits) > n0 else "dense")
     finally:
-        ev.event_matmul = real
+        for name, real in reals.items():
+            setattr(ev, name, real)
     return paths
 
 
