@@ -119,8 +119,10 @@ def capture(arch: int):
     launchers see the SM count of the GPU the target stands for (``SMS``)."""
     launches: List[Launch] = []
     original = JITFunction.run
+    compiled_here = set()  # every kernel compiled under the stand-in driver, whatever module holds it
 
     def run(self, *args, grid, warmup, **kwargs):
+        compiled_here.add(self)
         compiled = original(self, *args, grid=grid, warmup=True, **kwargs)
         consts = {k: v for k, v in kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")}
         launches.append(Launch(self.fn.__name__, tuple(grid) if not callable(grid) else (), compiled, consts))
@@ -139,10 +141,11 @@ def capture(arch: int):
         for m, v in saved_sms.items():
             m._DEFAULT_SMS = v
         _driver._active = None  # back to the machine's own driver, resolved lazily
-        # the kernels' per-device caches now hold sm_<arch> binaries under device 0: drop them
-        for obj in list(vars(KS).values()) + list(vars(KN).values()) + list(vars(KP).values()) + list(vars(KI).values()):
-            if isinstance(obj, JITFunction):
-                obj.device_caches.clear()
+        # the kernels' per-device caches now hold sm_<arch> binaries under device 0: drop them, for every
+        # kernel that ran (a cache kept here made the next arch reuse this arch's binary: the event-matmul
+        # kernels, outside the modules once listed here, were reported for sm_80 with sm_90's registers)
+        for fn in compiled_here:
+            fn.device_caches.clear()
 
 
 # --------------------------------------------------------------------------------------------- #
