@@ -5,7 +5,7 @@ Neurons are multi-step (``x_seq [T, B, *features]``), keep their state between c
 reference otherwise. See README.md and DESIGN.md.
 """
 
-from . import encoding, functional, monitor, surrogate
+from . import ann2snn, encoding, functional, monitor, surrogate
 from .functional.spikes import SpikeTensor, pack_spikes, spike_matmul, unpack_spikes
 from .layers import SpikeLinear, StepWise, convert
 from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset, set_step_mode
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset", "set_step_mode",
     "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "StepWise", "convert",
-    "functional", "surrogate", "encoding", "monitor",
+    "functional", "surrogate", "encoding", "monitor", "ann2snn",
 ]
