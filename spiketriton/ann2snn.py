@@ -184,13 +184,13 @@ def _check_supported(name: str, m: nn.Module, op: str) -> None:
                              f"eval it normalises with each batch's own statistics, which no fixed weights can "
                              f"fold; train it with track_running_stats=True")
         return
-    if isinstance(m, _ACTIVATIONS) or isinstance(m, nn.ReLU):
-        raise ValueError(f"{op}: {name!r} is a {kind} activation; only nn.ReLU (and spiketriton.ann2snn.QCFS) convert "
-                         f"to IF neurons, whose firing rate is a clipped ReLU of their input current. Replace it with "
-                         f"nn.ReLU and fine-tune the ANN before converting")
     if isinstance(m, SUPPORTED_MODULES):
         raise ValueError(f"{op}: {name!r} is a {kind}, a subclass of {type(m).__mro__[1].__name__} whose forward may "
                          f"do more; only the exact types convert: {_SUPPORTED_NAMES}")
+    if isinstance(m, _ACTIVATIONS):
+        raise ValueError(f"{op}: {name!r} is a {kind} activation; only nn.ReLU (and spiketriton.ann2snn.QCFS) convert "
+                         f"to IF neurons, whose firing rate is a clipped ReLU of their input current. Replace it with "
+                         f"nn.ReLU and fine-tune the ANN before converting")
     raise ValueError(f"{op}: {name!r} ({kind}) cannot be converted: the supported modules are {_SUPPORTED_NAMES}")
 
 
