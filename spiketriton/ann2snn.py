@@ -57,8 +57,11 @@ exactly, and a few steps already give most of the ANN's accuracy.
 (a neuron's ``v_init`` is carried into its QLIF). NIR has no subtractive reset and no initial
 potential: :func:`spiketriton.export.to_nir` refuses the soft-reset neurons (an ``ExportError``
 naming them); ``convert_ann(..., reset="hard", v_init=0.0)`` builds an exportable model (hard reset
-to 0, less accurate: the charge above the threshold is lost at each spike). MaxPool2d has no NIR
-node either.
+to 0, less accurate: the charge above the threshold is lost at each spike); keep ``v_init=0.0``
+there, since NIR neurons start at rest. MaxPool2d has no NIR node either.
+
+BatchNorm is always read with its running statistics and Dropout as the identity (the ANN's eval
+mode), whatever ``ann.training`` is.
 
 >>> import torch, spiketriton as st
 >>> from torch import nn

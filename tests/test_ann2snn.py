@@ -280,6 +280,26 @@ def test_single_step_mode_matches_multi_step():
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_spiketriton_convert_keeps_outputs():
+    """st.convert swaps the Linear fed by an IF for a SpikeLinear (packed hand-over): same outputs."""
+    x = torch.rand(3, 1, 4, 4)
+    snn = convert_ann(_tiny_cnn(), x, backend="torch")
+    x_seq = st.encoding.direct(x, 6)
+    st.reset(snn)
+    want = snn(x_seq)
+    st.convert(snn, backend="torch")
+    assert any(isinstance(m, st.SpikeLinear) for m in snn.modules())
+    st.reset(snn)
+    assert torch.allclose(snn(x_seq), want, atol=1e-6)
+
+
+def test_maxpool_of_spikes_is_their_or():
+    """The documented caveat: MaxPool2d on spikes is an OR per step, whose rate can exceed the max rate."""
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 1, 1, 2, 1)  # two inputs at rate 1/2, alternating
+    pooled = st.StepWise(nn.MaxPool2d((2, 1)))(s.reshape(2, 1, 1, 2, 1))
+    assert pooled.mean(0).item() == 1.0  # max of the rates is 1/2
+
+
 def test_structure_and_stepwise():
     snn = convert_ann(_tiny_cnn(), torch.rand(3, 1, 4, 4), backend="torch")
     kinds = [type(m).__name__ for m in snn]
@@ -323,7 +343,7 @@ def test_relu_to_qcfs_and_conversion_exact_at_T_equal_L():
     with torch.no_grad():
         qann[0][1].threshold.fill_(1.7)  # a "learned" threshold: the conversion must use it
     snn = convert_ann(qann, backend="torch")  # no calibration data needed: every activation is a QCFS
-    assert activation_scales(qann, None) == pytest.approx([1.7, float(qann[2].threshold)])
+    assert activation_scales(qann, None) == pytest.approx([1.7, float(qann[2].threshold.detach())])
     # first layer at T = L: the spike count is exactly the QCFS level (away from rounding ties)
     n = _spike_counts(snn[:2], x, 8)
     with torch.no_grad():
