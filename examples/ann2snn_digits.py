@@ -79,6 +79,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "results",
                                                   "cpu"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="the IF neurons' backend")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     x_tr, y_tr, x_te, y_te = load_data(args.seed)
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
 
     rows = []
     for label, mode in MODES:
-        snn = convert_ann(ann, x_tr, mode=mode)
+        snn = convert_ann(ann, x_tr, mode=mode, backend=args.backend)
         scales = activation_scales(ann, x_tr, mode=mode)
         accs = {T: snn_accuracy(snn, x_te, y_te, T) for T in T_LIST}
         rows.append({"model": f"SNN ({label})", "ann_accuracy": acc_ann, "scales": scales,
@@ -102,7 +103,7 @@ def main(argv=None) -> dict:
     qann = relu_to_qcfs(ann, levels=QCFS_LEVELS, calibration_data=x_tr, mode="percentile")
     qann = train(qann, x_tr, y_tr, args.qcfs_epochs, args.lr / 3, args.seed + 1)
     acc_qann = ann_accuracy(qann, x_te, y_te)
-    snn = convert_ann(qann)
+    snn = convert_ann(qann, backend=args.backend)
     accs = {T: snn_accuracy(snn, x_te, y_te, T) for T in T_LIST}
     rows.append({"model": f"SNN (QCFS L={QCFS_LEVELS})", "ann_accuracy": acc_qann,
                  "scales": activation_scales(qann, None), "accuracy": {str(T): a for T, a in accs.items()}})
@@ -137,7 +138,8 @@ def main(argv=None) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
                      "spiketriton": st.__version__, "spiketriton_imported_from": os.path.dirname(st.__file__),
                      "git_commit": _git_commit()},
-        "config": {"seed": args.seed, "epochs": args.epochs, "qcfs_epochs": args.qcfs_epochs, "lr": args.lr,
+        "config": {"backend": args.backend, "seed": args.seed, "epochs": args.epochs, "qcfs_epochs": args.qcfs_epochs,
+                   "lr": args.lr,
                    "T": list(T_LIST), "test_images": len(y_te), "calibration": "the training images",
                    "neurons": "IF, threshold 1, soft reset, v_init 0.5, direct (constant-current) input",
                    "decoding": "argmax of the mean over T of the last Linear's output",

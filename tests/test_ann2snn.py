@@ -429,3 +429,24 @@ def test_digits_cnn_conversion_accuracy():
         snn = convert_ann(ann, x_tr, mode="max", v_init=0.0, backend="torch")
         acc2 = (snn(st.encoding.direct(x_te, 2)).mean(0).argmax(1) == y_te).float().mean().item()
         assert acc2 < acc_ann - 0.05
+
+
+@pytest.mark.slow
+def test_example_writes_results(tmp_path):
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ann2snn_digits.py"
+    spec = importlib.util.spec_from_file_location("ann2snn_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.main(["--epochs", "6", "--qcfs-epochs", "1", "--out", str(tmp_path), "--no-plot",
+                  "--backend", "torch"])
+    saved = json.loads((tmp_path / "ann2snn_digits.json").read_text())
+    assert saved["rows"] == r["rows"] and saved["ann_accuracy"] > 0.9
+    assert [row["model"] for row in saved["rows"]] == ["SNN (max)", "SNN (percentile)", "SNN (QCFS L=8)"]
+    for row in saved["rows"][:2]:
+        assert row["accuracy"]["32"] >= saved["ann_accuracy"] - 0.02, row
+    assert saved["machine"]["torch_num_threads"] >= 1 and saved["command"].startswith("python examples/")
