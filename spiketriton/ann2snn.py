@@ -61,7 +61,8 @@ to 0, less accurate: the charge above the threshold is lost at each spike); keep
 there, since NIR neurons start at rest. MaxPool2d has no NIR node either.
 
 BatchNorm is always read with its running statistics and Dropout as the identity (the ANN's eval
-mode), whatever ``ann.training`` is.
+mode), whatever ``ann.training`` is. Hooks on the ANN's modules are not carried into the SNN (nor used
+in calibration).
 
 >>> import torch, spiketriton as st
 >>> from torch import nn
@@ -228,10 +229,20 @@ def _read(ann, op: str) -> List[Tuple[str, nn.Module]]:
         ops.append((name, copy.deepcopy(m)))
     for _, m in ops:
         m.__dict__.pop("_folded", None)
+        _drop_hooks(m)
         m.eval()
     if not any(isinstance(m, _WEIGHTED) for _, m in ops):
         raise ValueError(f"{op}: ann has no Conv2d or Linear layer; there is nothing to convert")
     return ops
+
+
+def _drop_hooks(m: nn.Module) -> None:
+    """Hooks registered on the ANN's modules are not carried into the copies: they were written for
+    ``[B, ...]`` activations (a StepWise layer sees ``[T*B, ...]``), and one that replaced a value
+    would change the calibration silently."""
+    for k, v in vars(m).items():
+        if "hook" in k and isinstance(v, dict):
+            vars(m)[k] = type(v)()
 
 
 def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:

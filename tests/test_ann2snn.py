@@ -129,6 +129,20 @@ def test_bn_folded_in_conversion_and_ann_untouched():
         assert torch.allclose(snn[0](x.unsqueeze(0))[0], pre, atol=1e-5)
 
 
+def test_ann_hooks_not_carried():
+    ann = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    seen = []
+    ann[0].register_forward_hook(lambda m, i, o: o * 100)  # would change the calibration
+    ann[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        want = F.relu(nn.functional.linear(x, ann[0].weight, ann[0].bias)).max().item()
+    assert activation_scales(ann, x) == [pytest.approx(want)]
+    snn = convert_ann(ann, x, backend="torch")
+    snn(st.encoding.direct(x, 2))
+    assert seen == [] and not any(m._forward_hooks for m in snn.modules())
+
+
 def test_percentile_scales():
     torch.manual_seed(0)
     ann = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
