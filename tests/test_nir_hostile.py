@@ -665,3 +665,15 @@ def test_dt_and_backend_arguments():
             to_nir(nn.Sequential(st.IF()), torch.rand(2, 2, 4), dt=dt)
     with pytest.raises(ValueError, match="from_nir: backend must be one of .* got 'gpu'"):
         from_nir(g, backend="gpu")  # a graph without neurons: nothing else would look at it
+
+
+def test_to_nir_refuses_a_family_a_neuron_that_does_not_start_at_rest():
+    import dataclasses
+
+    from spiketriton.export import ExportError, to_nir
+
+    lif = st.LIF()
+    lif.spec = dataclasses.replace(lif.spec, v_init=0.5)  # as ann2snn starts its IF neurons
+    net = nn.Sequential(nn.Linear(3, 4), lif)
+    with pytest.raises(ExportError, match=r"starts at v_init=0.5, not at its reset potential v_reset=0.0"):
+        to_nir(net, torch.rand(2, 1, 3))

@@ -255,6 +255,11 @@ def _export_neuron(nir, m, name, shape, dt):
         if s.reset_mode != RESET_HARD:
             raise ExportError(f"to_nir: {name}: {kind} with a soft reset (v_reset=None) cannot be expressed "
                               f"in NIR, whose neurons reset to v_reset; use a hard reset")
+        if s.v_init != s.v_reset:
+            # NIR stores no initial state: an importer starts the neuron at rest (v_reset), so a neuron that
+            # starts elsewhere (ann2snn's half-threshold start) would be a different network
+            raise ExportError(f"to_nir: {name}: {kind} starts at v_init={s.v_init}, not at its reset potential "
+                              f"v_reset={s.v_reset}; NIR has no initial state (an importer starts it at v_reset)")
         theta = _full(shape, strict_threshold(_f32(s.v_threshold, name, kind, "v_threshold")), np.float32)
         v_reset = _full(shape, _f32(s.v_reset, name, kind, "v_reset"))
         if isinstance(m, IF):
