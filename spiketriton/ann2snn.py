@@ -74,7 +74,7 @@ in calibration).
 >>> snn
 Sequential(
   (0): Linear(in_features=2, out_features=3, bias=True)
-  (1): IF(v_threshold=1.0, v_reset=None (soft), surrogate=Sigmoid(alpha=4.0), detach_reset=False, backend='auto')
+  (1): IF(v_threshold=1.0, v_reset=None (soft), v_init=0.5, surrogate=Sigmoid(alpha=4.0), detach_reset=False, backend='auto')
   (2): Linear(in_features=3, out_features=2, bias=True)
 )
 >>> st.ann2snn.activation_scales(ann, x, mode="max")
@@ -87,7 +87,6 @@ True
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Iterable, List, Optional, Tuple, Union
 
@@ -436,8 +435,7 @@ def convert_ann(ann: nn.Sequential, calibration_data=None, mode: Union[str, floa
                 seg_last.weight.div_(lam)
                 if seg_last.bias is not None:
                     seg_last.bias.div_(lam)
-                neuron = IF(v_threshold=1.0, v_reset=None if reset == "soft" else 0.0, backend=backend)
-                neuron.spec = dataclasses.replace(neuron.spec, v_init=v0)
+                neuron = IF(v_threshold=1.0, v_reset=None if reset == "soft" else 0.0, backend=backend, v_init=v0)
                 out.append(neuron)
                 prev_scale, seg_first, seg_last, prev_act = lam, None, None, name
                 continue

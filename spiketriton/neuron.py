@@ -155,6 +155,8 @@ class BaseNeuron(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         reset = f"v_reset={s.v_reset}" if s.reset_mode == 0 else "v_reset=None (soft)"
+        if s.v_init != (s.v_reset if s.reset_mode == 0 else 0.0):
+            reset += f", v_init={s.v_init}"
         packed = ", packed_output=True" if self.packed_output else ""
         return (f"v_threshold={s.v_threshold}, {reset}, surrogate={s.surrogate}, "
                 f"detach_reset={s.detach_reset}, backend={self.backend!r}{packed}{self._mode_repr()}")
@@ -164,14 +166,16 @@ class BaseNeuron(nn.Module):
 
 
 class IF(BaseNeuron):
-    """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``; fire at ``H >= v_threshold``; reset."""
+    """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``; fire at ``H >= v_threshold``; reset.
+    ``v_init``: the potential before the first step (default ``v_reset``; 0 with a soft reset)."""
 
     def __init__(self, v_threshold: float = 1.0, v_reset: Optional[float] = 0.0,
                  surrogate: Optional[sg.Surrogate] = None, detach_reset: bool = False, backend: str = "auto",
-                 packed_output: bool = False, step_mode: str = "m", store_v_seq: bool = False):
+                 packed_output: bool = False, step_mode: str = "m", store_v_seq: bool = False,
+                 v_init: Optional[float] = None):
         super().__init__(backend, packed_output, step_mode, store_v_seq)
         self.spec = family_a_spec("IF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
-                                  detach_reset=detach_reset, decay_input=False)
+                                  detach_reset=detach_reset, decay_input=False, v_init=v_init)
 
     def _params(self, x):
         return torch.zeros(1, device=x.device)
@@ -187,11 +191,11 @@ class LIF(BaseNeuron):
     def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, backend: str = "auto", packed_output: bool = False,
-                 step_mode: str = "m", store_v_seq: bool = False):
+                 step_mode: str = "m", store_v_seq: bool = False, v_init: Optional[float] = None):
         super().__init__(backend, packed_output, step_mode, store_v_seq)
         self.tau = check_tau(tau, "LIF")
         self.spec = family_a_spec("LIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
-                                  detach_reset=detach_reset, decay_input=decay_input)
+                                  detach_reset=detach_reset, decay_input=decay_input, v_init=v_init)
 
     def _params(self, x):
         # a fixed constant, not a buffer: module.to(torch.bfloat16) must not round 1/tau
@@ -207,11 +211,11 @@ class PLIF(BaseNeuron):
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: Optional[float] = 0.0, surrogate: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, backend: str = "auto", packed_output: bool = False,
-                 step_mode: str = "m", store_v_seq: bool = False):
+                 step_mode: str = "m", store_v_seq: bool = False, v_init: Optional[float] = None):
         super().__init__(backend, packed_output, step_mode, store_v_seq)
         init_tau = check_tau(init_tau, "PLIF", "init_tau")
         self.spec = family_a_spec("PLIF", v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
-                                  detach_reset=detach_reset, decay_input=decay_input)
+                                  detach_reset=detach_reset, decay_input=decay_input, v_init=v_init)
         self.w = nn.Parameter(torch.tensor([-math.log(init_tau - 1.0)]))
 
     @property

@@ -191,3 +191,16 @@ def test_plif_tau_of_a_saturated_w_is_infinite():
     with torch.no_grad():
         m.w.fill_(-200.0)
     assert m.tau == float("inf")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v_init_starts_the_membrane_and_is_checked(backend):
+    x = torch.full((3, 1, 1), 0.3)
+    m = st.IF(v_reset=None, v_init=0.5, backend=backend, store_v_seq=True)
+    assert m(x).flatten().tolist() == [0.0, 1.0, 0.0]  # 0.8, 1.1 -> spike -> 0.1, 0.4
+    torch.testing.assert_close(m.v_seq.flatten(), torch.tensor([0.8, 0.1, 0.4]))
+    assert "v_init=0.5" in repr(m) and "v_init" not in repr(st.LIF())
+    with pytest.raises(ValueError, match="v_init must be finite"):
+        st.LIF(v_init=float("nan"))
+    with pytest.raises(TypeError, match="v_init must be a real number"):
+        st.PLIF(v_init="0.5")

@@ -235,12 +235,15 @@ def v_sequence(h_seq: torch.Tensor, vth_seq: Optional[torch.Tensor], params: tor
 # --------------------------------------------------------------------------------------------- #
 
 
-def family_a_spec(op, *, v_threshold, v_reset, surrogate, detach_reset, decay_input) -> NeuronSpec:
+def family_a_spec(op, *, v_threshold, v_reset, surrogate, detach_reset, decay_input, v_init=None) -> NeuronSpec:
+    """``v_init``: the membrane potential before the first step (default: the reset potential, 0 for a
+    soft reset)."""
     v_threshold = _finite(v_threshold, "v_threshold", op)
     check_bool(detach_reset, "detach_reset", op)
     check_bool(decay_input, "decay_input", op)
     hard = v_reset is not None
     v_reset = _finite(v_reset, "v_reset", op) if hard else 0.0
+    v_init = v_reset if v_init is None else _finite(v_init, "v_init", op)
     return NeuronSpec(
         family=FAMILY_A,
         surrogate=sg.check(sg.Sigmoid() if surrogate is None else surrogate),
@@ -249,7 +252,7 @@ def family_a_spec(op, *, v_threshold, v_reset, surrogate, detach_reset, decay_in
         reset_mode=RESET_HARD if hard else RESET_SOFT,
         detach_reset=bool(detach_reset),
         decay_input=bool(decay_input),
-        v_init=v_reset,
+        v_init=v_init,
     )
 
 
