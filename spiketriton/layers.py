@@ -51,6 +51,8 @@ class SpikeLinear(nn.Linear):
     already has hooks when it runs.
     """
 
+    event_driven = "auto"  # class-level default: a SpikeLinear pickled by an earlier version has none
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  check_binary: bool = True, input_dropout: float = 0.0, backend: str = "auto",
                  event_driven="auto"):

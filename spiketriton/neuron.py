@@ -54,6 +54,12 @@ class BaseNeuron(nn.Module):
     """Common state handling. Subclasses provide ``spec`` and ``_params()``."""
 
     spec: NeuronSpec
+    # class-level defaults of the options added after the first release: a module pickled whole
+    # (torch.save(model)) by an earlier version has no instance attribute for them
+    step_mode = "m"
+    store_v_seq = False
+    h_seq = None
+    _record = None
 
     def __init__(self, backend: str = "auto", packed_output: bool = False, step_mode: str = "m",
                  store_v_seq: bool = False):

@@ -204,3 +204,16 @@ def test_v_init_starts_the_membrane_and_is_checked(backend):
         st.LIF(v_init=float("nan"))
     with pytest.raises(TypeError, match="v_init must be a real number"):
         st.PLIF(v_init="0.5")
+
+
+def test_modules_pickled_before_the_new_options_still_run():
+    """torch.save(model) of an earlier version: the instances lack step_mode, store_v_seq, the V record
+    and SpikeLinear's event_driven and cache; the class defaults stand in."""
+    lif, lin = st.LIF(), st.SpikeLinear(6, 3)
+    for m, names in ((lif, ("step_mode", "store_v_seq", "h_seq", "_record")), (lin, ("event_driven", "_wt_cache"))):
+        for n in names:
+            m.__dict__.pop(n, None)
+    x = torch.rand(4, 2, 6)
+    with torch.no_grad():
+        y = lin(lif(x))
+    assert y.shape == (4, 2, 3) and lif.v_seq is None
