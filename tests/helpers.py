@@ -4,6 +4,7 @@ inputs and the same random upstream gradients, then compare spikes, state and ev
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import torch
 
@@ -147,3 +148,39 @@ def calibrated(model, x, backend=None, **cfg):
     q.reset()
     q.calculate_q_params()
     return q
+
+
+def rewrite_quantized(path, out, tensors=None, meta=None, drop=(), sign=True, metadata=None):
+    """A copy of ``path`` with tensors replaced / dropped and manifest fields replaced; with ``sign`` the
+    tensor table and both checksums are recomputed (a crafted file that passes the checksums)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spiketriton.export.chip import manifest_digest, tensor_digest
+    from spiketriton.quant.model import _digest_arrays, _dtype_name
+
+    with safe_open(str(path), "pt") as f:
+        m = json.loads(f.metadata()["spiketriton"])
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    t.update(tensors or {})
+    for k in drop:
+        del t[k]
+    if sign:
+        m["tensors"] = {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in t.items()}
+        m["tensor_sha256"] = tensor_digest(_digest_arrays(t))
+    m.update(meta or {})
+    if sign:
+        m["manifest_sha256"] = manifest_digest(m)
+    save_file(t, str(out), metadata=metadata if metadata is not None else {"spiketriton": json.dumps(m)})
+    return out
+
+
+def run_fresh(net, x):
+    """``net(x)`` from a reset state without gradient, state reset after; packed output made dense."""
+    import spiketriton as st
+
+    st.reset(net)
+    with torch.no_grad():
+        y = net(x)
+    st.reset(net)
+    return y.to_dense() if isinstance(y, st.SpikeTensor) else y

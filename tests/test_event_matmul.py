@@ -110,15 +110,6 @@ def test_bad_input_says_what_was_wrong(call, err, match):
         call()
 
 
-def test_count_fired_packed_and_dense():
-    from spiketriton.functional.events import count_fired
-
-    s = (torch.rand(3, 4, 77, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-    n = int(s.sum())
-    assert count_fired(s) == n == count_fired(st.pack_spikes(s)) == count_fired(s.bool())
-    assert count_fired(st.pack_spikes(torch.zeros(0, 5))) == 0
-
-
 @pytest.mark.parametrize("p", [0.02, 0.6])
 def test_inference_matmul_takes_the_path_the_rule_chooses_and_agrees_with_spike_matmul(p, monkeypatch):
     from spiketriton.functional import events

@@ -34,12 +34,7 @@ def _scaled(net, gain):
     return net
 
 
-def _run(net, x):
-    st.reset(net)
-    with torch.no_grad():
-        y = net(x)
-    st.reset(net)
-    return y.to_dense() if isinstance(y, st.SpikeTensor) else y
+from helpers import run_fresh as _run  # noqa: E402  (a fresh no-grad run, dense output)
 
 
 def _active(spikes, lo=0.03, hi=0.9):

@@ -66,12 +66,7 @@ def _issue_model():
     return net, torch.rand(4, 2, 6)
 
 
-def _run(net, x):
-    st.reset(net)
-    with torch.no_grad():
-        y = net(x)
-    st.reset(net)
-    return y.to_dense() if isinstance(y, st.SpikeTensor) else y
+from helpers import run_fresh as _run  # noqa: E402  (a fresh no-grad run, dense output)
 
 
 X = torch.rand(8, 3, 6, generator=torch.Generator().manual_seed(1)) * 6

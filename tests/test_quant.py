@@ -425,30 +425,7 @@ def test_prepare_leaves_the_global_rng_alone():
 # ------------------------------------------------------------------------------------------- #
 
 
-def _tamper(path, out, tensors=None, meta=None, drop=(), sign=True):
-    """A copy of the quantized-model file ``path`` with tensors replaced or dropped and manifest fields
-    replaced; with ``sign`` its tensor table and both checksums are recomputed (a crafted file that
-    passes the checksums: what the cross-checks behind them must catch)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from spiketriton.export.chip import manifest_digest, tensor_digest
-    from spiketriton.quant.model import _digest_arrays, _dtype_name
-
-    with safe_open(str(path), "pt") as f:
-        m = json.loads(f.metadata()["spiketriton"])
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    t.update(tensors or {})
-    for k in drop:
-        del t[k]
-    if sign:
-        m["tensors"] = {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in t.items()}
-        m["tensor_sha256"] = tensor_digest(_digest_arrays(t))
-    m.update(meta or {})
-    if sign:
-        m["manifest_sha256"] = manifest_digest(m)
-    save_file(t, str(out), metadata={"spiketriton": json.dumps(m)})
-    return out
+_tamper = helpers.rewrite_quantized  # a re-signed copy of a quantized file (tests/helpers.py)
 
 
 def test_load_validates_values_and_neurons(tmp_path):

@@ -19,9 +19,8 @@ from torch import nn
 
 import spiketriton as st
 from spiketriton import quant as Q
-from spiketriton.quant.model import _digest_arrays, _dtype_name
 
-from helpers import calibrated
+from helpers import calibrated, rewrite_quantized as rewrite
 
 BACKENDS = ["triton", "torch"]
 
@@ -283,30 +282,6 @@ def test_quantizer_primitives_refuse_bad_scales_and_nan():
 # ------------------------------------------------------------------------------------------- #
 # the file: checksums and cross-checks
 # ------------------------------------------------------------------------------------------- #
-
-
-def rewrite(path, out, tensors=None, meta=None, drop=(), sign=True, metadata=None):
-    """A copy of ``path`` with tensors replaced / dropped and manifest fields replaced; with ``sign`` the
-    tensor table and both checksums are recomputed (a crafted file that passes the checksums)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from spiketriton.export.chip import manifest_digest, tensor_digest
-
-    with safe_open(str(path), "pt") as f:
-        m = json.loads(f.metadata()["spiketriton"])
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    t.update(tensors or {})
-    for k in drop:
-        del t[k]
-    if sign:
-        m["tensors"] = {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in t.items()}
-        m["tensor_sha256"] = tensor_digest(_digest_arrays(t))
-    m.update(meta or {})
-    if sign:
-        m["manifest_sha256"] = manifest_digest(m)
-    save_file(t, str(out), metadata=metadata if metadata is not None else {"spiketriton": json.dumps(m)})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ._backend import use_triton
 from .spikes import SpikeTensor
 
-__all__ = ["event_matmul", "choose_event_path", "inference_matmul", "count_fired", "EVENT_MAX_ROWS_CUDA"]
+__all__ = ["event_matmul", "choose_event_path", "inference_matmul", "EVENT_MAX_ROWS_CUDA"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -132,21 +132,6 @@ def event_matmul(s: Union[SpikeTensor, torch.Tensor], weight_t: torch.Tensor, bi
         else:
             y = _torch_event(_unpacked(rows, packed, K), weight_t, bias, out_dtype)
     return y.reshape(lead + (N,))
-
-
-_POPCOUNT = None
-
-
-def count_fired(s: Union[SpikeTensor, torch.Tensor]) -> int:
-    """The number of spikes (nonzero values) in ``s``; one pass and a host sync. Packed bytes are counted
-    with a 256-entry table, without unpacking."""
-    global _POPCOUNT
-    if isinstance(s, SpikeTensor):
-        if _POPCOUNT is None:
-            _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
-        table = _POPCOUNT.to(s.data.device)
-        return int(table.take(s.data.long()).sum()) if s.data.numel() else 0
-    return int(torch.count_nonzero(s))
 
 
 def inference_matmul(s: Union[SpikeTensor, torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
