@@ -7,6 +7,8 @@ reference otherwise. See README.md and DESIGN.md.
 
 from . import ann2snn, encoding, functional, monitor, surrogate
 from .functional.spikes import SpikeTensor, pack_spikes, spike_matmul, unpack_spikes
+from .conv import SpikeConv2d
+from .functional.images import SpikeImage, pack_image, unpack_image
 from .layers import SpikeLinear, StepWise, convert
 from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset, set_step_mode
 from .spec import ResetMode
@@ -16,5 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset", "set_step_mode",
     "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "StepWise", "convert",
+    "SpikeConv2d", "SpikeImage", "pack_image", "unpack_image",
     "functional", "surrogate", "encoding", "monitor", "ann2snn",
 ]

@@ -1,0 +1,290 @@
+"""Packed spike images (SpikeImage, pack_image) and SpikeConv2d: forward and every gradient against a
+float64 reference on both paths (Triton under TRITON_INTERPRET=1 on CPU: tiny shapes)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spiketriton as st
+from spiketriton.functional.images import SpikeImage, pack_image, spike_conv2d
+
+BACKENDS = ["triton", "torch"]
+EPS = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def spikes(shape, rate=0.3, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < rate).to(dtype).to(device)
+
+
+# ------------------------------------------------------------------------------------------- #
+# packing
+# ------------------------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 13, 1, 1), (2, 1, 8, 3, 2), (3, 16, 2, 3), (1, 9, 2, 2)])
+def test_pack_image_roundtrip_and_layout(shape, backend, device):
+    s = spikes(shape, 0.4, device=device)
+    img = pack_image(s, backend=backend)
+    C, H, W = shape[-3:]
+    assert img.shape == s.shape and img.c == C
+    assert tuple(img.data.shape) == shape[:-3] + (H, W, (C + 7) // 8)
+    # the layout: pack_spikes of the channels-last permutation (bit c % 8 of byte c // 8, LSB first)
+    assert torch.equal(img.data, st.pack_spikes(s.movedim(-3, -1).contiguous(), backend="torch").data)
+    byte = img.data[(0,) * (len(shape) - 3) + (0, 0, 0)].item()
+    want = sum(int(s[(0,) * (len(shape) - 3) + (c, 0, 0)].item()) << c for c in range(min(C, 8)))
+    assert byte == want
+    for dt in (torch.float32, torch.bfloat16, torch.bool, torch.uint8):
+        out = img.unpack(dt, backend=backend)
+        assert out.dtype == dt and out.is_contiguous() and torch.equal(out.to(s.dtype), s)
+
+
+def test_pack_image_anchor_carries_gradient():
+    s = spikes((2, 3, 4, 4)).requires_grad_()
+    img = pack_image(s)
+    assert img.anchor is s and img.requires_grad
+    g = torch.randn(2, 3, 4, 4)
+    (img.to_dense() * g).sum().backward()
+    assert torch.equal(s.grad, g)
+    assert not img.detach().requires_grad
+    assert img[1].shape == (3, 4, 4) and torch.equal(img[1].unpack(), s[1].detach())
+
+
+def test_spike_image_validation():
+    d = torch.zeros(2, 4, 4, 2, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="uint8"):
+        SpikeImage(d.float(), 13)
+    with pytest.raises(ValueError, match="ceil"):
+        SpikeImage(d, 17)
+    with pytest.raises(ValueError, match="at least 3"):
+        SpikeImage(torch.zeros(4, 2, dtype=torch.uint8), 13)
+    with pytest.raises(ValueError, match="int >= 0"):
+        SpikeImage(d, -1)
+    with pytest.raises(ValueError, match="logical shape"):
+        SpikeImage(d, 13, torch.zeros(2, 4, 4, 13))
+    assert SpikeImage(d, 13, torch.zeros(2, 13, 4, 4)).shape == (2, 13, 4, 4)
+    with pytest.raises(ValueError, match="values other than 0 and 1"):
+        pack_image(torch.full((1, 2, 2, 2), 0.5))
+    with pytest.raises(ValueError, match="at least 3"):
+        pack_image(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="int32"):
+        pack_image(torch.zeros(1, 2, 2, 2, dtype=torch.int32))
+    with pytest.raises(TypeError, match="SpikeImage"):
+        st.unpack_image(torch.zeros(1))
+
+
+# ------------------------------------------------------------------------------------------- #
+# the convolution against float64
+# ------------------------------------------------------------------------------------------- #
+
+
+def _ref(s, w, b, g, geo):
+    """float64 F.conv2d and its gradients (s, w, b, g upcast)."""
+    s64 = s.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if b is not None else None
+    with warnings.catch_warnings():  # torch's note on 'same' with an even kernel
+        warnings.simplefilter("ignore")
+        y = F.conv2d(s64, w64, b64, **geo)
+    gx, gw, *gb = torch.autograd.grad(y, [s64, w64] + ([b64] if b64 is not None else []), g.double())
+    return y.detach(), gx, gw, (gb[0] if gb else None)
+
+
+def assert_close(got, want, bound_abs, dtype, n_terms, what):
+    """|got - want| <= one rounding to ``dtype`` + fp32 accumulation of n_terms terms of the sum of
+    magnitudes ``bound_abs``: a wrong, missing or extra term is off by a whole |w| (or |dY|)."""
+    bound = 2 * EPS[dtype] * want.abs() + (n_terms + 2) * 2.0**-24 * bound_abs + 1e-30
+    err = (got.double() - want).abs()
+    assert (err <= bound).all(), (f"{what}: max err {err.max().item():.3g}, bound there "
+                                  f"{bound.flatten()[err.argmax()].item():.3g}")
+
+
+def check_conv(backend, device, C, Co, k, N=2, HW=(5, 6), dtype=torch.float32, bias=True, seed=0, **geo):
+    torch.manual_seed(seed)
+    conv = st.SpikeConv2d(C, Co, k, bias=bias, backend=backend, step_mode="s", **geo).to(device=device, dtype=dtype)
+    s = spikes((N, C) + HW, 0.4, seed, dtype, device).requires_grad_()
+    y = conv(s)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device=device, dtype=dtype)
+    gx, gw, *gb = torch.autograd.grad(y, [s, conv.weight] + ([conv.bias] if bias else []), g)
+    fgeo = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    want = _ref(s, conv.weight, conv.bias, g, fgeo)
+    mag = _ref(s, conv.weight.abs(), conv.bias.abs() if bias else None, g.abs(), fgeo)
+    kh, kw = conv.kernel_size
+    assert y.dtype == dtype and y.shape == want[0].shape
+    assert_close(y, want[0], mag[0], dtype, C // conv.groups * kh * kw, "forward")
+    assert_close(gx, want[1], mag[1], dtype, Co // conv.groups * kh * kw, "grad x")
+    assert_close(gw, want[2], mag[2], dtype, y.shape[0] * y.shape[2] * y.shape[3], "grad weight")
+    if bias:
+        assert_close(gb[0], want[3], mag[3], dtype, y.shape[0] * y.shape[2] * y.shape[3], "grad bias")
+    return y
+
+
+GEOMETRIES = {
+    "3x3-pad1-C3": dict(C=3, Co=5, k=3, padding=1),
+    "C13-stride2-rect": dict(C=13, Co=6, k=(2, 3), stride=2),
+    "same-dil2": dict(C=8, Co=4, k=3, padding="same", dilation=2),
+    "same-even-kernel": dict(C=5, Co=3, k=(2, 4), padding="same"),
+    "valid-stride-rect": dict(C=9, Co=7, k=(3, 1), stride=(2, 1), padding="valid", dilation=(1, 2)),
+    "1x1-kernel": dict(C=16, Co=3, k=1),
+    "1x1-image-pad1": dict(C=3, Co=4, k=3, padding=1, HW=(1, 1)),
+    "1x1-image-1x1-kernel": dict(C=13, Co=2, k=1, HW=(1, 1), N=1),
+    "groups2-x8": dict(C=16, Co=6, k=3, padding=1, groups=2),
+    "groups3-x2": dict(C=6, Co=9, k=3, padding=(0, 1), groups=3),
+    "depthwise8": dict(C=8, Co=8, k=3, padding=1, groups=8, bias=False),
+    "pad-asym-stride3": dict(C=11, Co=5, k=2, stride=3, padding=(2, 1)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_conv_forward_and_gradients(name, backend, device):
+    check_conv(backend, device, **GEOMETRIES[name])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_conv_half_precision(dtype, backend, device):
+    check_conv(backend, device, C=13, Co=6, k=3, padding=1, dtype=dtype)
+    check_conv(backend, device, C=16, Co=4, k=(1, 2), groups=2, stride=2, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multistep_T1_spikeimage_and_noncontiguous_agree(backend, device):
+    torch.manual_seed(0)
+    conv = st.SpikeConv2d(13, 5, 3, padding=1, backend=backend).to(device)
+    for T in (1, 3):
+        base = spikes((2, 13, 4, T, 10), 0.3, T, device=device)
+        s = base.permute(3, 0, 1, 2, 4)[..., ::2]  # [T, B, C, H, W], not contiguous
+        assert not s.is_contiguous()
+        y = conv(s)
+        assert y.shape == (T, 2, 5, 4, 5)
+        ref = F.conv2d(s.flatten(0, 1).double(), conv.weight.double(), conv.bias.double(), padding=1)
+        assert torch.allclose(y.flatten(0, 1).double(), ref, atol=1e-5)
+        yi = conv(pack_image(s, backend=backend))
+        assert torch.equal(y, yi)
+        assert torch.equal(conv(s.bool()), y)
+    # a single step of the multi-step layer and the single-step layer agree
+    conv.step_mode = "s"
+    assert torch.equal(conv(s[1]), y[1])
+    assert torch.equal(conv(pack_image(s)[1]), y[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spikeimage_gradient_reaches_producer(backend, device):
+    torch.manual_seed(1)
+    conv = st.SpikeConv2d(13, 4, 3, padding=1, backend=backend).to(device)
+    s = spikes((2, 2, 13, 4, 4), device=device).requires_grad_()
+    g = torch.randn(2, 2, 4, 4, 4, device=device)
+    (gx_float,) = torch.autograd.grad(conv(s), [s], g)
+    (gx_img,) = torch.autograd.grad(conv(pack_image(s)), [s], g)
+    assert torch.equal(gx_float, gx_img)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_packed_spikes_are_saved(backend, device):
+    """Training saves the packed spikes (1 bit per input value) and the weight, nothing of the size of
+    the float spikes."""
+    T, B, C, H, W = 2, 2, 13, 5, 5
+    conv = st.SpikeConv2d(C, 8, 3, padding=1, backend=backend).to(device)
+    s = spikes((T, B, C, H, W), device=device).requires_grad_()
+    params = {p.untyped_storage().data_ptr() for p in conv.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = conv(s)
+    assert len(saved) == 1 and saved[0].dtype == torch.uint8
+    assert saved[0].untyped_storage().nbytes() == T * B * H * W * 2
+    y.sum().backward()
+    assert s.grad is not None and conv.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------- #
+# the module: drop-in for nn.Conv2d, errors
+# ------------------------------------------------------------------------------------------- #
+
+
+def test_state_dict_and_from_conv():
+    torch.manual_seed(0)
+    ref = nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2)
+    torch.manual_seed(0)
+    sc = st.SpikeConv2d(6, 4, 3, stride=2, padding=1, groups=2)
+    assert sc.state_dict().keys() == ref.state_dict().keys()
+    for k in ref.state_dict():
+        assert torch.equal(sc.state_dict()[k], ref.state_dict()[k])  # same init from the same seed
+    sc2 = st.SpikeConv2d(6, 4, 3, stride=2, padding=1, groups=2)
+    sc2.load_state_dict(ref.state_dict())
+    ref.load_state_dict(sc2.state_dict())
+    f = st.SpikeConv2d.from_conv(ref, backend="torch")
+    assert f.weight is ref.weight and f.bias is ref.bias and f.backend == "torch"
+    s = spikes((3, 2, 6, 7, 7))
+    assert torch.allclose(f(s).flatten(0, 1), ref(s.flatten(0, 1)), atol=1e-6)
+    nb = nn.Conv2d(3, 2, 1, bias=False).eval()
+    assert st.SpikeConv2d.from_conv(nb).bias is None and not st.SpikeConv2d.from_conv(nb).training
+    assert "check_binary=True" in repr(sc)
+
+
+def test_set_step_mode_reaches_spikeconv():
+    net = nn.Sequential(st.SpikeConv2d(3, 4, 3), st.LIF())
+    st.set_step_mode(net, "s")
+    assert net[0].step_mode == "s"
+    assert net(spikes((2, 3, 5, 5))).shape == (2, 4, 3, 3)
+
+
+def test_bad_input_errors():
+    conv = st.SpikeConv2d(13, 4, 3)
+    with pytest.raises(ValueError, match="c = 8 channels, expected in_channels = 13"):
+        conv(pack_image(spikes((1, 2, 8, 5, 5))))
+    with pytest.raises(ValueError, match="12 channels"):
+        conv(spikes((1, 2, 12, 5, 5)))
+    with pytest.raises(ValueError, match="values other than 0 and 1"):
+        conv(torch.full((1, 1, 13, 5, 5), 0.5))
+    st.SpikeConv2d(13, 4, 3, check_binary=False)(torch.full((1, 1, 13, 5, 5), 0.5))  # the check is off
+    with pytest.raises(ValueError, match="step_mode='s'"):
+        conv(spikes((2, 13, 5, 5)))
+    with pytest.raises(ValueError, match=r"takes \[B, C, H, W\]"):
+        st.SpikeConv2d(13, 4, 3, step_mode="s")(spikes((1, 2, 13, 5, 5)))
+    with pytest.raises(TypeError, match="uint8"):
+        conv(torch.zeros(1, 1, 13, 5, 5, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="int64"):
+        conv(torch.zeros(1, 1, 13, 5, 5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="list"):
+        conv([1, 2])
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        conv(spikes((1, 1, 13, 2, 5)))
+    with pytest.raises(ValueError, match="padding_mode must be 'zeros'"):
+        st.SpikeConv2d(3, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding_mode"):
+        st.SpikeConv2d.from_conv(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"))
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        st.SpikeConv2d.from_conv(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="step_mode"):
+        st.SpikeConv2d(3, 4, 3, step_mode="x")
+    with pytest.raises(ValueError, match="backend"):
+        st.SpikeConv2d(3, 4, 3, backend="cuda")
+    with pytest.raises(TypeError, match="check_binary"):
+        st.SpikeConv2d(3, 4, 3, check_binary="yes")
+    with pytest.raises(ValueError, match="C_in = 13"):
+        spike_conv2d(pack_image(spikes((1, 8, 5, 5))), conv.weight)
+    with pytest.raises(ValueError, match="stride"):
+        spike_conv2d(spikes((1, 13, 5, 5)), conv.weight, stride=0)
+    with pytest.raises(ValueError, match="'same' is not supported for strided"):
+        spike_conv2d(spikes((1, 13, 5, 5)), conv.weight, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be"):
+        spike_conv2d(spikes((1, 13, 5, 5)), conv.weight, padding="full")
+
+
+def test_meta_shapes():
+    conv = st.SpikeConv2d(5, 4, 3, stride=2, padding=1, device="meta")
+    y = conv(torch.empty(3, 2, 5, 9, 9, device="meta"))
+    assert y.shape == (3, 2, 4, 5, 5) and y.is_meta
