@@ -141,30 +141,42 @@ def inference_matmul(s: Union[SpikeTensor, torch.Tensor], weight: torch.Tensor, 
     :func:`~spiketriton.spike_matmul`'s result. On the PyTorch path the spikes are turned into 0/1 values
     once (as the dense path does anyway), counted with one float sum and handed to whichever path is
     chosen, so the choice costs one small reduction over a dense call."""
-    from . import ops
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _inference_matmul(s, weight, bias, weight_t, backend)
+    return _inference_matmul(s, weight, bias, weight_t, backend)
+
+
+def _inference_matmul(s, weight, bias, weight_t, backend):
+    # Lean on purpose: above the crossover this runs the dense product, and every no-op conversion or
+    # context manager here is overhead against spike_matmul (each costs 1-5 us against a 200 us
+    # [1, 1024] x [1024, 1024] product on one thread; bench/results/cpu/event_matmul_cpu.json).
     from .spikes import spike_matmul
 
-    with torch.no_grad():
-        if weight_t is None or use_triton(backend, weight, op="inference_matmul"):
-            if weight_t is not None:
-                rows = math.prod(s.shape[:-1])
-                if choose_event_path(rows, None, weight.shape[1], triton=True):
-                    return event_matmul(s, weight_t, bias, backend=backend)
-            return spike_matmul(s, weight, bias, backend=backend)
-        K = weight.shape[1]
-        data, packed, lead = _as_rows(s, K, "inference_matmul")
-        if weight_t.shape != (K, weight.shape[0]):
-            raise ValueError(f"inference_matmul: weight_t must be weight.T {(K, weight.shape[0])}, got "
-                             f"{tuple(weight_t.shape)}")
-        acc = ops.acc_dtype(weight)
-        # 0/1 in the BLAS dtype, as the dense path reads them (a dense input: any nonzero is a 1); the
-        # count is their sum (a vectorised float sum: count_nonzero took 57 us for [16, 1024] on one
-        # thread, (s != 0) 29 us, the sum a few)
-        values = _unpacked(data, packed, K, acc) if packed else (data != 0).to(acc)
-        fired = int(values.sum()) if values.numel() else 0
-        if choose_event_path(values.shape[0], fired, K, triton=False):
-            y = _torch_event(values, weight_t, bias, weight_t.dtype)
-        else:  # spike_matmul's PyTorch path on the same 0/1 values
-            y = torch.nn.functional.linear(values, weight.to(acc), bias.to(acc) if bias is not None else None)
-            y = y.to(weight.dtype)
-        return y.reshape(lead + (weight.shape[0],))
+    if weight_t is None or use_triton(backend, weight, op="inference_matmul"):
+        if weight_t is not None:
+            rows = math.prod(s.shape[:-1])
+            if choose_event_path(rows, None, weight.shape[1], triton=True):
+                return event_matmul(s, weight_t, bias, backend=backend)
+        return spike_matmul(s, weight, bias, backend=backend)
+    K = weight.shape[1]
+    data, packed, lead = _as_rows(s, K, "inference_matmul")
+    if weight_t.shape != (K, weight.shape[0]):
+        raise ValueError(f"inference_matmul: weight_t must be weight.T {(K, weight.shape[0])}, got "
+                         f"{tuple(weight_t.shape)}")
+    wdt = weight.dtype
+    # fp32 for CPU halves, as the dense path computes (ops.acc_dtype, inlined)
+    acc = torch.float32 if wdt in (torch.float16, torch.bfloat16) else wdt
+    # 0/1 in the BLAS dtype, as the dense path reads them (a dense input: any nonzero is a 1, which is
+    # what bool() tests); the count is their sum (a vectorised float sum: count_nonzero took 57 us for
+    # [16, 1024] on one thread, (s != 0) 29 us, the sum a few)
+    values = _unpacked(data, packed, K, acc) if packed else data.bool().to(acc)
+    fired = int(values.sum()) if values.numel() else 0
+    if choose_event_path(values.shape[0], fired, K, triton=False):
+        y = _torch_event(values, weight_t, bias, weight_t.dtype)
+    else:  # spike_matmul's PyTorch path on the same 0/1 values
+        if acc is wdt:
+            y = torch.nn.functional.linear(values, weight, bias if bias is None or bias.dtype is wdt else bias.to(wdt))
+        else:
+            y = torch.nn.functional.linear(values, weight.to(acc), bias.to(acc) if bias is not None else None).to(wdt)
+    return y if len(lead) == 1 else y.reshape(lead + (weight.shape[0],))
