@@ -122,9 +122,9 @@ def stdp_products(pre: torch.Tensor, post: torch.Tensor, K: int, N: int, tr_pre:
     if pre.shape[:2] != post.shape[:2]:
         raise ValueError(f"{op}: pre [T, B, ...] {tuple(pre.shape[:2])} and post {tuple(post.shape[:2])} differ in T or B")
     B = pre.shape[1]
-    for name, t, n in (("tr_pre", tr_pre, K), ("tr_post", tr_post, N)):
+    for name, t, n, dim in (("tr_pre", tr_pre, K, "K"), ("tr_post", tr_post, N, "N")):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (B, n):
-            raise TypeError(f"{op}: {name} must be a float32 tensor [B, {'K' if n == K else 'N'}] = [{B}, {n}], got "
+            raise TypeError(f"{op}: {name} must be a float32 tensor [B, {dim}] = [{B}, {n}], got "
                             f"{_describe(t)}")
         if t.device != pre.device:
             raise ValueError(f"{op}: {name} is on {t.device}, the spikes on {pre.device}; move them to one device")
@@ -134,8 +134,6 @@ def stdp_products(pre: torch.Tensor, post: torch.Tensor, K: int, N: int, tr_pre:
     _check_tau(tau_post, "tau_post", op, exp_decay)
     check_bool(exp_decay, "exp_decay", op)
     if use_triton(backend, pre, op=op):
-        if not hasattr(KS, "stdp_products_triton"):  # (until the kernel's commit)
-            raise NotImplementedError(f"{op}: the Triton kernel is not there yet; use backend='torch'")
         return KS.stdp_products_triton(pre, post, K, N, tr_pre, tr_post, tau_pre, tau_post, exp_decay)
     return KS.stdp_products_torch(pre, post, K, N, tr_pre, tr_post, tau_pre, tau_post, exp_decay)
 
@@ -411,25 +409,53 @@ class STDPLearner(_Learner):
     def delta(self) -> torch.Tensor:
         """Use the records (then dropped), advance the traces and return ``dW`` (fp32 ``[N, K]``, to be
         added to the weight) without changing the weight. Zeros when nothing was recorded."""
-        rec = self._take_records()
-        w = self.synapse.weight
-        if rec is None:
-            return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        pre, post = rec
-        tp, tq = self._traces(pre.shape[1])
-        P, D, self.trace_pre, self.trace_post = stdp_products(
-            pre, post, self.synapse.in_features, self.synapse.out_features, tp, tq, self.tau_pre, self.tau_post,
-            self._exp_decay, self.backend)
-        return self._combine(P, D)
+        dw = self._update(apply_lr=None)
+        return dw
 
     @torch.no_grad()
     def step(self, lr: float = 1.0, *, on_grad: bool = False) -> None:
         """Compute ``dW`` (:meth:`delta`) and apply ``lr * dW``: to the weight in place, then clip and
         normalise (default), or, with ``on_grad=True``, subtract it from ``weight.grad`` for an
-        optimizer to apply (then call :meth:`constrain_` after ``optimizer.step()``)."""
+        optimizer to apply (then call :meth:`constrain_` after ``optimizer.step()``).
+
+        On the Triton path without ``f_pre`` / ``f_post`` callables the kernel applies the update and
+        the clipping to the weight as it writes it (no ``dW`` tensor is made)."""
         lr = self._lr(lr)
         check_bool(on_grad, "on_grad", "STDPLearner.step")
-        self._apply(self.delta(), lr, on_grad)
+        if on_grad:
+            self._apply(self._update(apply_lr=None), lr, True)
+        else:
+            self._update(apply_lr=lr)
+
+    def _update(self, apply_lr: Optional[float]) -> Optional[torch.Tensor]:
+        """``dW`` (``apply_lr`` None), or apply ``apply_lr * dW`` to the weight (then constrain)."""
+        rec = self._take_records()
+        w = self.synapse.weight
+        K, N = self.synapse.in_features, self.synapse.out_features
+        if rec is None:
+            if apply_lr is not None:
+                return None
+            return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        pre, post = rec
+        tp, tq = self._traces(pre.shape[1])
+        fused = (self.f_pre is None and self.f_post is None and use_triton(self.backend, w, op=self._op)
+                 and (apply_lr is None or w.stride(1) == 1))
+        if fused:  # the weight dependence (and the update of the weight) in the kernel's epilogue
+            out = KS.OUT_DW if apply_lr is None else KS.OUT_APPLY
+            dw, _, self.trace_pre, self.trace_post = KS.stdp_products_triton(
+                pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, out=out, weight=w.data,
+                a_plus=self.a_plus, a_minus=self.a_minus, soft=self.bounds == "soft", hard=self.bounds == "hard",
+                w_min=self.w_min, w_max=self.w_max, lr=apply_lr if apply_lr is not None else 1.0)
+            if apply_lr is not None:
+                self.constrain_()  # (the clipping is done; the normalisation, if any)
+            return dw
+        P, D, self.trace_pre, self.trace_post = stdp_products(
+            pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, self.backend)
+        dw = self._combine(P, D)
+        if apply_lr is None:
+            return dw
+        self._apply(dw, apply_lr, False)
+        return None
 
 
 class RSTDPLearner(_Learner):
@@ -464,10 +490,11 @@ class RSTDPLearner(_Learner):
                  w_max: float = 1.0, f_pre: Optional[Callable] = None, f_post: Optional[Callable] = None,
                  normalize: Optional[float] = None, per_sample: bool = False, step_mode: Optional[str] = None,
                  check_binary: bool = True, backend: str = "auto"):
-        super().__init__("RSTDPLearner", synapse, neuron, tau_pre, tau_post, a_plus, a_minus, bounds, w_min, w_max,
-                         f_pre, f_post, normalize, step_mode, check_binary, backend)
+        # (checked before the hooks go in: a refused learner hooks nothing)
         self.tau_trace = _check_tau(tau_trace, "tau_trace", "RSTDPLearner", True)
         self.per_sample = check_bool(per_sample, "per_sample", "RSTDPLearner")
+        super().__init__("RSTDPLearner", synapse, neuron, tau_pre, tau_post, a_plus, a_minus, bounds, w_min, w_max,
+                         f_pre, f_post, normalize, step_mode, check_binary, backend)
         self.eligibility: Optional[torch.Tensor] = None  # the last step's, [N, K] or [B, N, K] fp32
         self.trace_e: Optional[torch.Tensor] = None
 
