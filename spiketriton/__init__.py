@@ -11,6 +11,7 @@ from .conv import SpikeConv2d
 from .functional.images import SpikeImage, pack_image, unpack_image
 from .layers import SpikeLinear, StepWise, convert
 from .neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF, reset, set_step_mode
+from .pooling import SpikeAvgPool2d, SpikeMaxPool2d, SpikeSumPool2d  # noqa: F401  (in __all__ below)
 from .spec import ResetMode
 
 __version__ = "0.1.0"
@@ -21,3 +22,4 @@ __all__ = [
     "SpikeConv2d", "SpikeImage", "pack_image", "unpack_image",
     "functional", "surrogate", "encoding", "monitor", "ann2snn",
 ]
+__all__ += ["SpikeMaxPool2d", "SpikeAvgPool2d", "SpikeSumPool2d"]

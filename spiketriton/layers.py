@@ -206,22 +206,66 @@ class StepWise(nn.Sequential):
 
     ``step_mode="s"`` (set by :func:`spiketriton.set_step_mode`): the input is one step ``[B, *features]``
     and goes to the modules as it is.
+
+    A module that takes sequences itself (its ``step_mode`` is ``"m"``: :class:`~spiketriton.SpikeConv2d`,
+    the spike pooling modules) receives the sequence ``[T, B, ...]`` as it is; time is folded into the
+    batch only around the others. So ``StepWise(SpikeConv2d(...), nn.BatchNorm2d(...))`` works in both
+    step modes, and a :class:`~spiketriton.SpikeImage` (packed spikes) reaches such a module packed.
     """
 
     step_mode = "m"
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_seq):
         if self.step_mode == "s":
             return super().forward(x_seq)
-        if not isinstance(x_seq, torch.Tensor):
+        from .functional.images import SpikeImage
+
+        if not isinstance(x_seq, (torch.Tensor, SpikeImage)):
             from torch.fx import Proxy
 
             if not isinstance(x_seq, Proxy):  # (an fx Proxy passes: traced, not run)
                 raise TypeError(f"StepWise: expected a tensor [T, B, *features], got {type(x_seq).__name__}")
         elif x_seq.dim() < 3:
             raise ValueError(f"StepWise: expected a sequence [T, B, *features], got shape {tuple(x_seq.shape)}")
-        y = super().forward(x_seq.flatten(0, 1))
-        return y.unflatten(0, (x_seq.shape[0], x_seq.shape[1]))
+        T, B = x_seq.shape[0], x_seq.shape[1]
+        y, folded = x_seq, False
+        for i, m in enumerate(self):
+            sequence = getattr(m, "step_mode", None) == "m"  # the module takes [T, B, ...] itself
+            if sequence and folded:
+                y, folded = _unfold(y, T, B), False
+            elif not sequence and not folded:
+                if isinstance(y, SpikeImage) and not _takes_images(m):
+                    raise TypeError(f"StepWise: module {i} ({type(m).__name__}) takes tensors, but its input is a "
+                                    f"SpikeImage (packed spikes): unpack it first (.to_dense()) or let the neuron "
+                                    f"emit float spikes")
+                y, folded = _fold(y), True
+            y = m(y)
+        return _unfold(y, T, B) if folded else y
+
+
+def _fold(y):
+    """``[T, B, ...]`` -> ``[T*B, ...]`` (a SpikeImage's leading dimensions as well)."""
+    from .functional.images import SpikeImage
+
+    return y.flatten_lead() if isinstance(y, SpikeImage) else y.flatten(0, 1)
+
+
+def _unfold(y, T, B):
+    """``[T*B, ...]`` -> ``[T, B, ...]`` (a SpikeImage's leading dimension as well)."""
+    from .functional.images import SpikeImage
+
+    if isinstance(y, SpikeImage):
+        a = y.anchor
+        return SpikeImage(y.data.unflatten(0, (T, B)), y.c, a.unflatten(0, (T, B)) if a is not None else None)
+    return y.unflatten(0, (T, B))
+
+
+def _takes_images(m) -> bool:
+    """A module whose forward takes a SpikeImage (a spike convolution or pooling)."""
+    from .conv import SpikeConv2d
+    from .pooling import SpikeAvgPool2d, SpikeMaxPool2d
+
+    return isinstance(m, (SpikeConv2d, SpikeMaxPool2d, SpikeAvgPool2d))
 
 
 def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, backend: str = "auto") -> nn.Module:
