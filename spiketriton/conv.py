@@ -7,7 +7,8 @@ from torch import nn
 
 from .functional._checks import check_backend, check_bool
 from .functional.images import SpikeImage, spike_conv2d
-from .functional.spikes import is_binary
+from .functional.spikes import _KERNEL_DTYPES, is_binary
+from .kernels import spike_conv as KSC
 
 __all__ = ["SpikeConv2d"]
 
@@ -68,6 +69,22 @@ class SpikeConv2d(nn.Conv2d):
         self.check_binary = check_binary
         self.backend = backend
         self.step_mode = step_mode
+        self.__dict__["_wr_cache"] = None  # (key, reordered weight): not a buffer, not in state_dict
+
+    def _weight_r(self):
+        """The weight reordered for the kernels, ``[C_out, kh * kw * CGP]`` (K ordered (kh, kw, c)), made
+        once and kept until the weight changes (another tensor, an in-place update, a dtype or device
+        move); None where the kernels do not read it (the PyTorch path, a dense grouped convolution)."""
+        w = self.weight
+        if (self.backend == "torch" or w.is_meta or w.dtype not in _KERNEL_DTYPES
+                or not KSC.packed_ok(self.in_channels, self.groups) or torch.compiler.is_compiling()):
+            return None
+        key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape))
+        cache = self.__dict__.get("_wr_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, KSC.reorder_weight(w, self.groups))
+            self.__dict__["_wr_cache"] = cache
+        return cache[1]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "SpikeConv2d":
@@ -134,7 +151,7 @@ class SpikeConv2d(nn.Conv2d):
                              self.padding, self.dilation, self.groups)
         else:
             y = spike_conv2d(flat, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                             backend=self.backend)
+                             backend=self.backend, weight_r=self._weight_r())
         return y.unflatten(0, lead_shape) if lead > 1 else y
 
     def extra_repr(self) -> str:

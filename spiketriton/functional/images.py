@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels import spike_conv as KSC
 from . import ops
 from ._backend import use_triton
 from ._checks import check_bool, check_dtype
@@ -257,27 +258,23 @@ def _conv_dw_torch(gy: Tensor, packed: Tensor, C: int, w_shape, stride, pad4, di
     return gw.to(gy.dtype)
 
 
-def _conv_fwd_body(packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton):
+def _conv_fwd_body(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups, triton):
     with ops._no_autocast(weight):
         if triton:
-            from ..kernels import spike_conv as KSC
-
-            return KSC.spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups)
+            return KSC.spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, weight_r)
         x = (dense != 0) if dense is not None else _unpack_cl(packed, C, ops.acc_dtype(weight), False)
         return _dense_conv(x, weight, bias, stride, pad4, dilation, groups).contiguous()
 
 
 def _conv_dw_body(gy, packed, C, w_shape, stride, pad4, dilation, groups, triton):
     if triton:
-        from ..kernels import spike_conv as KSC
-
         return KSC.spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups)
     with ops._no_autocast(gy):
         return _conv_dw_torch(gy, packed, C, w_shape, stride, pad4, dilation, groups).contiguous()
 
 
 def _conv_setup_context(ctx, inputs, output):
-    packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton = inputs
+    packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups, triton = inputs
     ctx.geom = (C, tuple(weight.shape), list(stride), list(pad4), list(dilation), groups, triton)
     ctx.has_bias = bias is not None
     ctx.in_hw = (packed.shape[1], packed.shape[2])
@@ -291,7 +288,7 @@ def _conv_backward_body(ctx, gy, dw):
     ops.no_double_backward("spike_conv2d")
     packed, weight = ctx.saved_tensors
     C, w_shape, stride, pad4, dilation, groups, triton = ctx.geom
-    need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+    need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[6]
     gy = gy.contiguous()
     with ops._no_autocast(gy):
         gw = dw(gy, packed, C, list(w_shape), stride, pad4, dilation, groups, triton) if need_w else None
@@ -299,21 +296,22 @@ def _conv_backward_body(ctx, gy, dw):
         gx = None
         if weight is not None:
             gx = _conv_dx(gy, weight, ctx.in_hw, stride, pad4, dilation, groups).to(ctx.anchor_dtype)
-    return None, None, gx, None, gw, gb, None, None, None, None, None
+    return None, None, gx, None, gw, None, gb, None, None, None, None, None
 
 
 @torch.library.custom_op("spiketriton::spike_conv2d", mutates_args=())
 def _spike_conv2d_op(packed: Tensor, C: int, anchor: Optional[Tensor], dense: Optional[Tensor], weight: Tensor,
-                     bias: Optional[Tensor], stride: List[int], pad4: List[int], dilation: List[int], groups: int,
-                     triton: bool) -> Tensor:
+                     weight_r: Optional[Tensor], bias: Optional[Tensor], stride: List[int], pad4: List[int],
+                     dilation: List[int], groups: int, triton: bool) -> Tensor:
     """``Y [N, C_out, H', W'] = conv2d(S, W) + b`` for packed spikes ``[N, H, W, ceil(C/8)]`` (or their
     0/1 values ``dense [N, C, H, W]`` on the PyTorch path); ``pad4`` = (top, bottom, left, right).
-    ``anchor`` is never read: it is the tensor the spikes' gradient goes to."""
-    return _conv_fwd_body(packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton)
+    ``anchor`` is never read: it is the tensor the spikes' gradient goes to. ``weight_r``: the
+    weight reordered for the kernels (``kernels.spike_conv.reorder_weight``), when the caller keeps it."""
+    return _conv_fwd_body(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups, triton)
 
 
 @_spike_conv2d_op.register_fake
-def _(packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton):
+def _(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups, triton):
     N, H, W = packed.shape[:3]
     kh, kw = weight.shape[2:]
     Ho = _out_size(H, kh, stride[0], pad4[0], pad4[1], dilation[0])
@@ -354,8 +352,8 @@ class _SpikeConvFn(torch.autograd.Function):
         return _conv_backward_body(ctx, gy, _conv_dw_body)
 
 
-def _call_conv(packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton):
-    args = (packed, C, anchor, dense, weight, bias, list(stride), list(pad4), list(dilation), groups, triton)
+def _call_conv(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups, triton):
+    args = (packed, C, anchor, dense, weight, weight_r, bias, list(stride), list(pad4), list(dilation), groups, triton)
     if ops._use_op(weight):
         return torch.ops.spiketriton.spike_conv2d(*args)
     if ops._requires_grad(anchor, weight, bias):
@@ -378,6 +376,7 @@ def spike_conv2d(
     groups: int = 1,
     *,
     backend: str = "auto",
+    weight_r: Optional[Tensor] = None,
 ) -> Tensor:
     """``F.conv2d(s, weight, bias, stride, padding, dilation, groups)`` for binary images ``s``
     ``[N, C, H, W]`` (a :class:`SpikeImage`, or 0/1 float/bool), zero padding only.
@@ -386,7 +385,9 @@ def spike_conv2d(
     weight's dtype (or the autocast dtype), accumulated in fp32. A float ``s`` is read as spikes: any
     nonzero value is a 1 (check it with :func:`~spiketriton.functional.spikes.is_binary`, or use
     SpikeConv2d's ``check_binary``). Gradients: weight, bias, and the spikes (dense) when they require
-    grad; only the packed spikes are saved for backward.
+    grad; only the packed spikes are saved for backward. ``weight_r``: optional
+    ``kernels.spike_conv.reorder_weight(weight, groups)`` kept by the caller (SpikeConv2d caches it);
+    it is used only when its dtype is the one the kernel computes in.
 
     >>> import torch
     >>> from spiketriton.functional.images import spike_conv2d
@@ -461,4 +462,7 @@ def spike_conv2d(
                 return _dense_conv(s != 0, weight, bias, stride, pad4, dilation, groups)
         packed = _pack_cl(s.detach(), triton_ok)
     with torch.autocast(device.type, enabled=False):
-        return _call_conv(packed, C, anchor, dense, weight, bias, stride, pad4, dilation, groups, triton_ok)
+        if weight_r is not None and (weight_r.dtype != weight.dtype or not triton_ok):
+            weight_r = None  # (autocast changed the dtype: the kernel launcher reorders the cast weight)
+        return _call_conv(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, groups,
+                          triton_ok)
