@@ -397,8 +397,25 @@ def event_cases() -> List[Case]:
     return out
 
 
+def stdp_cases() -> List[Case]:
+    """The STDP update (kernels/stdp.py): P and D, dW with soft bounds, and the in-place update with
+    clipping, for a 4096 x 4096 synapse at batch 32 and an odd 1000 x 1000 one at batch 8."""
+    from spiketriton.kernels import stdp as KSTDP
+
+    out = []
+    for label, T, B, N, K in [("T8xB32x4096x4096", 8, 32, 4096, 4096), ("T8xB8x1000x1000", 8, 8, 1000, 1000)]:
+        for mode, name in [(KSTDP.OUT_PD, "pd"), (KSTDP.OUT_DW, "dw_soft"), (KSTDP.OUT_APPLY, "apply_hard")]:
+            def run(T=T, B=B, N=N, K=K, mode=mode):
+                KSTDP.stdp_products_triton(
+                    _t((T, B, (K + 7) // 8), torch.uint8), _t((T, B, (N + 7) // 8), torch.uint8), K, N,
+                    _t((B, K), torch.float32), _t((B, N), torch.float32), 20.0, 20.0, out=mode,
+                    weight=_t((N, K), torch.float32), soft=mode == KSTDP.OUT_DW, hard=mode == KSTDP.OUT_APPLY)
+            out.append(Case(f"stdp_{name}/float32/{label}", "stdp", label, K % 16 == 0, K % 8 == 0, run, "float32"))
+    return out
+
+
 def all_cases() -> List[Case]:
-    return neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases()
+    return neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases() + stdp_cases()
 
 
 # --------------------------------------------------------------------------------------------- #
