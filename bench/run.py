@@ -22,6 +22,8 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
   event_matmul       event-driven spike matmul for streaming inference (M = 1, 4, 16 rows, firing 1-50 %) vs
                      torch.matmul / F.linear / spike_matmul, measured crossover (event_matmul.py, CPU and CUDA;
                      on the CPU one torch thread unless --threads says otherwise)
+  stdp               STDP update (record + step) of spiketriton.learning.STDPLearner vs SpikingJelly's STDPLearner,
+                     N = K up to 4096, batch 32 (stdp.py, CPU and CUDA; on the CPU one torch thread)
 
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
 a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
@@ -48,7 +50,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul")
+SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp")
 
 #: suite -> device kind -> (script module, full-size argv, quick argv); None: cannot run on that kind
 #: (the reason is in NOT_ON). Full GPU sizes are the scripts' defaults (estimates in bench/README.md).
@@ -80,6 +82,10 @@ PLAN: Dict[str, Dict[str, Optional[tuple]]] = {
     "event_matmul": {
         "cpu": ("event_matmul", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
         "cuda": ("event_matmul", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
+    },
+    "stdp": {
+        "cpu": ("stdp", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
+        "cuda": ("stdp", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
     },
 }
 NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel and needs a CUDA GPU (on a CPU the "
