@@ -5,7 +5,7 @@ Neurons are multi-step (``x_seq [T, B, *features]``), keep their state between c
 reference otherwise. See README.md and DESIGN.md.
 """
 
-from . import ann2snn, encoding, functional, monitor, surrogate
+from . import ann2snn, encoding, functional, learning, monitor, surrogate
 from .functional.spikes import SpikeTensor, pack_spikes, spike_matmul, unpack_spikes
 from .conv import SpikeConv2d
 from .functional.images import SpikeImage, pack_image, unpack_image
@@ -20,6 +20,6 @@ __all__ = [
     "IF", "LIF", "PLIF", "ExtendedLIF", "BaseNeuron", "ResetMode", "reset", "set_step_mode",
     "SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "SpikeLinear", "StepWise", "convert",
     "SpikeConv2d", "SpikeImage", "pack_image", "unpack_image",
-    "functional", "surrogate", "encoding", "monitor", "ann2snn",
+    "functional", "surrogate", "encoding", "monitor", "ann2snn", "learning",
 ]
 __all__ += ["SpikeMaxPool2d", "SpikeAvgPool2d", "SpikeSumPool2d"]
