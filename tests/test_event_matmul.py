@@ -76,6 +76,31 @@ def test_event_matmul_agrees_with_spike_matmul(backend):
     assert torch.allclose(y, st.spike_matmul(s, w, b, backend=backend), rtol=1e-5, atol=1e-5)
 
 
+def test_split_k_reduction_is_one_launch_in_fixed_order_and_leaves_its_counters_zero():
+    """K above one program's share (128 inputs) splits K; the last program to arrive sums the partials in
+    the fixed order 0 .. SPLIT-1: the fp32 result is the sequential sum of the split partials, bit for bit,
+    and the arrival counters are zero again after every launch (shapes of different grids share them)."""
+    from spiketriton.kernels import event_matmul as KE
+
+    for M, K, N in [(3, 1000, 130), (1, 4096, 7), (2, 300, 256)]:
+        s, w, b = _case(M, K, N, torch.float32, p=0.3, seed=K)
+        wt = w.t().contiguous()
+        meta, grid = KE._launch_shape(M, N, K)
+        assert grid[2] > 1
+        y1 = event_matmul(s, wt, b, backend="triton")
+        y2 = event_matmul(st.pack_spikes(s), wt, b, backend="triton")
+        per = meta["BLOCK_K"] * meta["K_STEPS"]
+        parts = [(s[:, j * per:(j + 1) * per] @ wt[j * per:(j + 1) * per]) for j in range(grid[2])]
+        # each program's partial is its own fp32 sum (order inside a program differs): compare the fixed-
+        # order total of the exact partials within fp32 rounding, and the two launches bit for bit
+        tot = torch.zeros(M, N, dtype=torch.float64)
+        for p in parts:
+            tot += p.double()
+        assert torch.allclose(y1.double(), tot + b.double(), rtol=1e-5, atol=1e-5)
+        assert torch.equal(y1, y2)
+        assert int(KE._counters(wt.device, 1).abs().sum()) == 0
+
+
 def test_event_matmul_has_no_gradient_and_does_not_build_a_graph():
     s, w, b = _case(2, 16, 4, torch.float32)
     wt = w.t().contiguous().requires_grad_()
