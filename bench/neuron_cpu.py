@@ -1,6 +1,6 @@
 """CPU timing of the multi-step LIF neuron: spiketriton vs SpikingJelly 2.0, plus bytes saved for backward.
 
-    python bench/neuron_cpu.py                      # T=16, B=32, N=4096, fp32 and bf16
+    python bench/neuron_cpu.py                      # T=16, B=32, N=4096, fp32 and bf16, one torch thread
     python bench/neuron_cpu.py --repeats 50 --threads 2 --dtypes fp32
 
 Cases (LIF tau=2, decay_input=True, v_threshold=1, v_reset=0, Sigmoid(alpha=4), x ~ N(1, 1)):
@@ -19,6 +19,12 @@ Effective GB/s = the bytes the fused kernels must move (``_neuron_cases.kernel_b
 / the median time, next to the machine's copy bandwidth (a ``--copy-mib`` fp32 tensor copy,
 2 * bytes / time). Without SpikingJelly the script times spiketriton and the reference and records
 SpikingJelly as skipped.
+
+Agreement, before timing: spikes and grad x of spiketriton against SpikingJelly on the same input (fp32);
+without SpikingJelly, against spiketriton's autograd reference (``reference_fp32``), and the record says which.
+
+Threads: one torch thread unless ``--threads N`` (0: torch's default), recorded with the reason
+(``_common.set_threads``: torch's default stalls on a shared machine).
 
 Bytes saved for backward: a ``torch.autograd.graph.saved_tensors_hooks`` pack hook records every
 tensor the graph keeps (deduplicated by storage; the input itself excluded and reported apart),
@@ -39,7 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, copy_bandwidth, gbps, header, interleaved_rounds, loadavg, progress, save_result, time_stats,
+    RESULTS_DIR, copy_bandwidth, gbps, header, interleaved_rounds, loadavg, progress, restore_threads, save_result,
+    set_threads, time_stats,
 )
 from _neuron_cases import (  # noqa: E402
     DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, kernel_bytes, make_inputs, parse_shape, reference_runner,
@@ -71,24 +78,33 @@ def build_cases(shape, dtypes, impls):
     return cases
 
 
-def check_agreement(shape):
-    """Max |difference| of spikes and of grad x between spiketriton and SpikingJelly (fp32): the two
-    must compute the same thing for the timing comparison to mean anything."""
+def check_agreement(shape, other: str = "spikingjelly"):
+    """Max |difference| of spikes and of grad x between spiketriton and ``other`` (fp32; SpikingJelly,
+    or spiketriton's autograd ``reference`` where SpikingJelly is not installed): the two must compute
+    the same thing for the timing comparison to mean anything."""
     x0, g = make_inputs(shape, torch.float32, seed=1)
-    out = {}
+    out = {"vs": other}
     res = {}
-    for impl in ("spiketriton", "spikingjelly"):
+    for impl in ("spiketriton", other):
         run = _runner(impl)
         x = x0.clone().requires_grad_()
         s = run(x)
         (gx,) = torch.autograd.grad(s, x, g)
         res[impl] = (s.detach(), gx)
-    (s1, g1), (s2, g2) = res["spiketriton"], res["spikingjelly"]
+    (s1, g1), (s2, g2) = res["spiketriton"], res[other]
     out["spike_mismatches"] = int((s1 != s2).sum())
     out["firing_rate"] = float(s1.float().mean())
     out["grad_x_max_abs_diff"] = float((g1 - g2).abs().max())
     out["grad_x_max_abs"] = float(g2.abs().max())
     return out
+
+
+def agreement_line(a) -> str:
+    """One readable line of :func:`check_agreement`'s record."""
+    who = "SpikingJelly" if a["vs"] == "spikingjelly" else "spiketriton's autograd reference (SpikingJelly is not installed)"
+    return (f"agreement with {who}, fp32, same input: {a['spike_mismatches']} spikes differ (firing rate "
+            f"{a['firing_rate']:.3f}); grad x max |diff| {a['grad_x_max_abs_diff']:.2g} (max |grad x| "
+            f"{a['grad_x_max_abs']:.3g})")
 
 
 def main(argv=None) -> int:
@@ -97,7 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16,fp16 (default fp32,bf16)")
     ap.add_argument("--repeats", type=int, default=40, help="timed rounds per case (default 40)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: 1, see the docstring; 0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip the autograd reference cases")
     ap.add_argument("--copy-mib", type=float, default=256, help="copy-bandwidth buffer in MiB (default 256)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
@@ -113,8 +130,14 @@ def main(argv=None) -> int:
                         "(`pip install --no-deps spikingjelly==2.0.0 loguru` to compare)"})
         print("neuron_cpu.py: spikingjelly is not installed; timing spiketriton and the reference only.",
               file=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads, "cpu")
+    try:
+        return _run(ap, args, have_sj, skipped, threads, argv)
+    finally:
+        restore_threads(threads)
+
+
+def _run(ap, args, have_sj, skipped, threads, argv) -> int:
     shape = parse_shape(args.shape)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dtypes:
@@ -125,15 +148,15 @@ def main(argv=None) -> int:
 
     load_before = loadavg()
     result = header("neuron_cpu", "neuron_cpu.py", argv, "cpu")
-    print(f"shape [T, B, N] = {list(shape)}, dtypes {dtypes}, torch threads {torch.get_num_threads()}, "
-          f"load average {load_before}")
+    print(f"shape [T, B, N] = {list(shape)}, dtypes {dtypes}, torch threads {threads['torch_num_threads']} "
+          f"({threads['threads_why']}), load average {load_before}")
 
     copy = copy_bandwidth(int(args.copy_mib * 2**20), "cpu")
     print(f"copy bandwidth ({args.copy_mib:g} MiB fp32 dst.copy_(src)): {copy['gbps']:.1f} GB/s", flush=True)
 
     # correctness first
-    agreement = check_agreement(shape) if have_sj else None
-    print(f"agreement (fp32): {agreement}")
+    agreement = check_agreement(shape, "spikingjelly" if have_sj else "reference")
+    print(agreement_line(agreement))
 
     # bytes saved for backward
     saved_rows = []
@@ -189,6 +212,7 @@ def main(argv=None) -> int:
             spiketriton_call='spiketriton.functional.lif(x, backend="torch")',
             spikingjelly_call="spikingjelly.activation_based.neuron.LIFNode(tau=2.0, step_mode='m'); reset() each call",
             gbps="kernel_bytes (what the fused kernels must move, as on the GPU) / median time",
+            torch_num_threads=threads["torch_num_threads"], threads_why=threads["threads_why"],
         ),
         copy_bandwidth=copy,
         agreement_fp32=agreement,

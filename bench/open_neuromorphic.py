@@ -20,20 +20,32 @@ counts ("library" column):
   each step; SpikingJelly 2.0 picks its CUDA implementation itself (native CUDA if built from source,
   else Triton, recorded); on CUDA also its explicit-precision Triton path (``neuron_storage`` fp32 and the
   input dtype), as in ``neuron_gpu.py``;
-- **snntorch**      ``nn.Linear`` -> ``snn.Leaky(beta=0.5)`` stepped over T in a Python loop (the documented
-  usage; the Linear runs once on the whole sequence, not once per step, which is faster and the same math);
+- **snntorch**      ``nn.Linear`` -> ``snn.Leaky(beta=0.5, reset_mechanism="zero")`` stepped over T in a Python
+  loop (the documented usage; the Linear runs once on the whole sequence, not once per step, which is faster
+  and the same math). snnTorch's Leaky adds its input unscaled (``U = beta U + I``) where the LIF of the other
+  libraries adds ``(1 - beta) I`` (SpikingJelly's ``decay_input``, Norse's ``dt * tau_mem_inv``), and resets by
+  subtraction by default: so its Linear gets the same weights times ``1 - beta`` (exact: 0.5) and the reset to
+  zero, which makes it the same neuron (a hard reset to 0) at the same cost;
 - **norse**         ``nn.Linear`` -> ``LIFBoxCell`` (a LIF without synaptic current, ``tau_mem_inv=500`` at
-  ``dt=1e-3``: decay 0.5) stepped over T in a Python loop, and Norse's sequence module ``norse.torch.LIF``
-  (LIF with a synaptic current) on the whole sequence;
+  ``dt=1e-3``: decay 0.5) stepped over T in a Python loop, and Norse's sequence module ``norse.torch.LIF`` on
+  the whole sequence. ``norse.torch.LIF`` is a current-based LIF (the input charges a synaptic current that
+  decays with ``tau_syn_inv=200``, and the membrane integrates the current of the step before): another neuron,
+  whose spikes and firing rate differ (its rows say so); it is timed as Norse's sequence module;
 - **torch (3 GEMMs)**  the layer's three matrix products alone, ``x @ W.T``, ``g @ W``, ``g.T @ x``, in the
   run's dtype: the floor for any library (the issue's goal: spiketriton at n = 16384 within 1.25x of it);
 - **torch (Linear only)**  ``nn.Linear`` forward + backward without a neuron (context).
 
-The neuron dynamics differ slightly between libraries (reset rule, surrogate); the time of a step does
-not depend on them in any library measured here. Timing: every case is built and probed (one step), then
+Like for like: before timing, every variant's spikes (a forward on the same input) are compared with
+spiketriton's: ``spike_mismatch_vs_spiketriton`` is the fraction of spikes that differ, next to the firing
+rate in the output (0 % for SpikingJelly, snnTorch and Norse's LIFBoxCell: the same LIF; a spike may flip
+only where H meets the threshold within rounding). The surrogate gradients differ (spiketriton and
+SpikingJelly Sigmoid(4), snnTorch ATan, Norse SuperSpike); the time of a step does not depend on them. Timing: every case is built and probed (one step), then
 ``--warmup`` untimed steps each, then ``--reps`` rounds in which every case runs once in a new random order
 (so that load changes on a shared CPU hit all libraries alike); CUDA events around each step on CUDA,
-``time.perf_counter`` on CPU; median. Peak CUDA
+``time.perf_counter`` on CPU; median, and a case whose slowest step took more than 3x its fastest is marked
+"noisy" in the output (the machine was busy). On the CPU one torch thread unless ``--threads N`` (0: torch's
+default), recorded with the reason (``_common.set_threads``): with torch's default of 2 threads on the shared
+2-core machine, the three GEMMs of n = 64 took 0.10 to 35.6 ms in two steps (OpenMP barriers stalled). Peak CUDA
 memory of a step is recorded on CUDA. A library that fails in the requested dtype is tried in fp32
 (its rows say which dtype ran); failures are recorded under ``errors``, missing packages under ``skipped``.
 
@@ -60,8 +72,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, copy_bandwidth, device_slug, header, int_list, ms_stats, progress, save_result, short_error,
-    time_one,
+    RESULTS_DIR, copy_bandwidth, device_slug, header, int_list, ms_stats, progress, restore_threads, save_result,
+    set_threads, short_error, time_one,
 )
 from _neuron_cases import DTYPES, kernel_bytes, sj_implementation, sj_precision_node, spikingjelly_node  # noqa: E402
 import roofline  # noqa: E402
@@ -70,6 +82,10 @@ LIBRARIES = ("spiketriton", "spikingjelly", "snntorch", "norse")
 GPU_SIZES, CPU_SIZES = "512,4096,8192,16384", "256,512,1024"
 TAU = 2.0           # spiketriton / SpikingJelly LIF; snnTorch beta = Norse's decay = 1 - 1/tau
 INPUT_SCALE = 3.0   # x = 3 * N(0, 1): ~11 % of the neurons fire per step after the default-initialised Linear
+NOISY = 3.0         # a case whose slowest timed step exceeds this many times its fastest is printed as noisy
+#: variants that are not the same neuron as spiketriton's LIF (their spikes and rates are not comparable)
+OTHER_NEURON = {"norse[LIF module]": "a current-based LIF (synaptic current, tau_syn_inv=200): another neuron, "
+                                     "its spikes and rate are not comparable"}
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -125,7 +141,14 @@ def step_loop(step, cur: torch.Tensor, state=None) -> torch.Tensor:
 def build_snntorch(n, state, dtype, device):
     import snntorch as snn
 
-    lin, lif = _linear(n, state, dtype, device), snn.Leaky(beta=1.0 - 1.0 / TAU).to(device)
+    beta = 1.0 - 1.0 / TAU
+    # the same neuron as the others' LIF: Leaky adds its input unscaled (U = beta U + I) where a LIF with
+    # decay_input adds (1 - beta) I, so the Linear gets the weights times 1 - beta (0.5: exact), and a hard
+    # reset to zero instead of snnTorch's default subtraction
+    lin, lif = _linear(n, state, dtype, device), snn.Leaky(beta=beta, reset_mechanism="zero").to(device)
+    with torch.no_grad():
+        lin.weight.mul_(1.0 - beta)
+        lin.bias.mul_(1.0 - beta)
 
     def fn(x):
         return step_loop(lif, lin(x), lif.init_leaky())
@@ -204,7 +227,7 @@ def build_cases(n, state, x0, g0, todo, dname, device, errors, agreement, no_bas
         return inputs[dt_name]
 
     cases: List[dict] = []
-    spikes = {}
+    reference = None  # spiketriton's spikes: every variant is compared with them (like for like)
     for lib, name, build in todo:
         bar.set_postfix_str(f"n={n} {name}")
         for dt_name in dict.fromkeys((dname, "fp32")):
@@ -216,22 +239,23 @@ def build_cases(n, state, x0, g0, todo, dname, device, errors, agreement, no_bas
                 with torch.no_grad():
                     s = fn(x)
                 rate = float(s.float().mean())
-                if name in ("spiketriton", "spikingjelly") and dt_name == dname:
-                    spikes[name] = s
+                if name == "spiketriton":
+                    reference = s
+                mismatch = (float((s.float() != reference.float()).float().mean())
+                            if reference is not None and s.shape == reference.shape else None)
+                agreement.append({"n": n, "variant": name, "dtype": dt_name, "firing_rate": rate,
+                                  "spike_mismatch_vs_spiketriton": mismatch, "note": OTHER_NEURON.get(name)})
                 del s
                 step()  # the backward too: compilation, allocator
                 cases.append({"library": lib, "variant": name, "dtype": dt_name, "step": step, "firing_rate": rate,
-                              "times": []})
+                              "spike_mismatch_vs_spiketriton": mismatch, "times": []})
                 break
             except Exception as e:  # noqa: BLE001 - one library failing must not lose the rest
                 errors.append({"n": n, "variant": name, "dtype": dt_name, "error": short_error(e),
                                "traceback": traceback.format_exc(limit=4)})
                 print(f"  n={n} {name} {dt_name}: failed ({short_error(e, 160)})", flush=True)
         bar.update(1)
-    if len(spikes) == 2:
-        agreement.append({"n": n, "dtype": dname,
-                          "spike_mismatch_fraction": float((spikes["spiketriton"] != spikes["spikingjelly"]).float().mean()),
-                          "note": "same weights, input and LIF (tau=2, hard reset); in bf16 H may round differently"})
+    del reference
     if not no_baselines:
         x, g = io(dname)
         for name, fn in torch_baselines(n, state, x, g, DTYPES[dname], device):
@@ -286,6 +310,22 @@ def torch_baselines(n, state, x, g, dtype, device):
 # --------------------------------------------------------------------------------------------- #
 
 
+def _rate_text(row: dict) -> str:
+    """' (rate 0.110, spikes = spiketriton's)': the firing rate and whether the spikes are spiketriton's
+    (like for like), plus a 'noisy' mark where the slowest step took more than NOISY x the fastest."""
+    parts = []
+    if row.get("firing_rate") is not None:
+        parts.append(f"rate {row['firing_rate']:.3f}")
+    mm = row.get("spike_mismatch_vs_spiketriton")
+    if row["variant"] in OTHER_NEURON:
+        parts.append(OTHER_NEURON[row["variant"]])
+    elif mm is not None and row["variant"] != "spiketriton":
+        parts.append("spikes = spiketriton's" if mm == 0 else f"{100 * mm:.3g} % of spikes differ from spiketriton's")
+    if row.get("min_ms") and row.get("max_ms", 0) > NOISY * row["min_ms"]:
+        parts.append(f"noisy: {row['min_ms']:.2f}-{row['max_ms']:.2f} ms")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default=None, help=f"comma list of n (default {GPU_SIZES} on CUDA, {CPU_SIZES} on CPU)")
@@ -296,7 +336,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per case after the probe (default 1)")
     ap.add_argument("--reps", type=int, default=5, help="timed steps per case (default 5)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: 1 on the CPU, see the docstring; 0: torch's default)")
     ap.add_argument("--no-torch-baselines", action="store_true", help="skip the torch GEMM / Linear-only rows")
     ap.add_argument("--copy-gib", type=float, default=1.0, help="CUDA: copy-bandwidth buffer in GiB (roofline)")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
@@ -306,8 +347,14 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("open_neuromorphic.py: --device cuda but CUDA is not available", file=sys.stderr)
         return 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads, device)
+    try:
+        return _run(ap, args, device, threads, argv)
+    finally:
+        restore_threads(threads)
+
+
+def _run(ap, args, device, threads, argv) -> int:
     sizes = int_list(args.sizes or (GPU_SIZES if device.type == "cuda" else CPU_SIZES))
     dname = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     libraries = [lib.strip() for lib in args.libraries.split(",") if lib.strip()]
@@ -329,7 +376,8 @@ def main(argv=None) -> int:
             todo += [(lib, name, b) for name, b in variants(lib, device, dname)]
     sj_impl = sj_implementation("lif", device) if any(lib == "spikingjelly" for lib, _, _ in todo) else None
     print(f"{result['device']['name']}: Linear(n, n) + LIF, n in {sizes}, T={args.T}, batch {args.batch}, {dname}; "
-          f"{[v for _, v, _ in todo]}", flush=True)
+          f"{[v for _, v, _ in todo]}; torch threads {threads['torch_num_threads']} ({threads['threads_why']})",
+          flush=True)
 
     rows: List[dict] = []
     errors: List[dict] = []
@@ -348,14 +396,17 @@ def main(argv=None) -> int:
                 "timer": "CUDA events around each step (median)" if device.type == "cuda"
                          else "time.perf_counter around each step (median)",
                 "neurons": {"spiketriton": f"st.LIF(tau={TAU})", "spikingjelly": f"neuron.LIFNode(tau={TAU}, step_mode='m'), "
-                            "Sigmoid(alpha=4)", "snntorch": f"snn.Leaky(beta={1 - 1 / TAU}) (ATan surrogate, subtract reset)",
-                            "norse": f"LIFBoxCell / LIF with tau_mem_inv={1000 / TAU:g}, dt=1e-3 (SuperSpike)"}},
+                            "Sigmoid(alpha=4)", "snntorch": f"snn.Leaky(beta={1 - 1 / TAU}, reset_mechanism='zero') (ATan "
+                            f"surrogate), its Linear's weights and bias times {1 / TAU:g} (Leaky does not scale its input)",
+                            "norse": f"LIFBoxCell / LIF with tau_mem_inv={1000 / TAU:g}, dt=1e-3 (SuperSpike); "
+                                     "norse.torch.LIF is current-based (another neuron)"},
+                "torch_num_threads": threads["torch_num_threads"], "threads_why": threads["threads_why"]},
         spikingjelly_implementation=sj_impl,
         copy_bandwidth=copy,
         roofline=roofline.context(copy, gpu) if copy else None,
         skipped=skipped,
         errors=errors,
-        agreement_spiketriton_vs_spikingjelly=agreement,
+        agreement_vs_spiketriton=agreement,
         cases=rows,
         partial=True,
         sizes_done=[],
@@ -386,7 +437,8 @@ def main(argv=None) -> int:
                 bar.update(1)
         for c in cases:
             row = {"n": n, "library": c["library"], "variant": c["variant"], "dtype": c["dtype"], "T": args.T,
-                   "batch": args.batch, **ms_stats(c["times"]), "firing_rate": c.get("firing_rate")}
+                   "batch": args.batch, **ms_stats(c["times"]), "firing_rate": c.get("firing_rate"),
+                   "spike_mismatch_vs_spiketriton": c.get("spike_mismatch_vs_spiketriton")}
             if device.type == "cuda":
                 row["peak_extra_MiB"] = peak_memory_MiB(c["step"], device)
                 nb, terms = roofline.open_neuromorphic_case(
@@ -394,7 +446,7 @@ def main(argv=None) -> int:
                     kernel_bytes((args.T, args.batch, n), c["dtype"], "fwd+bwd", neuron="lif"))
                 roofline.with_roofline(row, nb, terms, copy["gbps"], gpu)
             rows.append(row)
-            rate = f" (rate {row['firing_rate']:.3f})" if row["firing_rate"] is not None else ""
+            rate = _rate_text(row)
             roof = (f" ({100 * row['roofline_fraction']:.0f}% of the {row['bound_ms']:.2f} ms roofline)"
                     if row.get("roofline_fraction") else "")
             print(f"  n={n:6d} {c['variant']:36} {c['dtype']}: {row['median_ms']:10.2f} ms{rate}{roof}", flush=True)

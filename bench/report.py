@@ -575,6 +575,7 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
     summary["results"] = {name: {"benchmark": r.get("benchmark"), "date": r.get("date"),
                                  "device": (r.get("device") or {}).get("name"), "command": r.get("command"),
                                  "versions": versions_line(r.get("versions") or {}),
+                                 "threads_why": (r.get("config") or {}).get("threads_why"),
                                  "partial": bool(r.get("partial"))} for name, r in results.items()}
     summary.update(suites=suites, goals=gl, plots=sorted(set(pngs)),
                    measured_with=sorted({s["command"] for s in suites.values() if s.get("command")}))
@@ -587,6 +588,8 @@ def build(folder: Path, command: Optional[str] = None, device="cpu") -> Dict[str
           "| result file | measured on | date | command |", "|---|---|---|---|"]
     md += [f"| {n}.json{' (partial: cut short, what was measured)' if v['partial'] else ''} | {v['device']} | "
            f"{v['date']} | `{v['command']}` |" for n, v in summary["results"].items()]
+    why = sorted({v["threads_why"] for v in summary["results"].values() if v.get("threads_why")})
+    md += [""] + [f"Threads: {w}." for w in why] if why else []
     md += ["", "## Goals", "", "| goal | target | status | value | note |", "|---|---|---|---|---|"]
     md += [f"| {g['goal']} | {g['target']} | {g['status']} | {_f(g['value'], '{}')} | {g['reason'] or ''} |" for g in gl]
     md += ["", "## Headline numbers", ""] + headline(results)

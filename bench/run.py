@@ -91,8 +91,9 @@ PLAN: Dict[str, Dict[str, Optional[tuple]]] = {
 NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel and needs a CUDA GPU (on a CPU the "
                                  "Triton interpreter only checks it: TRITON_INTERPRET=1 python bench/int_matmul_gpu.py "
                                  "--smoke-cpu)"}
-#: suites whose script sets its own CPU thread count (event_matmul.py: 1 by default): run.py's --threads is passed on
-THREADS_ARG = ("event_matmul",)
+#: scripts that set their own CPU thread count (1 by default: _common.set_threads says why): run.py's --threads is
+#: passed on to them
+THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic")
 #: packages a suite cannot run without (the peers are optional inside the suites)
 NEEDS = {"cuda": ("triton",)}
 
@@ -109,7 +110,8 @@ def parse_args(argv=None):
                     help="results folder (default bench/results/<device>, or bench/results/<device>-quick with --quick)")
     ap.add_argument("--sweep", action="store_true", help="GPU: also run neuron_gpu.py's block-size sweep")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads for the whole run (default: torch's choice)")
+                    help="torch.set_num_threads for the whole run (default: 1 on the CPU, as every CPU script: on a "
+                         "shared machine torch's default stalls; 0: torch's default)")
     ap.add_argument("--set", action="append", default=[], metavar="SUITE:ARGS",
                     help="extra arguments for one suite's script, e.g. --set 'open_neuromorphic:--reps 3'")
     ap.add_argument("--list", action="store_true", help="print what would run or be skipped here, then exit")
@@ -145,7 +147,7 @@ def plan(args, kind: str) -> List[dict]:
         argv = list(quick if args.quick else full)
         if s == "neuron" and kind == "cuda" and args.sweep:
             argv.append("--sweep")
-        if s in THREADS_ARG and args.threads:
+        if script in THREADS_ARG and args.threads is not None:
             argv += ["--threads", str(args.threads)]
         out.append({"suite": s, "script": script, "argv": argv + extra.get(s, [])})
     return out
@@ -162,10 +164,7 @@ def main(argv=None) -> int:
     import torch
 
     import report
-    from _common import RESULTS_DIR, device_slug, header, loadavg, progress, short_error, write_json
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from _common import RESULTS_DIR, device_slug, header, loadavg, progress, set_threads, short_error, write_json
 
     if "spiketriton" in sys.modules and dropped_interpret:
         print("python -m bench: spiketriton was imported with TRITON_INTERPRET=1 set; run the benchmarks in a fresh "
@@ -176,6 +175,7 @@ def main(argv=None) -> int:
         return 2
     kind = "cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())) else "cpu"
     device = torch.device(kind)
+    threads = set_threads(args.threads, kind)
     slug = device_slug(device) + ("-quick" if args.quick else "")
     out = Path(args.out) if args.out else RESULTS_DIR / slug
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -205,7 +205,8 @@ def main(argv=None) -> int:
         bar.set_postfix_str(name)
         status = header("suite", f"run.py --suites {name}", [], device)
         status.update(suite=name, mode="quick" if args.quick else "full", command=command,
-                      torch_num_threads=torch.get_num_threads(), load_average_before=loadavg())
+                      torch_num_threads=torch.get_num_threads(), threads_why=threads["threads_why"],
+                      load_average_before=loadavg())
         t0 = time.time()
         if "skip" in st:
             status.update(status="skipped", reason=st["skip"])

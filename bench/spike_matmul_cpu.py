@@ -1,7 +1,7 @@
 """CPU timing of the spike matmul: ``spiketriton.spike_matmul`` / ``SpikeLinear`` vs ``torch.matmul`` /
 ``nn.Linear`` on the same spikes as a dense tensor; ms, TFLOP/s-equivalent and spike-operand bytes.
 
-    python bench/spike_matmul_cpu.py                       # 32x512x512, 32x1024x1024; 5/10/25/50 %; fp32 + bf16
+    python bench/spike_matmul_cpu.py                       # 32x512x512, 32x1024x1024; 5/10/25/50 %; fp32 + bf16; 1 thread
     python bench/spike_matmul_cpu.py --dtypes fp32 --repeats 60 --threads 2
     python bench/spike_matmul_cpu.py --shapes 32x2048x2048 --rates 10
 
@@ -24,6 +24,9 @@ TFLOP/s-equiv = 2*M*N*K per matmul (3 matmuls for fwd+bwd: Y, dS, dW) / median t
 the torch baseline's median / the case's median (> 1: faster than torch). Spike-operand bytes: packed
 uint8 ``M * ceil(K/8)`` vs the dense tensor ``M * K * element_size``.
 
+Threads: one torch thread unless ``--threads N`` (0: torch's default), recorded with the reason
+(``_common.set_threads``: torch's default stalls on a shared machine).
+
 Writes ``bench/results/cpu/spike_matmul_cpu.json`` (machine, versions, git commit, date, config,
 agreement, every case) and ``spike_matmul_cpu.csv``.
 """
@@ -40,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, header, interleaved_rounds, loadavg, progress, save_result, time_stats,
+    RESULTS_DIR, header, interleaved_rounds, loadavg, progress, restore_threads, save_result, set_threads, time_stats,
 )
 from _matmul_cases import (  # noqa: E402
     CPU_SHAPES, DTYPES, FWD_IMPLS, TRAIN_IMPLS, forward_agreement, forward_runner, make_grad, make_linear,
@@ -96,12 +99,19 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", default="fwd,fwd+bwd", help="comma list of fwd,fwd+bwd")
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds per case (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per case first (default 3)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: 1, see the docstring; 0: torch's default)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads, "cpu")
+    try:
+        return _run(ap, args, threads, argv)
+    finally:
+        restore_threads(threads)
+
+
+def _run(ap, args, threads, argv) -> int:
     shapes = parse_shape_list(args.shapes)
     rates = parse_rates(args.rates)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -116,7 +126,8 @@ def main(argv=None) -> int:
     load_before = loadavg()
     result = header("spike_matmul_cpu", "spike_matmul_cpu.py", argv, "cpu")
     print(f"shapes {[shape_str(s) for s in shapes]}, rates {rates}, dtypes {dtypes}, passes {passes}, "
-          f"torch threads {torch.get_num_threads()}, load average {load_before}", flush=True)
+          f"torch threads {threads['torch_num_threads']} ({threads['threads_why']}), load average {load_before}",
+          flush=True)
 
     agreement = check_agreement(shapes, dtypes)
     for a in agreement:
@@ -180,6 +191,7 @@ def main(argv=None) -> int:
             fwd_impls=list(FWD_IMPLS), train_impls=list(TRAIN_IMPLS),
             flops="2*M*N*K per matmul; fwd+bwd = 3 matmuls (Y, dS, dW)",
             spiketriton_path="CPU default (backend='auto' -> the PyTorch path)",
+            torch_num_threads=threads["torch_num_threads"], threads_why=threads["threads_why"],
         ),
         agreement=agreement,
         cases=rows,
