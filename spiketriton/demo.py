@@ -5,6 +5,7 @@ Run it with::
     python -m spiketriton.demo                 # default: LIF neurons, T=4, 10 epochs
     python -m spiketriton.demo --neuron plif   # learnable time constants
     python -m spiketriton.demo --help
+    python -m spiketriton.demo --export-dir out    # keep the files: out/qnet.safetensors, out/digits.chip, ...
 
 What it shows, step by step:
 
@@ -19,17 +20,20 @@ What it shows, step by step:
    sequence in one fused call (Triton kernels for CUDA tensors, the PyTorch path on CPU).
 4. **Decoding and loss.** The output neuron that fires most often is the prediction: the firing
    rate (mean of the output spikes over time) is compared with the one-hot label by the mean
-   squared error, as in the SpikingJelly tutorials. The spike has no useful derivative, so the
+   squared error, as in the SpikingJelly tutorials (the "train loss" the demo prints). The spike has no useful derivative, so the
    backward pass uses the neurons' surrogate gradient.
 5. **State.** Neurons keep their membrane potential between calls (for streaming input); every
    batch is an independent sequence, so ``spiketriton.reset(net)`` clears the state after each one.
 6. **Quantization.** PTQ to int8 and a short quantization-aware fine-tune, measured in integer
    inference (``spiketriton.quant``).
-7. **Export.** The quantized network is written to a chip file (``spiketriton.export.save_chip``:
+7. **Export.** The quantized model is saved with ``save_quantized_model`` as ``qnet.safetensors`` (the
+   input of ``python -m spiketriton export``), and written to a chip file (``spiketriton.export.save_chip``:
    integers and a JSON manifest in one safetensors file), loaded back, and run on the test set by
    ``ChipProgram``, an integer simulator in plain numpy: its output spikes equal the quantized
    model's bit for bit. The trained float network is written to NIR (``save_nir``), read back with
-   ``from_nir``, and its spikes on the test set equal the original's.
+   ``from_nir``, and its spikes on the test set equal the original's. The files go to ``--export-dir``
+   and are kept; without it they go to a temporary directory that is removed when the demo ends (the
+   demo says so where it prints their paths).
 8. **Monitor.** ``spiketriton.monitor.Monitor`` records the trained network's spikes and membrane
    potentials on a few test images, one after another, and the demo saves a figure (spike rasters,
    membrane traces with the threshold line, firing rate per layer) and prints its path: by default
@@ -37,6 +41,12 @@ What it shows, step by step:
    files' temporary directory is removed at the end); ``--figure PATH`` chooses another file,
    ``--no-figure`` skips it. The figure needs matplotlib (``pip install matplotlib``); without it the
    demo says so and goes on.
+
+**Threads.** On the CPU the demo runs torch on one thread unless ``--threads N`` says otherwise
+(``--threads 0``: torch's default, one per core). On a 2-core machine shared with other work, torch's
+default of 2 threads made the whole demo take 60-63 s against 6-9 s with one thread (2026-12-01, load
+average 3-5; docs/guides/cpu-notes.md). The demo prints the thread count and restores the previous
+one when ``main`` returns.
 
 ``main(argv)`` returns a dict with the accuracies and the run time, so tests and other scripts
 can drive the demo without parsing its output.
@@ -47,6 +57,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
+import sys
 import tempfile
 import time
 from typing import Iterable, Optional, Sequence
@@ -72,6 +84,12 @@ NUM_CLASSES = 10  # digits 0-9
 QUICK_EPOCHS = 2  # --quick: 87-95% test accuracy over seeds 0-9 (tests/test_demo.py), ~0.3 s of training on 2 CPU cores
 FIGURE_NAME = "digits_monitor.png"  # the monitor figure's default name (in --export-dir, else the current directory)
 MONITOR_IMAGES = 8  # test images shown in the monitor figure, one after another
+QMODEL_NAME = "qnet.safetensors"  # the quantized model in the export directory (python -m spiketriton export's input)
+#: torch threads on the CPU unless --threads says otherwise. Measured on a 2-core machine shared with other jobs
+#: (2026-12-01, load average 3-5, the full default demo): 1 thread 5.9-9.1 s, torch's default of 2 threads 60-63 s
+#: (its OpenMP barriers wait whenever the other core is taken); docs/guides/cpu-notes.md
+DEFAULT_CPU_THREADS = 1
+LOSS_NAME = "MSE of the output firing rates vs the one-hot labels"  # what loss_fn computes, named in the output
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -240,7 +258,7 @@ def quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) -> dict
         optimizer = torch.optim.Adam(qnet.parameters(), lr=args.lr / 5)
         for epoch in range(1, args.qat_epochs + 1):
             loss, running = train_epoch(qnet, optimizer, x_tr, y_tr, args.T, args.batch_size, shuffle)
-            log(f"QAT epoch {epoch}/{args.qat_epochs}: train loss {loss:.4f}, train accuracy {running:.2%}")
+            log(f"QAT epoch {epoch}/{args.qat_epochs}: train loss (MSE) {loss:.4f}, running train accuracy {running:.2%}")
         qnet.calculate_q_params()
         qat = evaluate(qnet.quantize(), x_te, y_te, args.T, args.batch_size)
         log(f"QAT int{args.bits}: integer TEST accuracy {qat:.2%}")
@@ -253,7 +271,9 @@ def quantize_step(net, args, x_tr, y_tr, x_te, y_te, shuffle, log=print) -> dict
 
 
 def export_step(qnet, args, x_te, y_te, export_dir: str, log=print, net=None) -> dict:
-    """Write the quantized network to ``export_dir/digits.chip``, load it back and run the whole test
+    """Save the quantized model to ``export_dir/qnet.safetensors`` (``save_quantized_model``: the
+    ``--weights`` of ``python -m spiketriton export``). Write the quantized network to
+    ``export_dir/digits.chip``, load it back and run the whole test
     set through ``ChipProgram`` (numpy int64, independent of the model's torch and Triton code);
     its output spikes must equal the quantized model's bit for bit (an error otherwise). With the
     float network ``net``, also write it to ``export_dir/digits.nir`` (NIR), read it back with
@@ -261,7 +281,11 @@ def export_step(qnet, args, x_te, y_te, export_dir: str, log=print, net=None) ->
     from .export import load_chip, save_chip
 
     x = encode(x_te, args.T)
-    results = {}
+    qpath = os.path.join(export_dir, QMODEL_NAME)
+    qnet.save_quantized_model(qpath)
+    log(f"quantized model: {qpath} ({os.path.getsize(qpath)} bytes, {qnet.q_mode} mode; "
+        f"quant.load_quantized_model reads it back)")
+    results = {"qmodel_path": qpath}
     if net is not None:
         results.update(_nir_step(net, x, y_te, export_dir, log))
     path = os.path.join(export_dir, "digits.chip")
@@ -337,6 +361,19 @@ def monitor_step(net, x_te, y_te, T: int, path: str, images: int = MONITOR_IMAGE
     return path
 
 
+def _export_command(args, qmodel_path: str) -> str:
+    """The command line that turns the saved quantized model into a chip file, when the CLI's factory
+    ``spiketriton.demo:build_net`` (called without arguments) builds this run's network."""
+    defaults = build_parser().parse_args([])
+    chip = os.path.join(os.path.dirname(qmodel_path), "qnet.chip")
+    if (args.neuron, args.hidden) == (defaults.neuron, defaults.hidden):
+        return (f"the same with the command line: python -m spiketriton export --chip {shlex.quote(chip)} --model "
+                f"spiketriton.demo:build_net --weights {shlex.quote(qmodel_path)} --input-shape {NUM_INPUTS}")
+    return (f"(python -m spiketriton export --model spiketriton.demo:build_net builds the default network, "
+            f"--neuron {defaults.neuron} --hidden {defaults.hidden}; for this one give --model a function of your own "
+            f"that returns spiketriton.demo.build_net({args.neuron!r}, {args.hidden}))")
+
+
 def _figure_path(args) -> Optional[str]:
     """Where the monitor figure goes: ``--figure``, else ``digits_monitor.png`` in ``--export-dir`` (the
     other outputs' place), else in the current directory (the export's temporary directory is removed
@@ -377,9 +414,9 @@ def _check_figure_args(parser, args) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m spiketriton.demo") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m spiketriton.demo",
+        prog=prog,
         description="Train a spiking MLP (Linear -> LIF -> Linear -> LIF) on scikit-learn's 8x8 digits.",
     )
     p.add_argument("--epochs", type=int, default=10, help="passes over the training set (default: 10)")
@@ -395,15 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--quick", action="store_true",
                    help=f"a very short run for tests: {QUICK_EPOCHS} epochs unless --epochs is given")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one line per epoch instead (the default where stderr is not a terminal)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"torch CPU threads (default: {DEFAULT_CPU_THREADS} on the CPU, where torch's default of one "
+                        f"per core stalls on a machine shared with other work; 0: torch's default)")
     p.add_argument("--qat-epochs", type=int, default=2,
                    help="quantization: epochs of quantization-aware fine-tuning after PTQ; 0 skips QAT, "
                         "-1 skips quantization altogether (default: 2; --quick: 1)")
     p.add_argument("--bits", type=int, default=8, help="weight bits for quantization, 2..8 (default: 8)")
     p.add_argument("--export-dir", default=None,
-                   help="where the quantized network's chip file (digits.chip) and NIR file (digits.nir) are "
-                        f"written and kept, and the monitor figure ({FIGURE_NAME}) (default: a temporary directory, "
-                        "removed at the end; the figure then goes to the current directory)")
+                   help=f"where the quantized model ({QMODEL_NAME}, the input of python -m spiketriton export), its "
+                        "chip file (digits.chip), the NIR file (digits.nir) and the monitor figure "
+                        f"({FIGURE_NAME}) are written and kept (default: a temporary directory, removed when the demo "
+                        "ends; the figure then goes to the current directory)")
     p.add_argument("--figure", default=None, metavar="PATH",
                    help=f"save the monitor figure (spike rasters, membrane traces, firing rates) to PATH; the "
                         f"format follows the suffix (.png, .pdf, .svg, ...) (default: {FIGURE_NAME} in --export-dir, "
@@ -412,18 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run the demo with command-line arguments ``argv`` (default: ``sys.argv[1:]``).
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m spiketriton.demo") -> dict:
+    """Run the demo with command-line arguments ``argv`` (default: ``sys.argv[1:]``); ``prog`` is the
+    command's name in its usage and error messages.
 
     Returns a dict: ``test_accuracy`` and ``train_accuracy`` (fractions in [0, 1], measured on the
-    trained network), ``train_loss`` (mean loss of the last epoch), ``seconds`` (wall time of data
-    loading, training and evaluation), the settings used (``epochs``, ``T``, ``hidden``, ``neuron``,
-    ``backend``, ``device``, ``seed``) and the trained ``model`` (an ``nn.Sequential``); with
-    quantization also ``ptq_accuracy``, ``qat_accuracy``, the quantized ``qmodel`` and
+    trained network), ``train_loss`` (mean loss of the last epoch: the MSE of the output firing rates
+    vs the one-hot labels), ``seconds`` (wall time of data loading, training and evaluation), the
+    settings used (``epochs``, ``T``, ``hidden``, ``neuron``, ``backend``, ``device``, ``seed``,
+    ``threads``: torch's CPU threads during the run) and the trained ``model`` (an ``nn.Sequential``);
+    with quantization also ``ptq_accuracy``, ``qat_accuracy``, the quantized ``qmodel``,
+    ``qmodel_path`` (its saved file; removed with the temporary directory unless ``--export-dir``) and
     ``chip_accuracy`` (the chip file run by ``ChipProgram``, equal to the model's bit for bit);
     ``figure``: the monitor figure's path (None with ``--no-figure`` or without matplotlib).
     """
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.quick:  # shorten the run; flags given explicitly still win
         parser.set_defaults(epochs=QUICK_EPOCHS, qat_epochs=1)
@@ -437,6 +482,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     if args.qat_epochs < -1:
         parser.error(f"--qat-epochs must be >= -1 (-1 skips quantization, 0 skips QAT), got {args.qat_epochs}")
+    if args.threads is not None and args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if not 0 <= args.seed < 2 ** 32:
         parser.error(f"--seed must be in 0..2**32-1 (scikit-learn's split takes no other), got {args.seed}")
     if args.export_dir is not None and os.path.exists(args.export_dir) and not os.path.isdir(args.export_dir):
@@ -456,6 +503,37 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         backend_text = describe_backend(args.backend, device)
     except RuntimeError as e:  # e.g. --backend triton on a CPU without TRITON_INTERPRET=1
         parser.error(str(e))
+    threads_before = torch.get_num_threads()
+    try:
+        threads_text = _set_threads(args.threads, device)
+        return _run(args, device, backend_text, threads_text)
+    finally:
+        torch.set_num_threads(threads_before)  # a caller's process (tests, a notebook) keeps its own setting
+
+
+def _set_threads(threads: Optional[int], device: torch.device) -> str:
+    """Set torch's CPU threads for the run (--threads; 1 by default on the CPU) and say why."""
+    if threads is None and device.type == "cpu":
+        torch.set_num_threads(DEFAULT_CPU_THREADS)
+        why = ("the demo's default on the CPU: torch's default of one thread per core stalls on a machine shared "
+               "with other work; --threads N to change it, docs/guides/cpu-notes.md")
+    elif threads:
+        torch.set_num_threads(threads)
+        why = "--threads"
+    else:
+        why = "torch's default" + (" (--threads 0)" if threads == 0 else "")
+    return f"{torch.get_num_threads()} ({why})"
+
+
+def _use_bar(args) -> bool:
+    """Progress as one tqdm bar where it can be drawn (stderr is a terminal, or a notebook), else as one
+    line per epoch: never both."""
+    if tqdm is None or args.no_progress:
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _run(args, device: torch.device, backend_text: str, threads_text: str) -> dict:
     start = time.perf_counter()
 
     x_tr, y_tr, x_te, y_te = (t.to(device) for t in load_data(args.seed))
@@ -471,24 +549,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     print(f"network: {net}".replace("\n", "\n  "))
     print(f"neurons run on: {backend_text} [backend={args.backend!r}, device={device}]")
-    print(f"training {args.epochs} epoch(s), T={args.T}, batch size {args.batch_size}, Adam lr={args.lr}, seed {args.seed}")
+    print(f"torch CPU threads: {threads_text}")
+    print(f"training {args.epochs} epoch(s), T={args.T}, batch size {args.batch_size}, Adam lr={args.lr}, seed {args.seed}; "
+          f"loss: {LOSS_NAME}")
 
-    # One progress bar over the epochs (an epoch takes a fraction of a second on a CPU); without
-    # tqdm, or with --no-progress, plain lines only. tqdm.write prints without breaking the bar.
+    # Progress in one form: a tqdm bar over the epochs (an epoch takes a fraction of a second on a CPU)
+    # where one can be drawn, else one line per epoch (no tqdm, --no-progress, output to a file or a pipe).
     epochs = range(1, args.epochs + 1)
-    bar = tqdm(epochs, desc="training", unit="epoch") if tqdm is not None and not args.no_progress else None
-    log = tqdm.write if bar is not None else print
-    train_loss = float("nan")
+    bar = tqdm(epochs, desc="training", unit="epoch") if _use_bar(args) else None
+    train_loss, running_acc = float("nan"), float("nan")
     try:
         for epoch in bar if bar is not None else epochs:
             train_loss, running_acc = train_epoch(net, optimizer, x_tr, y_tr, args.T, args.batch_size, shuffle)
             # the accuracy is measured on the fly while the weights change: a running estimate
-            log(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}, train accuracy {running_acc:.2%}")
             if bar is not None:
-                bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{running_acc:.2%}")
+                bar.set_postfix_str(f"train loss (MSE) {train_loss:.4f}, running accuracy {running_acc:.2%}")
+            else:
+                print(f"epoch {epoch}/{args.epochs}: train loss (MSE) {train_loss:.4f}, running train accuracy "
+                      f"{running_acc:.2%}")
     finally:
         if bar is not None:
             bar.close()
+    if bar is not None:  # the bar's last state, kept in the log
+        print(f"trained {args.epochs} epoch(s): last epoch's train loss (MSE) {train_loss:.4f}, running train "
+              f"accuracy {running_acc:.2%}")
 
     # Final accuracies of the trained network (no weight updates, inference mode).
     train_acc = evaluate(net, x_tr, y_tr, args.T, args.batch_size)
@@ -510,10 +594,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if quant_results:
         if args.export_dir is not None:
             os.makedirs(args.export_dir, exist_ok=True)
+            print(f"export files go to {args.export_dir} and are kept")
             quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, args.export_dir, net=net))
+            print(_export_command(args, quant_results["qmodel_path"]))
         else:
             with tempfile.TemporaryDirectory(prefix="spiketriton-demo-") as tmp:
+                print(f"export files go to a temporary directory, {tmp}, which is removed when the demo ends "
+                      f"(--export-dir DIR keeps them)")
                 quant_results.update(export_step(quant_results["qmodel"], args, x_te, y_te, tmp, net=net))
+            print(f"removed {tmp} and the export files in it (--export-dir DIR keeps them)")
     seconds = time.perf_counter() - start
     return {
         **quant_results,
@@ -528,6 +617,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "backend": args.backend,
         "device": str(device),
         "seed": args.seed,
+        "threads": torch.get_num_threads(),
         "figure": figure,
         "model": net,
     }

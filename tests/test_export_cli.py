@@ -192,7 +192,7 @@ def test_prepare_error_is_a_model_error(files, capsys, monkeypatch):
 
 def test_unknown_command_is_a_usage_error(files):
     r = run_cli("frobnicate", cwd=files["dir"])
-    assert r.returncode == 2 and "unknown command 'frobnicate'; the commands are: export" in r.stderr
+    assert r.returncode == 2 and "unknown command 'frobnicate'; the commands are: demo, export" in r.stderr
 
 
 BAD = [

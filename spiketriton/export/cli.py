@@ -1,8 +1,13 @@
 """``python -m spiketriton export``: a saved quantized model to a chip file or to NIR.
 
-    python -m spiketriton export --chip OUT.chip --model spiketriton.demo:build_net \\
-        --weights qnet.safetensors --input-shape 64
-    python -m spiketriton export --nir OUT.nir --model pkg.module:factory --weights ... --input-shape 2,8,8
+    python -m spiketriton demo --quick --export-dir out      # writes out/qnet.safetensors
+    python -m spiketriton export --chip out/net.chip --model spiketriton.demo:build_net \\
+        --weights out/qnet.safetensors --input-shape 64
+    python -m spiketriton export --nir out/net.nir --model spiketriton.demo:build_net \\
+        --weights out/qnet.safetensors --input-shape 64
+    # your own model (placeholders: a module of yours with a factory, the file its qmodel saved)
+    python -m spiketriton export --nir OUT.nir --model mypkg.models:make_net --weights my_qnet.safetensors \\
+        --input-shape 2,8,8
 
 ``--model pkg.module:factory`` names a function called without arguments that builds the float
 model; the command does ``quant.prepare(model)`` and ``quant.load_quantized_model(weights, qmodel)``
@@ -31,18 +36,35 @@ import math
 import os
 import stat
 import sys
+import textwrap
 from typing import Optional, Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "EXAMPLES"]
+
+#: the examples of ``--help``; all but the last run as written, in order (the last names placeholders)
+EXAMPLES = (
+    "python -m spiketriton demo --quick --export-dir out",
+    "python -m spiketriton export --chip out/net.chip --model spiketriton.demo:build_net "
+    "--weights out/qnet.safetensors --input-shape 64",
+    "python -m spiketriton export --nir out/net.nir --model spiketriton.demo:build_net "
+    "--weights out/qnet.safetensors --input-shape 64",
+    "python -m spiketriton export --nir OUT.nir --model mypkg.models:make_net --weights my_qnet.safetensors "
+    "--input-shape 2,8,8   # placeholders",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m spiketriton export",
         description="Export a saved quantized spiketriton model to the chip format or to NIR.",
-        epilog="exit status: 0 written; 1 the model cannot be expressed (quant.prepare or the format refuses it); "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples (the first writes out/qnet.safetensors; the last names placeholders for your own model):\n"
+               + "\n".join(f"  {e}" for e in EXAMPLES) + "\n\n"
+               + textwrap.fill(
+                   "exit status: 0 written; 1 the model cannot be expressed (quant.prepare or the format refuses it); "
                "2 bad arguments (module/factory that fails or exits, weights that do not fit or are not a regular "
                "file, bad input shape, output not writable or the same file as an input); 130 interrupted",
+                   width=100),
     )
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--chip", metavar="OUT", help="write a chip file (integers; runs bit-exactly in ChipProgram)")
