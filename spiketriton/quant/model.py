@@ -41,7 +41,8 @@ from ..spec import INT28_MAX
 from .modules import AWARE, FLOAT, QUANTIZED, QConv2d, QLinear, QLIF, QuantConfig, _QLayer, integer_params
 from .quantizer import qmax, weight_scale
 
-__all__ = ["QModel", "prepare", "load_quantized_model", "QuantFormatError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["QModel", "PreparedModel", "prepare", "load_quantized_model", "QuantFormatError", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "spiketriton.quant"
 FORMAT_VERSION = 2  # 2: checksums (tensor_sha256, manifest_sha256), the tensor table, producer
@@ -163,7 +164,7 @@ class QModel(nn.Module):
         self.reset()
 
     def _link(self):
-        root = self.net if isinstance(self, _Prepared) else self
+        root = self.net if isinstance(self, PreparedModel) else self
         links = _links_fx(root)
         if isinstance(links, Exception):
             # the order of a Sequential's children is its data flow only when its forward is
@@ -286,7 +287,19 @@ def _links_sequential(model):
 # --------------------------------------------------------------------------------------------- #
 
 
-class _Prepared(QModel):
+class PreparedModel(QModel):
+    """The :class:`QModel` that :func:`prepare` returns (and :func:`load_quantized_model` gives back):
+    the converted copy of the float network is ``.net`` (its QLinear / QConv2d / QLIF in place of the
+    float layers and neurons), and calling the PreparedModel calls it.
+
+    >>> import torch, spiketriton as st
+    >>> from torch import nn
+    >>> from spiketriton import quant
+    >>> qnet = quant.prepare(nn.Sequential(nn.Linear(4, 3), st.LIF()))
+    >>> type(qnet).__name__, type(qnet.net[0]).__name__
+    ('PreparedModel', 'QLinear')
+    """
+
     def __init__(self, net):
         super().__init__()
         self.net = net
@@ -295,8 +308,13 @@ class _Prepared(QModel):
         return self.net(*args, **kwargs)
 
 
-def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwargs) -> QModel:
-    """A QModel from a float model (a copy; the original is untouched): Conv2d-BatchNorm2d and
+#: the name of :class:`PreparedModel` before it was public: models pickled whole (``torch.save(qmodel)``)
+#: by earlier versions refer to it
+_Prepared = PreparedModel
+
+
+def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwargs) -> "PreparedModel":
+    """A :class:`PreparedModel` from a float model (a copy; the original is untouched): Conv2d-BatchNorm2d and
     Linear-BatchNorm1d pairs are folded, nn.Linear / SpikeLinear / nn.Conv2d become QLinear / QConv2d,
     and IF / LIF / PLIF / ExtendedLIF become QLIF. A family-A neuron maps to family B exactly
     (leak ``alpha = 1 - 1/tau``, ``beta = v_reset / tau``, and with decay_input the factor 1/tau
@@ -333,7 +351,7 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
     _fold_batchnorm(net)
     feeders_of = {}
     _swap(net, config, feeders_of, "")
-    q = _Prepared(net)
+    q = PreparedModel(net)
     q._link()
     # fold a family-A neuron's input factor k = 1/tau into its feeder
     for neuron, k in feeders_of.items():
@@ -439,7 +457,8 @@ def _fold_batchnorm(module: nn.Module):
 
 def load_quantized_model(path, qmodel: QModel) -> QModel:
     """Restore a file written by ``save_quantized_model`` into ``qmodel`` (a QModel of the same
-    architecture, e.g. ``prepare(model)`` of the same float model) and return it. Loads no code
+    architecture, e.g. ``prepare(model)`` of the same float model) and return it (``qmodel`` itself: a
+    :class:`PreparedModel` when it came from :func:`prepare`). Loads no code
     (safetensors, JSON). Every file that is malformed, truncated, corrupted, of another format version
     or inconsistent with ``qmodel`` raises :class:`QuantFormatError` (a ValueError) saying what was
     wrong; ``qmodel`` is changed only once every check has passed.
