@@ -93,12 +93,13 @@ from typing import Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .conv import SpikeConv2d
 from .functional._checks import check_backend, finite
-from .layers import StepWise
-from .neuron import IF
+from .layers import SpikeLinear, StepWise
+from .neuron import IF, BaseNeuron
 
-__all__ = ["convert_ann", "activation_scales", "relu_to_qcfs", "fold_batchnorm", "QCFS", "SUPPORTED_MODULES",
-           "DEFAULT_PERCENTILE"]
+__all__ = ["convert_ann", "activation_scales", "relu_to_qcfs", "fold_batchnorm", "fold_batchnorms", "QCFS",
+           "SUPPORTED_MODULES", "DEFAULT_PERCENTILE"]
 
 #: the percentile of ``mode="percentile"``
 DEFAULT_PERCENTILE = 99.9
@@ -245,12 +246,39 @@ def _drop_hooks(m: nn.Module) -> None:
 
 
 def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
-    """A copy of ``layer`` (nn.Conv2d or nn.Linear) with the eval-mode BatchNorm ``bn`` (running
-    statistics) that follows it folded in: ``fold_batchnorm(conv, bn)(x) == bn.eval()(conv(x))`` up to
-    rounding (computed in float64, cast back to the layer's dtype)."""
-    if not isinstance(layer, _WEIGHTED) or not isinstance(bn, _BATCHNORM):
-        raise TypeError(f"fold_batchnorm: expected an nn.Conv2d/nn.Linear and a BatchNorm, got {type(layer).__name__} "
-                        f"and {type(bn).__name__}")
+    """A copy of ``layer`` with the eval-mode BatchNorm ``bn`` (running statistics) that follows it folded
+    in: ``fold_batchnorm(conv, bn)(x) == bn.eval()(conv(x))`` up to rounding (computed in float64, cast
+    back to the layer's dtype).
+
+    ``layer``: an ``nn.Conv2d`` (a :class:`~spiketriton.SpikeConv2d` too: the copy keeps its class and
+    options) followed by an ``nn.BatchNorm2d``, or an ``nn.Linear`` (a :class:`~spiketriton.SpikeLinear`
+    too) followed by an ``nn.BatchNorm1d``. ``bn`` may be the multi-step form: a
+    :class:`~spiketriton.StepWise` holding only that BatchNorm (statistics over T x B, SpikingJelly's
+    ``layer.BatchNorm2d(step_mode='m')``, which is accepted as well). A BatchNorm whose channel count
+    differs from the layer's outputs is a ValueError.
+
+    >>> import torch, spiketriton as st
+    >>> from torch import nn
+    >>> conv, bn = st.SpikeConv2d(2, 4, 3, padding=1), st.StepWise(nn.BatchNorm2d(4))
+    >>> _ = bn.train()(conv(torch.ones(3, 2, 2, 5, 5)))       # running statistics from one batch
+    >>> s = (torch.rand(3, 2, 2, 5, 5) < 0.5).float()
+    >>> folded = st.ann2snn.fold_batchnorm(conv, bn)
+    >>> type(folded).__name__, torch.allclose(folded(s), bn.eval()(conv(s)), atol=1e-5)
+    ('SpikeConv2d', True)
+    """
+    inner = _single_batchnorm(bn)
+    if not isinstance(layer, _WEIGHTED) or inner is None:
+        raise TypeError(f"fold_batchnorm: expected an nn.Conv2d/nn.Linear and a BatchNorm (or a StepWise holding "
+                        f"one), got {type(layer).__name__} and {type(bn).__name__}")
+    bn = inner
+    want = nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
+    if not isinstance(bn, want):
+        raise ValueError(f"fold_batchnorm: a {type(bn).__name__} after a {type(layer).__name__}; a Conv2d's output "
+                         f"is normalised by a BatchNorm2d, a Linear's by a BatchNorm1d")
+    n_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if bn.num_features != n_out:
+        raise ValueError(f"fold_batchnorm: the {type(bn).__name__} normalises {bn.num_features} features but the "
+                         f"{type(layer).__name__} gives {n_out}")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("fold_batchnorm: the BatchNorm has no running statistics (track_running_stats=False)")
     new = copy.deepcopy(layer)
@@ -265,6 +293,81 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
         new.weight = nn.Parameter((w * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(layer.weight.dtype))
         new.bias = nn.Parameter((b * scale + shift).to(layer.weight.dtype))
     return new
+
+
+def _single_batchnorm(m) -> Optional[nn.Module]:
+    """``m`` itself when it is a BatchNorm1d/2d, the BatchNorm of a StepWise holding only one, else None."""
+    if isinstance(m, _BATCHNORM):
+        return m
+    if isinstance(m, StepWise) and type(m).forward is StepWise.forward and len(m) == 1 and \
+            isinstance(m[0], _BATCHNORM):
+        return m[0]
+    return None
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for inference with every BatchNorm that directly follows a Conv2d / Linear
+    (SpikeConv2d / SpikeLinear included) folded into it (:func:`fold_batchnorm`) and replaced by
+    ``nn.Identity``. "Directly follows": the next module in the same ``nn.Sequential`` /
+    :class:`~spiketriton.StepWise` (plain forwards, whose order is their data flow), or the first module
+    of the StepWise / Sequential that comes next, as in ``StepWise(conv), StepWise(bn)``. The copy
+    computes what ``model.eval()`` computes (BatchNorm with its running statistics); ``model`` is not
+    changed. A BatchNorm without running statistics, or one that follows anything else, stays.
+
+    >>> import torch, spiketriton as st
+    >>> from torch import nn
+    >>> net = nn.Sequential(st.StepWise(st.SpikeConv2d(2, 4, 3), nn.BatchNorm2d(4)), st.LIF())
+    >>> folded = st.ann2snn.fold_batchnorms(net)
+    >>> folded[0]
+    StepWise(
+      (0): SpikeConv2d(2, 4, kernel_size=(3, 3), stride=(1, 1), check_binary=True)
+      (1): Identity()
+    )
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batchnorms: model must be a torch.nn.Module, got {type(model).__name__}")
+    from .export._graph import _copy_without_state
+
+    new = _copy_without_state(model)  # (without the neurons' state, which may hold an autograd graph)
+    for a, b in zip(model.modules(), new.modules()):
+        if isinstance(a, BaseNeuron):
+            b.packed_output = a.packed_output  # (the export's copy switches packing off)
+    _fold_in(new)
+    return new.eval()
+
+
+def _plain(m) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward in (nn.Sequential.forward, StepWise.forward)
+
+
+def _edge(m, first: bool):
+    """(container, name) of the first / last leaf of ``m`` through plain containers, or None."""
+    while _plain(m) and len(m):
+        name = next(iter(m._modules)) if first else list(m._modules)[-1]
+        if not _plain(m._modules[name]):
+            return m, name
+        m = m._modules[name]
+    return None
+
+
+def _fold_in(module: nn.Module) -> None:
+    for child in module.children():
+        _fold_in(child)
+    if not _plain(module):
+        return
+    names = list(module._modules)
+    for a, b in zip(names, names[1:]):
+        left = (module, a) if not _plain(module._modules[a]) else _edge(module._modules[a], first=False)
+        right = (module, b) if not _plain(module._modules[b]) else _edge(module._modules[b], first=True)
+        if left is None or right is None:
+            continue
+        layer, bn = left[0]._modules[left[1]], right[0]._modules[right[1]]
+        # exact layer types: a subclass may compute more than its weight and bias (QConv2d's integers)
+        pair = (type(layer) in (nn.Conv2d, SpikeConv2d) and isinstance(bn, nn.BatchNorm2d)) or \
+            (type(layer) in (nn.Linear, SpikeLinear) and isinstance(bn, nn.BatchNorm1d))
+        if pair and bn.running_mean is not None and bn.running_var is not None:
+            left[0]._modules[left[1]] = fold_batchnorm(layer, bn)
+            right[0]._modules[right[1]] = nn.Identity()
 
 
 # --------------------------------------------------------------------------------------------- #

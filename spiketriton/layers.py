@@ -7,9 +7,12 @@ import operator
 import torch
 from torch import nn
 
+from .conv import SpikeConv2d
 from .functional._checks import check_backend, check_bool, finite
+from .functional.images import SpikeImage
 from .functional.spikes import SpikeTensor, is_binary, spike_matmul
 from .neuron import BaseNeuron
+from .pooling import SpikeAvgPool2d, SpikeMaxPool2d, SpikeSumPool2d
 
 __all__ = ["SpikeLinear", "convert"]
 
@@ -218,8 +221,6 @@ class StepWise(nn.Sequential):
     def forward(self, x_seq):
         if self.step_mode == "s":
             return super().forward(x_seq)
-        from .functional.images import SpikeImage
-
         if not isinstance(x_seq, (torch.Tensor, SpikeImage)):
             from torch.fx import Proxy
 
@@ -245,15 +246,11 @@ class StepWise(nn.Sequential):
 
 def _fold(y):
     """``[T, B, ...]`` -> ``[T*B, ...]`` (a SpikeImage's leading dimensions as well)."""
-    from .functional.images import SpikeImage
-
     return y.flatten_lead() if isinstance(y, SpikeImage) else y.flatten(0, 1)
 
 
 def _unfold(y, T, B):
     """``[T*B, ...]`` -> ``[T, B, ...]`` (a SpikeImage's leading dimension as well)."""
-    from .functional.images import SpikeImage
-
     if isinstance(y, SpikeImage):
         a = y.anchor
         return SpikeImage(y.data.unflatten(0, (T, B)), y.c, a.unflatten(0, (T, B)) if a is not None else None)
@@ -262,9 +259,6 @@ def _unfold(y, T, B):
 
 def _takes_images(m) -> bool:
     """A module whose forward takes a SpikeImage (a spike convolution or pooling)."""
-    from .conv import SpikeConv2d
-    from .pooling import SpikeAvgPool2d, SpikeMaxPool2d
-
     return isinstance(m, (SpikeConv2d, SpikeMaxPool2d, SpikeAvgPool2d))
 
 
@@ -314,8 +308,16 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     swaps = []
     for name, dropout_name in targets.items():
         linear = model.get_submodule(name)
-        p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
-        new = SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p, backend=backend)
+        if type(linear) is nn.Conv2d:  # in a StepWise, which hands it the sequence in its step mode
+            new = SpikeConv2d.from_conv(linear, check_binary=check_binary, backend=backend,
+                                        step_mode=_stepwise_mode(model, name))
+        elif type(linear) is nn.MaxPool2d:
+            new = SpikeMaxPool2d.from_pool(linear, backend=backend)
+        elif type(linear) is nn.AvgPool2d:
+            new = SpikeAvgPool2d.from_pool(linear, backend=backend)
+        else:
+            p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
+            new = SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p, backend=backend)
         _move_hooks(linear, new)
         swaps.append((linear, new, model.get_submodule(dropout_name) if dropout_name is not None else None))
     for linear, new, dropout in swaps:
@@ -333,6 +335,9 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
             # forward or backward, would be handed packed spikes
             if linear_name in converted and not _call_hooks(neuron) and not _call_hooks(linear):
                 neuron.packed_output = True
+        if any(isinstance(m, SpikeConv2d) for m in model.modules()):
+            for neuron_name in _image_feeders(model):  # spikes to convolutions and pools: a SpikeImage
+                model.get_submodule(neuron_name).packed_output = "image"
     return model
 
 
@@ -392,7 +397,8 @@ def _names_of(model: nn.Module) -> dict:
 
 
 def _is_leaf(m) -> bool:
-    return isinstance(m, (BaseNeuron, SpikeLinear)) or type(m).__module__.startswith("spiketriton.hybrid")
+    return isinstance(m, (BaseNeuron, SpikeLinear)) or _takes_images(m) or \
+        type(m).__module__.startswith("spiketriton.hybrid")
 
 
 def _tracer():
@@ -469,7 +475,9 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
 
     spiking = {}  # node -> True when its value is spikes
     via_dropout = {}  # node -> the Dropout folded on the way (if any)
-    source = {}  # spiking node -> the spike-emitting node whose tensor it is or may share storage with
+    # spiking node -> the nodes whose tensors its value is, may share storage with, or was computed from
+    # (the spike-emitting node; and a max pooling, whose output is a new tensor of spikes)
+    roots = {}
     for node in graph.nodes:
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         passes = False  # the node passes its first argument's value on unchanged
@@ -477,7 +485,7 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
             mod = modules.get(node.target)
             if _emits_spikes(mod):  # neurons, A2S hybrid units
                 if unhooked(mod, output=True):
-                    spiking[node], source[node] = True, node
+                    spiking[node], roots[node] = True, {node}
                 continue
             if not unhooked(mod, output=True, input=True):
                 continue
@@ -486,7 +494,12 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
             elif type(mod) is nn.Dropout and src is not None and spiking.get(src) and via_dropout.get(src) is None \
                     and len(node.users) == 1 and _calls(graph, node.target) == 1 \
                     and not _value_hooks(mod, output=True, input=True):  # a shared or hooked Dropout stays
-                spiking[node], source[node], via_dropout[node] = True, source[src], node.target
+                spiking[node], roots[node], via_dropout[node] = True, roots[src], node.target
+                continue
+            elif _is_spike_max_pool(mod) and src is not None and spiking.get(src) and via_dropout.get(src) is None \
+                    and len(node.args) == 1 and not node.kwargs:
+                # the max of 0/1 values is their OR: spikes again (a new tensor)
+                spiking[node], roots[node] = True, roots[src] | {node}
                 continue
         elif node.op == "call_function":
             passes = node.target in _SHAPE_FUNCS
@@ -494,21 +507,32 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
             # x.view(dtype) reinterprets the bits: not a reshape
             passes = node.target in _SHAPE_METHODS and not any(isinstance(a, torch.dtype) for a in node.args[1:])
         if passes and src is not None and spiking.get(src):
-            spiking[node], source[node], via_dropout[node] = True, source[src], via_dropout.get(src)
+            spiking[node], roots[node], via_dropout[node] = True, roots[src], via_dropout.get(src)
     # spikes changed in place (through any tensor that may share their storage) are not spikes any more
-    tainted = {s for s in set(source.values()) if _mutated(s, modules)}
-    spiking = {n: ok for n, ok in spiking.items() if source[n] not in tainted}
+    tainted = {r for rs in roots.values() for r in rs if _mutated(r, modules)}
+    spiking = {n: ok for n, ok in spiking.items() if not (roots[n] & tainted)}
     uses = {}
     direct = {}  # linear name -> neuron name, when the neuron's only consumer is that one call
     for node in graph.nodes:
-        if node.op == "call_module" and _is_plain_linear(modules.get(node.target)):
-            src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
-            ok = isinstance(src, fx.Node) and spiking.get(src, False) and unhooked(modules[node.target], input=True)
+        if node.op != "call_module":
+            continue
+        mod = modules.get(node.target)
+        src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        reads_spikes = isinstance(src, fx.Node) and spiking.get(src, False)
+        if _is_plain_linear(mod):
+            ok = reads_spikes and unhooked(mod, input=True)
             uses.setdefault(node.target, []).append((ok, via_dropout.get(src) if ok else None))
             if ok and src.op == "call_module" and isinstance(modules.get(src.target), BaseNeuron) \
                     and len(src.users) == 1:
                 direct.setdefault(node.target, []).append(src.target)
-    # a Linear called several times is converted only if every call sees spikes (and no dropout folds)
+        elif _is_plain_conv(mod) or type(mod) in (nn.MaxPool2d, nn.AvgPool2d):
+            # a convolution converts inside a StepWise (which then hands it the sequence), a pooling anywhere
+            # (the spike pools take any leading dimensions); never after a Dropout (not 0/1 any more)
+            ok = reads_spikes and via_dropout.get(src) is None and unhooked(mod, input=True) \
+                and (not _is_plain_conv(mod) or _stepwise_mode(model, node.target) is not None) \
+                and not getattr(mod, "return_indices", False)
+            uses.setdefault(node.target, []).append((ok, None))
+    # a layer called several times is converted only if every call sees spikes (and no dropout folds)
     out, feeders = {}, []
     for name, calls in uses.items():
         if all(ok for ok, _ in calls):
@@ -520,6 +544,65 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
                 if len(neurons) == len(calls) and all(_calls(graph, n) == 1 for n in neurons):
                     feeders.extend((n, name) for n in neurons)
     return out, feeders
+
+
+def _is_plain_conv(m) -> bool:
+    """Exactly nn.Conv2d with zero padding (what SpikeConv2d computes)."""
+    return type(m) is nn.Conv2d and m.padding_mode == "zeros"
+
+
+def _is_spike_max_pool(m) -> bool:
+    return type(m) in (nn.MaxPool2d, SpikeMaxPool2d) and not m.return_indices
+
+
+def _stepwise_mode(model: nn.Module, name: str):
+    """The step mode of the StepWise that holds the module ``name`` (every place it is registered: the
+    same StepWise mode), or None when it sits elsewhere."""
+    m = model.get_submodule(name)
+    modes = set()
+    for where, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in parent.named_children():
+            if child is m:
+                if not (isinstance(parent, StepWise) and type(parent).forward is StepWise.forward):
+                    return None
+                modes.add(parent.step_mode)
+    return modes.pop() if len(modes) == 1 else None
+
+
+def _image_feeders(model: nn.Module) -> list:
+    """The neurons (names) of the converted ``model`` that may hand their spikes over as a SpikeImage:
+    called once, without hooks, every use of their output a spike convolution or spike pooling
+    without hooks (a max pooling's output in turn used only so), or a shape query."""
+    try:
+        graph = _tracer().trace(model)
+    except Exception:  # untraceable: no packed images (the Linear hand-over has its own fallback)
+        return []
+    modules = dict(model.named_modules())
+
+    def takes_images(node) -> bool:
+        users = [u for u in node.users if not (u.op == "call_function" and u.target is getattr and
+                                                u.args[1:] == ("shape",))]
+        if not users:
+            return False
+        for u in users:
+            m = modules.get(u.target) if u.op == "call_module" else None
+            if m is None or _call_hooks(m) or tuple(u.args) != (node,) or u.kwargs:
+                return False
+            if type(m) in (SpikeConv2d, SpikeAvgPool2d, SpikeSumPool2d):
+                continue
+            if type(m) is SpikeMaxPool2d and takes_images(u):
+                continue
+            return False
+        return True
+
+    out = []
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), BaseNeuron):
+            neuron = modules[node.target]
+            if _emits_spikes(neuron) and _calls(graph, node.target) == 1 and not _call_hooks(neuron) \
+                    and takes_images(node):
+                out.append(node.target)
+    return out
 
 
 def _mutated(start, modules) -> bool:

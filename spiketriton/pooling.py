@@ -57,11 +57,12 @@ class SpikeMaxPool2d(_SeqPool, nn.MaxPool2d):
         self.backend = check_backend(backend, "SpikeMaxPool2d")
 
     @classmethod
-    def from_pool(cls, pool: nn.MaxPool2d) -> "SpikeMaxPool2d":
+    def from_pool(cls, pool: nn.MaxPool2d, backend: str = "auto") -> "SpikeMaxPool2d":
         """The same pooling as the ``nn.MaxPool2d`` ``pool``."""
         if not isinstance(pool, nn.MaxPool2d):
             raise TypeError(f"SpikeMaxPool2d.from_pool: expected an nn.MaxPool2d, got {type(pool).__name__}")
-        new = cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+        new = cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode,
+                  backend)
         new.train(pool.training)
         return new
 
@@ -88,12 +89,12 @@ class SpikeAvgPool2d(_SeqPool, nn.AvgPool2d):
         self.backend = check_backend(backend, type(self).__name__)
 
     @classmethod
-    def from_pool(cls, pool: nn.AvgPool2d) -> "SpikeAvgPool2d":
+    def from_pool(cls, pool: nn.AvgPool2d, backend: str = "auto") -> "SpikeAvgPool2d":
         """The same pooling as the ``nn.AvgPool2d`` ``pool``."""
         if not isinstance(pool, nn.AvgPool2d):
             raise TypeError(f"{cls.__name__}.from_pool: expected an nn.AvgPool2d, got {type(pool).__name__}")
         new = SpikeAvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
-                             pool.divisor_override)
+                             pool.divisor_override, backend)
         new.train(pool.training)
         return new
 

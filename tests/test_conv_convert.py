@@ -1,0 +1,251 @@
+"""Conv SNNs: multi-step BatchNorm (SpikingJelly's semantics), BatchNorm folding into (Spike)Conv2d, and
+convert() on conv nets (Conv2d in a StepWise fed by neurons -> SpikeConv2d, max pooling of spikes ->
+SpikeMaxPool2d, the packed hand-over): the same spikes and the same gradients as before."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import spiketriton as st
+from spiketriton.ann2snn import fold_batchnorm, fold_batchnorms
+
+
+def _vgg(seed=0, C=3, pool=nn.MaxPool2d):
+    """A small Spiking VGG: conv-BN-LIF blocks in StepWise, max and average pooling, a Linear head."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        st.StepWise(nn.Conv2d(C, 8, 3, padding=1), nn.BatchNorm2d(8)), st.LIF(),
+        st.StepWise(nn.Conv2d(8, 11, 3, padding=1), nn.BatchNorm2d(11)), st.LIF(),
+        st.StepWise(pool(2)),
+        st.StepWise(nn.Conv2d(11, 9, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(9)), st.LIF(),
+        st.StepWise(nn.MaxPool2d(2, ceil_mode=True), nn.Flatten()),
+        nn.Linear(9, 10), st.LIF(), nn.Linear(10, 4),
+    )
+    with torch.no_grad():  # drive the neurons so that every layer fires
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.5)
+                m.bias.fill_(0.6)
+        net[8].weight.mul_(4.0)
+        net[8].bias.fill_(0.5)
+    return net
+
+
+def _copy(net):
+    new = _vgg()
+    new.load_state_dict(net.state_dict())
+    return new
+
+
+def _run(net, x, g):
+    """Output and the gradients of the input and of every parameter for upstream gradient ``g``."""
+    st.reset(net)
+    x = x.clone().requires_grad_()
+    y = net(x)
+    params = [p for p in net.parameters()]
+    grads = torch.autograd.grad(y, [x] + params, g)
+    st.reset(net)
+    return y.detach(), grads
+
+
+# --------------------------------------------------------------------------------------------- #
+# multi-step BatchNorm and folding
+# --------------------------------------------------------------------------------------------- #
+
+
+def test_multistep_batchnorm_is_spikingjellys():
+    """StepWise(nn.BatchNorm2d) normalises over T x B x H x W, as SpikingJelly's layer.BatchNorm2d with
+    step_mode='m': the same outputs, gradients and running statistics, in training and in eval."""
+    sj_layer = pytest.importorskip("spikingjelly.activation_based.layer")
+    ours, theirs = st.StepWise(nn.BatchNorm2d(5)), sj_layer.BatchNorm2d(5, step_mode="m")
+    with torch.no_grad():
+        ours[0].weight.uniform_(0.5, 2.0)
+        ours[0].bias.uniform_(-1.0, 1.0)
+    theirs.load_state_dict(ours[0].state_dict())
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):  # running statistics move with each training batch
+        x = torch.randn(4, 3, 5, 6, 7, generator=gen) * 2 + 1
+        g = torch.randn(x.shape, generator=gen)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+        ga = torch.autograd.grad(ya, [xa, ours[0].weight, ours[0].bias], g)
+        gb = torch.autograd.grad(yb, [xb, theirs.weight, theirs.bias], g)
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(ours[0].running_mean, theirs.running_mean, rtol=0, atol=0)
+        torch.testing.assert_close(ours[0].running_var, theirs.running_var, rtol=0, atol=0)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "stepwise", "spikingjelly"])
+def test_fold_batchnorm_into_spike_conv(wrap):
+    conv = st.SpikeConv2d(3, 6, 3, stride=2, padding=1, bias=False, backend="torch")
+    bn2d = nn.BatchNorm2d(6)
+    if wrap == "spikingjelly":
+        sj_layer = pytest.importorskip("spikingjelly.activation_based.layer")
+        bn = sj_layer.BatchNorm2d(6, step_mode="m")
+    else:
+        bn = st.StepWise(bn2d) if wrap == "stepwise" else bn2d
+    inner = bn if wrap != "stepwise" else bn[0]
+    with torch.no_grad():
+        inner.running_mean.uniform_(-1, 1)
+        inner.running_var.uniform_(0.5, 2)
+        inner.weight.uniform_(0.5, 2)
+        inner.bias.uniform_(-1, 1)
+    s = (torch.rand(2, 3, 3, 9, 9, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    want = bn.eval()(conv(s)) if wrap != "plain" else bn.eval()(conv(s).flatten(0, 1)).unflatten(0, (2, 3))
+    folded = fold_batchnorm(conv, bn)
+    assert type(folded) is st.SpikeConv2d and folded.backend == "torch" and folded.bias is not None
+    assert folded.weight is not conv.weight and conv.bias is None  # a copy; the conv is untouched
+    torch.testing.assert_close(folded(s), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batchnorm_refuses_mismatches():
+    with pytest.raises(ValueError, match="fold_batchnorm: a BatchNorm1d after a SpikeConv2d"):
+        fold_batchnorm(st.SpikeConv2d(2, 4, 3), nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="fold_batchnorm: the BatchNorm2d normalises 5 features but the Conv2d gives 4"):
+        fold_batchnorm(nn.Conv2d(2, 4, 3), st.StepWise(nn.BatchNorm2d(5)))
+    with pytest.raises(TypeError, match="fold_batchnorm: expected an nn.Conv2d/nn.Linear and a BatchNorm"):
+        fold_batchnorm(nn.Conv2d(2, 4, 3), st.StepWise(nn.BatchNorm2d(4), nn.ReLU()))
+    with pytest.raises(TypeError, match="fold_batchnorms: model must be a torch.nn.Module"):
+        fold_batchnorms("net")
+
+
+def test_fold_batchnorms_of_a_converted_conv_net_computes_eval_mode():
+    net = _vgg()
+    x = torch.rand(3, 2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    net.train()
+    for _ in range(2):  # running statistics
+        net(x)
+        st.reset(net)
+    st.convert(net, backend="torch")
+    net.eval()
+    with torch.no_grad():
+        want = net(x)
+        st.reset(net)
+        folded = fold_batchnorms(net)
+        got = folded(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 3  # the model is untouched
+    assert [type(m).__name__ for m in folded[2]] == ["SpikeConv2d", "Identity"]
+    # the folded weights round differently: a spike may flip only where a potential sits at the threshold
+    assert (got - want).abs().max() < 1e-4 or (got != want).float().mean() < 0.01
+    # a BN as the first module of the next StepWise folds too; one after a ReLU does not
+    split = nn.Sequential(st.StepWise(nn.Conv2d(2, 3, 1)), st.StepWise(nn.BatchNorm2d(3), nn.ReLU()),
+                          st.StepWise(nn.ReLU()), st.StepWise(nn.BatchNorm2d(3)))
+    f = fold_batchnorms(split)
+    assert [type(m).__name__ for m in f.modules()].count("BatchNorm2d") == 1
+    assert isinstance(f[1][0], nn.Identity) and not f.training
+
+
+# --------------------------------------------------------------------------------------------- #
+# convert() on conv nets
+# --------------------------------------------------------------------------------------------- #
+
+
+def _kinds(net):
+    return [type(m).__name__ for m in net.modules() if not isinstance(m, (nn.Sequential,))]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "float"])
+def test_convert_spiking_vgg_same_spikes_and_gradients(packed):
+    net = _vgg()
+    ref = _copy(net)
+    st.convert(net, backend="torch", packed=packed)
+    kinds = _kinds(net)
+    assert kinds.count("SpikeConv2d") == 2 and kinds.count("Conv2d") == 1  # the first conv reads the input
+    assert kinds.count("SpikeMaxPool2d") == 2 and kinds.count("SpikeLinear") == 2
+    assert net[2][0].step_mode == "m" and isinstance(net[2][0], st.SpikeConv2d)
+    assert net[0][0].weight is ref[0][0].weight or torch.equal(net[0][0].weight, ref[0][0].weight)
+    x = torch.rand(3, 2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    g = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(4))
+    net.train(), ref.train()
+    y, grads = _run(net, x, g)
+    y_ref, grads_ref = _run(ref, x, g)
+    assert y.abs().sum() > 0
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    names = ["input"] + [n for n, _ in net.named_parameters()]
+    for name, a, b in zip(names, grads, grads_ref):
+        assert b.abs().sum() > 0, name  # every gradient is exercised
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # the neurons before a SpikeConv2d hand over a SpikeImage, the one before a SpikeLinear a SpikeTensor;
+    # the one before the max pooling + Flatten (a tensor module) float spikes
+    assert [net[i].packed_output for i in (1, 3, 6, 9)] == (["image", "image", False, True] if packed else [False] * 4)
+
+
+def test_converted_conv_net_single_steps_equal_multi_step():
+    net = _vgg()
+    st.convert(net, backend="torch", packed=False)
+    net.eval()
+    x = torch.rand(3, 2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = net(x)
+        st.set_step_mode(net, "s")
+        assert net[2][0].step_mode == "s"
+        got = torch.stack([net(x[t]) for t in range(3)])
+        st.set_step_mode(net, "m")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _ManualFold(nn.Module):
+    """A Conv2d called on [T*B, ...] in the user's own forward (not a StepWise): left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.lif, self.conv = st.LIF(), nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        s = self.lif(x)
+        return self.conv(s.flatten(0, 1)).unflatten(0, (x.shape[0], x.shape[1]))
+
+
+@pytest.mark.parametrize("case", ["after-avgpool", "after-dropout", "own-forward", "reflect", "shared-on-input",
+                                  "inplace", "first-layer"])
+def test_convert_leaves_convs_that_do_not_read_spikes(case):
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    if case == "after-avgpool":  # averages of spikes are fractions, not spikes
+        net = nn.Sequential(st.LIF(), st.StepWise(nn.AvgPool2d(2), conv))
+    elif case == "after-dropout":  # 0 or 1/(1-p): not 0/1
+        net = nn.Sequential(st.LIF(), st.StepWise(nn.Dropout(0.5), conv))
+    elif case == "own-forward":
+        net = _ManualFold()
+        conv = net.conv
+    elif case == "reflect":
+        conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")
+        net = nn.Sequential(st.LIF(), st.StepWise(conv))
+    elif case == "shared-on-input":  # called once on spikes, once on the input
+        net = nn.Sequential(st.StepWise(conv), st.LIF(), st.StepWise(conv))
+        conv = nn.Conv2d(2, 2, 3, padding=1)
+        net = nn.Sequential(st.StepWise(conv), st.LIF(), st.StepWise(conv))
+    elif case == "inplace":  # spikes changed in place before the conv
+        net = nn.Sequential(st.LIF(), st.StepWise(nn.ReLU(inplace=True), conv))
+    else:
+        net = nn.Sequential(st.StepWise(conv), st.LIF())
+    st.convert(net)
+    assert any(m is conv for m in net.modules()) and type(conv) is nn.Conv2d
+
+
+def test_convert_moves_hooks_and_keeps_a_hooked_neuron_unpacked():
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(), st.StepWise(nn.Conv2d(4, 4, 3)), st.LIF())
+    seen = []
+    handle = net[2][0].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    net[1].register_forward_hook(lambda m, i, o: None)  # a monitor on the neuron: it must see float spikes
+    st.convert(net, backend="torch")
+    assert isinstance(net[2][0], st.SpikeConv2d) and net[1].packed_output is False
+    net(torch.rand(2, 1, 2, 6, 6))
+    assert seen == ["SpikeConv2d"]
+    handle.remove()
+    net(torch.rand(2, 1, 2, 6, 6))
+    assert seen == ["SpikeConv2d"]
+
+
+def test_stepwise_refuses_a_spike_image_for_a_tensor_module():
+    img = st.pack_image((torch.rand(2, 3, 4, 5, 5) < 0.5).float(), backend="torch")
+    with pytest.raises(TypeError, match=r"StepWise: module 0 \(Flatten\) takes tensors, but its input is a SpikeImage"):
+        st.StepWise(nn.Flatten())(img)
+    out = st.StepWise(st.SpikeMaxPool2d(2), st.SpikeSumPool2d(2, backend="torch"))(img)
+    assert out.shape == (2, 3, 4, 1, 1)
