@@ -202,6 +202,7 @@ class _Learner:
         self.trace_pre: Optional[torch.Tensor] = None   # [B, K] fp32
         self.trace_post: Optional[torch.Tensor] = None  # [B, N] fp32
         self.enabled = True
+        self._work = None  # the torch path's (P, D) work buffers, fp32 [N, K], kept between updates
         self._handles = [synapse.register_forward_pre_hook(self._pre_hook),
                          neuron.register_forward_hook(self._post_hook)]
 
@@ -262,11 +263,12 @@ class _Learner:
         self.trace_pre = self.trace_post = None
 
     def detach(self) -> None:
-        """Remove the hooks and forget records and traces. Calling it again does nothing."""
+        """Remove the hooks and forget records, traces and work buffers. Calling it again does nothing."""
         for h in self._handles:
             h.remove()
         self._handles = []
         self.reset()
+        self._work = None
 
     def __enter__(self):
         return self
@@ -469,13 +471,38 @@ class STDPLearner(_Learner):
             if apply_lr is not None:
                 self.constrain_()  # (the clipping is done; the normalisation, if any)
             return dw
-        P, D, self.trace_pre, self.trace_post = stdp_products(
-            pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, self.backend)
+        if apply_lr is None or use_triton(self.backend, w, op=self._op):
+            P, D, self.trace_pre, self.trace_post = stdp_products(
+                pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, self.backend)
+        else:  # the torch path writes P and D into work buffers kept between updates
+            ws = self._work
+            if ws is None or ws[0].shape != (N, K) or ws[0].device != w.device:
+                ws = self._work = (torch.empty(N, K, device=w.device), torch.empty(N, K, device=w.device))
+            P, D, self.trace_pre, self.trace_post = KS.stdp_products_torch(
+                pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, out=ws)
+            if self._apply_in_place(P, D, apply_lr):
+                return None
         dw = self._combine(P, D)
         if apply_lr is None:
             return dw
         self._apply(dw, apply_lr, False)
         return None
+
+    def _apply_in_place(self, P: torch.Tensor, D: torch.Tensor, lr: float) -> bool:
+        """``W += lr * dW`` straight from ``P`` and ``D`` without an ``[N, K]`` temporary, for an fp32
+        weight and the built-in rules (then the clipping and normalisation); False when not applicable.
+        Soft bounds: with ``S = a_plus P + a_minus D``, ``dW = (w_max - W) S - (w_max - w_min) a_minus D``."""
+        w = self.synapse.weight.data
+        if self.f_pre is not None or self.f_post is not None or w.dtype != torch.float32:
+            return False
+        if self.bounds == "soft":
+            S = P.mul_(self.a_plus).add_(D, alpha=self.a_minus)
+            w.addcmul_(w, S, value=-lr).add_(S, alpha=lr * self.w_max)
+            w.add_(D, alpha=-lr * self.a_minus * (self.w_max - self.w_min))
+        else:
+            w.add_(P, alpha=lr * self.a_plus).add_(D, alpha=-lr * self.a_minus)
+        self.constrain_()
+        return True
 
 
 class RSTDPLearner(_Learner):

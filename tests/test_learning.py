@@ -262,6 +262,7 @@ def test_no_float_spikes_kept_and_no_autograd():
     lrn.step(0.1)
     tensors = [v for v in vars(lrn).values() if isinstance(v, torch.Tensor)]
     assert {tuple(t.shape) for t in tensors} == {(B, K), (B, N)}  # only the traces are left
+    assert [(tuple(t.shape), t.dtype) for t in lrn._work] == [((N, K), torch.float32)] * 2  # + P, D buffers
     assert all(t.dtype == torch.float32 and t.grad_fn is None and not t.requires_grad for t in tensors)
     assert lrn._pre == [] and lrn._post == []
     assert fc.weight.grad is None and fc.weight.grad_fn is None
@@ -591,3 +592,22 @@ def test_stdp_products_errors():
         stdp_products(u, u, 8, 8, tr, tr, 0.9, 2.0)
     with pytest.raises(ValueError, match="differ in T or B"):
         stdp_products(u, u[:1], 8, 8, tr, tr, 2.0, 2.0)
+
+
+def test_guide_python_blocks_run(tmp_path, monkeypatch):
+    """docs/guides/local-learning.md: every python block runs on its own (a fresh scope each), as a user
+    on a CPU runs it: on the torch paths (TRITON_INTERPRET dropped for the test: "auto" then picks the
+    torch path for CPU tensors; under the interpreter the same blocks take ~45 s here)."""
+    import pathlib
+    import re
+
+    guide = pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "local-learning.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for i, code in enumerate(blocks):
+        try:
+            exec(compile(code, f"local-learning.md python block {i}", "exec"), {"__name__": "__guide__"})
+        except Exception as e:  # pragma: no cover - the failure message is the point
+            pytest.fail(f"local-learning.md python block {i} failed: {type(e).__name__}: {e}\n{code}")

@@ -36,14 +36,13 @@ def _trace_step(tr: torch.Tensor, s: torch.Tensor, tau: float, exp_decay: bool) 
 
 
 def stdp_products_torch(pre: torch.Tensor, post: torch.Tensor, K: int, N: int, tr_pre: torch.Tensor,
-                        tr_post: torch.Tensor, tau_pre: float, tau_post: float, exp_decay: bool = False,
-                        per_step: bool = False):
+                        tr_post: torch.Tensor, tau_pre: float, tau_post: float, exp_decay: bool = False, out=None):
     """``(P, D, tr_pre_last, tr_post_last)`` with the PyTorch ops (any device).
 
     The spikes are unpacked here, inside the update, one float copy ``[T, B, K]`` that lives until it
     returns; the traces of every step are kept ``[T, B, K]`` and the two sums are two BLAS matmuls over
-    the ``T * B`` rows. ``per_step=True`` returns ``P`` and ``D`` for every step, ``[T, N, K]`` (the
-    eligibility of the reward-modulated rule) instead of their sum.
+    the ``T * B`` rows, written into ``out = (P, D)`` (fp32 ``[N, K]`` work buffers) when given: on the
+    CPU a fresh 64 MiB result costs more than its matmul (page faults; 4096 x 4096, batch 32, 1 thread).
     """
     T, B = pre.shape[0], pre.shape[1]
     s_pre = unpack_bits(pre, K, torch.float32)
@@ -54,12 +53,9 @@ def stdp_products_torch(pre: torch.Tensor, post: torch.Tensor, K: int, N: int, t
     for t in range(T):
         tp = tp_seq[t] = _trace_step(tp, s_pre[t], tau_pre, exp_decay)
         tq = tq_seq[t] = _trace_step(tq, s_post[t], tau_post, exp_decay)
-    if per_step:
-        P = torch.bmm(s_post.transpose(1, 2), tp_seq)
-        D = torch.bmm(tq_seq.transpose(1, 2), s_pre)
-    else:
-        P = s_post.reshape(T * B, N).t() @ tp_seq.reshape(T * B, K)
-        D = tq_seq.reshape(T * B, N).t() @ s_pre.reshape(T * B, K)
+    P, D = out if out is not None else (None, None)
+    P = torch.mm(s_post.reshape(T * B, N).t(), tp_seq.reshape(T * B, K), out=P)
+    D = torch.mm(tq_seq.reshape(T * B, N).t(), s_pre.reshape(T * B, K), out=D)
     return P, D, tp.clone(), tq.clone()  # (copies: the last step's views would keep the sequences alive)
 
 
