@@ -43,6 +43,13 @@ __all__ = ["BaseNeuron", "IF", "LIF", "PLIF", "ExtendedLIF", "reset", "set_step_
 STEP_MODES = ("m", "s")
 
 
+def _check_packed_output(packed_output, op: str):
+    if not (isinstance(packed_output, bool) or packed_output == "image"):
+        raise ValueError(f"{op}: packed_output must be False, True (a SpikeTensor for SpikeLinear) or 'image' "
+                         f"(a SpikeImage for SpikeConv2d, from [T, B, C, H, W] input), got {packed_output!r}")
+    return packed_output
+
+
 def _check_step_mode(step_mode, op: str) -> str:
     if not isinstance(step_mode, str) or step_mode not in STEP_MODES:
         raise ValueError(f"{op}: step_mode must be 'm' (multi-step, [T, B, *features] per call) or 's' (single "
@@ -65,9 +72,11 @@ class BaseNeuron(nn.Module):
                  store_v_seq: bool = False):
         super().__init__()
         self.backend = check_backend(backend, type(self).__name__)
-        #: return spikes as a SpikeTensor (8 per byte) for a following SpikeLinear: the float spike
-        #: tensor is then never materialised, and backward keeps only H and these bits
-        self.packed_output = check_bool(packed_output, "packed_output", type(self).__name__)
+        #: True: return spikes as a SpikeTensor (8 per byte along the last dimension) for a following
+        #: SpikeLinear; "image": as a SpikeImage (8 channels per byte, channels-last) for a following
+        #: SpikeConv2d, from [T, B, C, H, W] input. The float spike tensor is then never materialised,
+        #: and backward keeps only H and these bits
+        self.packed_output = _check_packed_output(packed_output, type(self).__name__)
         self.step_mode = _check_step_mode(step_mode, type(self).__name__)
         #: keep the last call's ``h_seq`` / ``v_seq`` (costs writing H in fp32, as in training)
         self.store_v_seq = check_bool(store_v_seq, "store_v_seq", type(self).__name__)
@@ -140,7 +149,7 @@ class BaseNeuron(nn.Module):
             return spikes
         if isinstance(spikes, SpikeTensor):
             return SpikeTensor(spikes.data[0], spikes.k, spikes.anchor[0] if spikes.anchor is not None else None)
-        return spikes[0]
+        return spikes[0]  # a tensor, or a SpikeImage (its first leading dimension)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, B, *features]`` (``step_mode="m"``) or ``[B, *features]`` (``"s"``) -> spikes of
@@ -163,12 +172,13 @@ class BaseNeuron(nn.Module):
         reset = f"v_reset={s.v_reset}" if s.reset_mode == 0 else "v_reset=None (soft)"
         if s.v_init != (s.v_reset if s.reset_mode == 0 else 0.0):
             reset += f", v_init={s.v_init}"
-        packed = ", packed_output=True" if self.packed_output else ""
         return (f"v_threshold={s.v_threshold}, {reset}, surrogate={s.surrogate}, "
-                f"detach_reset={s.detach_reset}, backend={self.backend!r}{packed}{self._mode_repr()}")
+                f"detach_reset={s.detach_reset}, backend={self.backend!r}{self._mode_repr()}")
 
     def _mode_repr(self) -> str:
-        return (", step_mode='s'" if self.step_mode == "s" else "") + (", store_v_seq=True" if self.store_v_seq else "")
+        packed = f", packed_output={self.packed_output!r}" if self.packed_output else ""
+        return (packed + (", step_mode='s'" if self.step_mode == "s" else "")
+                + (", store_v_seq=True" if self.store_v_seq else ""))
 
 
 class IF(BaseNeuron):

@@ -233,7 +233,8 @@ def _dense_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, pad4,
     if pb != pt or pr != pl:  # the extra row/column of an asymmetric ('same' with an even kernel) padding
         x = F.pad(x, (0, pr - pl, 0, pb - pt))
     y = F.conv2d(x, weight.to(acc), bias.to(acc) if bias is not None else None, stride, (pt, pl), dilation, groups)
-    return y.to(weight.dtype)
+    # channels-last memory on every path (the kernels' layout, see kernels.spike_conv.out_like)
+    return y.to(weight.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _conv_dx(gy: Tensor, weight: Tensor, in_hw: Tuple[int, int], stride, pad4, dilation, groups) -> Tensor:
@@ -263,7 +264,7 @@ def _conv_fwd_body(packed, C, anchor, dense, weight, weight_r, bias, stride, pad
         if triton:
             return KSC.spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, weight_r)
         x = (dense != 0) if dense is not None else _unpack_cl(packed, C, ops.acc_dtype(weight), False)
-        return _dense_conv(x, weight, bias, stride, pad4, dilation, groups).contiguous()
+        return _dense_conv(x, weight, bias, stride, pad4, dilation, groups)
 
 
 def _conv_dw_body(gy, packed, C, w_shape, stride, pad4, dilation, groups, triton):
@@ -316,7 +317,7 @@ def _(packed, C, anchor, dense, weight, weight_r, bias, stride, pad4, dilation, 
     kh, kw = weight.shape[2:]
     Ho = _out_size(H, kh, stride[0], pad4[0], pad4[1], dilation[0])
     Wo = _out_size(W, kw, stride[1], pad4[2], pad4[3], dilation[1])
-    return weight.new_empty((N, weight.shape[0], Ho, Wo))
+    return KSC.out_like(N, weight.shape[0], Ho, Wo, weight.device, weight.dtype)
 
 
 def _conv_backward(ctx, gy):

@@ -26,6 +26,7 @@ from ..spec import FAMILY_A, FAMILY_B, RESET_HARD, RESET_SOFT, RESET_SOFT_CONSTA
 from . import ops
 from ._backend import use_triton
 from ._checks import check_bool, finite, finite_tensor
+from .images import SpikeImage
 from .spikes import SpikeTensor
 
 __all__ = ["if_neuron", "lif", "plif", "extended_lif", "ExtendedLIFState", "run_neuron"]
@@ -116,7 +117,7 @@ def run_neuron(
     spec: NeuronSpec,
     backend: str = "auto",
     op: str = "neuron",
-    packed: bool = False,
+    packed: Union[bool, str] = False,
     record: bool = False,
 ):
     """Run any neuron spec. Returns ``(spikes, v_last, a_last, ref_last)``: spikes in the input dtype,
@@ -126,6 +127,16 @@ def run_neuron(
 
     ``packed=True`` returns the spikes as a :class:`~spiketriton.functional.spikes.SpikeTensor` instead:
     the kernels write them 8 per byte only, and their gradient flows back through its anchor.
+    ``packed="image"`` (for ``x_seq [T, B, C, H, W]``, the input of a
+    :class:`~spiketriton.SpikeConv2d`) returns a :class:`~spiketriton.functional.images.SpikeImage`:
+    the spikes packed 8 channels per byte, channels-last, with the same anchor mechanism.
+
+    Memory order: an image sequence ``[T, B, C, H, W]`` stored channels-last (``[T, B, H, W, C]``
+    contiguous, as SpikeConv2d writes its output) is run in that order, so that the kernels read it
+    without a copy; with ``packed="image"`` it is always run channels-last (the packed channel bytes
+    are the neuron's own bits), which copies an NCHW-contiguous input once (one read and write of
+    ``x_seq``, and of its gradient in backward). States and spikes come back in the logical shapes
+    (float spikes and states then channels-last in memory).
 
     ``record=True`` appends a :class:`StateRecord` (``.h``, ``.v``; unpacks as ``(h_seq, v_seq)``), the potential before the reset (``H``, what is compared
     with the threshold) and after it (``V``, the state carried to the next step; for ExtendedLIF after
@@ -133,6 +144,11 @@ def run_neuron(
     in fp32) and V follows from it with the kernels' reset rule (:func:`v_sequence`).
     """
     check_sequence(x_seq, op)
+    if not (isinstance(packed, bool) or packed == "image"):
+        raise ValueError(f"{op}: packed must be True, False or 'image', got {packed!r}")
+    if packed == "image" and x_seq.dim() != 5:
+        raise ValueError(f"{op}: packed='image' (spikes packed for SpikeConv2d) takes a sequence of images "
+                         f"[T, B, C, H, W], got shape {tuple(x_seq.shape)}")
     if not isinstance(spec, NeuronSpec):
         raise TypeError(f"{op}: spec must be a spiketriton.spec.NeuronSpec, got {type(spec).__name__}")
     if not isinstance(params, torch.Tensor) or not params.is_floating_point() or params.numel() != spec.n_params:
@@ -143,6 +159,14 @@ def run_neuron(
     v0 = _check_state(v0, x_seq, "v", op)
     a0 = _check_state(a0, x_seq, "v_th_adpt", op)
     ref0 = _check_state(ref0, x_seq, "ref_cnt", op, integer=True)
+    # image sequences run channels-last when packed for a conv, or when stored that way (see above)
+    image = packed == "image"
+    cl = image or (packed is False and x_seq.dim() == 5 and not x_seq.is_contiguous()
+                   and x_seq.movedim(2, -1).is_contiguous())
+    if cl:
+        C = x_seq.shape[2]
+        x_seq = x_seq.movedim(2, -1)
+        v0, a0, ref0 = (t.movedim(1, -1) if t is not None else None for t in (v0, a0, ref0))
     if params.device != x_seq.device:
         raise ValueError(f"{op}: parameters are on {params.device} but x_seq is on {x_seq.device}; move the module with .to()")
     triton_ok = use_triton(backend, x_seq, op=op)
@@ -168,8 +192,15 @@ def run_neuron(
     # directly in eager mode; with a gradient it saves only what backward reads, without one nothing
     # is written for backward
     spikes, v_last, a_last, ref_last, h, bits, vth, _, _ = ops.call_neuron_fwd(
-        x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad or record, h_fp32, packed)
-    if packed:
+        x_seq, v0f, a0f, ref0i, params, spec_i, spec_f, triton_ok, needs_grad or record, h_fp32, bool(packed))
+    if cl:  # back to the logical [T, B, C, H, W] / [B, C, H, W] (views)
+        spikes = spikes.movedim(-1, 2)
+        v_last, a_last, ref_last = (t.movedim(-1, 1) if t.dim() == 4 else t for t in (v_last, a_last, ref_last))
+        h = h.movedim(-1, 2) if (h is not None and h.dim() == 5) else h
+        vth = vth.movedim(-1, 2) if (vth is not None and vth.dim() == 5) else vth
+    if image:
+        spikes = SpikeImage(bits, C, spikes if needs_grad else None)
+    elif packed:
         spikes = SpikeTensor(bits, x_seq.shape[-1], spikes if needs_grad else None)
     if record:
         vth = vth.detach() if (spec.family != FAMILY_A and spec.adaptive) else None

@@ -63,13 +63,14 @@ def reorder_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @triton.jit
-def _pixel_rows(rm, M, HoWo, Wo, SH, SW, PT, PL):
-    """Output pixel rows ``rm`` -> (image index, flat output pixel, first input row/column of the window)."""
+def _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL):
+    """Output pixel rows ``rm`` -> (image index, output row, output column, first input row/column of
+    the window)."""
     img = rm // HoWo
     p = rm - img * HoWo
     oh = p // Wo
     ow = p - oh * Wo
-    return img, p, oh * SH - PT, ow * SW - PL
+    return img, oh, ow, oh * SH - PT, ow * SW - PL
 
 
 @triton.jit
@@ -89,7 +90,7 @@ def _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
               BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc[BLOCK_N, BLOCK_M] = sum over K steps [st_lo, st_hi) of Wr[rn, k] S_col[rm, k]`` (rn are
     global output channels of group g). Returns ``(acc, lost)`` (see ``_mma``)."""
-    img, p, ih0, iw0 = _pixel_rows(rm, M, HoWo, Wo, SH, SW, PT, PL)
+    img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL)
     gbyte = g * (CGB // P_DIV) * P_DIV  # the group's first byte in a pixel
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     lost = 0
@@ -105,7 +106,7 @@ def _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
         s = _spike_operand(p_ptr, pix, gbyte * 8 + c0, gbyte + CGB, 1, ok, ONE_BITS, BLOCK_K, True)
         acc, lost_k = _mma(w, s, acc, MODE, INTERP, check)
         lost = lost | lost_k
-    return acc, lost, img, p
+    return acc, lost, img, oh, ow
 
 
 @triton.jit
@@ -113,10 +114,10 @@ def _spike_conv_fwd_kernel(
     p_ptr,       # [N, H, W, CB] uint8 packed spikes, contiguous
     w_ptr,       # [CO, KT] reordered weight (fp32 / fp16 / bf16), contiguous
     b_ptr,       # [CO] bias (read if HAS_BIAS)
-    y_ptr,       # [N, CO, Ho, Wo] out, or the [SPLIT, N, CO, Ho, Wo] fp32 workspace if SPLIT > 1
+    y_ptr,       # [N, CO, Ho, Wo] out (strides sy*; sys between splits), or the fp32 workspace if SPLIT > 1
     flag_ptr,    # [SPLIT, GROUPS * n_n] int8 out: 1 where a weight lost bits in the split (MODE_SPLIT3)
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
-    STEPS, STEPS_PER_SPLIT,
+    STEPS, STEPS_PER_SPLIT, syn, syc, syh, syw, sys,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
     INTERP: tl.constexpr, P_DIV: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -135,16 +136,16 @@ def _spike_conv_fwd_kernel(
     st_lo = pid_k * STEPS_PER_SPLIT
     st_hi = min(st_lo + STEPS_PER_SPLIT, STEPS)
     check = pid_m == 0  # the first M tile checks the weights of its N block
-    acc, lost, img, p = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
+    acc, lost, img, oh, ow = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
                                   M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, check,
                                   MODE, ONE_BITS, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
     if MODE == 1:
         if check:
             tl.store(flag_ptr + pid_k * tl.num_programs(1) * n_n + g * n_n + pid_n, lost.to(tl.int8))
-    out = y_ptr + (img * CO * HoWo + p)[None, :] + rn[:, None] * HoWo
+    out = y_ptr + (img * syn + oh * syh + ow * syw)[None, :] + rn[:, None] * syc
     mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT > 1:  # fp32 partial sum of this K range; the launcher adds them and the bias
-        tl.store(out + pid_k.to(tl.int64) * M * CO, acc, mask=mask)
+        tl.store(out + pid_k.to(tl.int64) * sys, acc, mask=mask)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=mask_n, other=0).to(tl.float32)[:, None]
@@ -155,6 +156,7 @@ def _spike_conv_fwd_kernel(
 def _fallback_conv_fwd_kernel(
     p_ptr, w_ptr, b_ptr, y_ptr, flag_ptr,   # as _spike_conv_fwd_kernel; y is the final output
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
+    syn, syc, syh, syw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
     MAIN_BLOCK_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -171,18 +173,18 @@ def _fallback_conv_fwd_kernel(
         for m0 in range(0, M, BLOCK_M):
             rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
             mask_m = rm < M
-            acc, _lost, img, p = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, 0, STEPS,
+            acc, _lost, img, oh, ow = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, 0, STEPS,
                                            M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
                                            False, 3, -1, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rn, mask=mask_n, other=0).to(tl.float32)[:, None]
-            tl.store(y_ptr + (img * CO * HoWo + p)[None, :] + rn[:, None] * HoWo, acc,
+            tl.store(y_ptr + (img * syn + oh * syh + ow * syw)[None, :] + rn[:, None] * syc, acc,
                      mask=mask_n[:, None] & mask_m[None, :])
 
 
 @triton.jit
 def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
-             H, W, Wo, HoWo, CB, CGB, CO, KW, SH, SW, PT, PL, DH, DW, check,
+             H, W, Wo, HoWo, CB, CGB, KW, SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check,
              MODE: tl.constexpr, ONE_BITS: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc[BLOCK_N, BLOCK_K] = sum_{m in [m_lo, m_hi)} dY[m, rn] S_col[m, tap, c0 : c0 + BLOCK_K]``."""
@@ -194,10 +196,10 @@ def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
     for m0 in range(m_lo, m_hi, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         mask_m = rm < m_hi
-        img, p, ih0, iw0 = _pixel_rows(rm, m_hi, HoWo, Wo, SH, SW, PT, PL)
+        img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL)
         pix, ok = _tap_rows(img, ih0, iw0, mask_m, i, j, H, W, CB, DH, DW, P_DIV)
-        # dY.T tile [BLOCK_N, BLOCK_M] (dY is NCHW): the A operand
-        gy = tl.load(g_ptr + (img * CO * HoWo + p)[None, :] + rn[:, None] * HoWo,
+        # dY.T tile [BLOCK_N, BLOCK_M] (dY [N, CO, Ho, Wo] with strides sg*): the A operand
+        gy = tl.load(g_ptr + (img * sgn + oh * sgh + ow * sgw)[None, :] + rn[:, None] * sgc,
                      mask=mask_n[:, None] & mask_m[None, :], other=0.0)
         s = _spike_operand(p_ptr, pix, gbyte * 8 + c0, gbyte + CGB, 1, ok, ONE_BITS, BLOCK_K, False)
         acc, lost_m = _mma(gy, s, acc, MODE, INTERP, check)
@@ -207,12 +209,12 @@ def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
 
 @triton.jit
 def _spike_conv_dw_kernel(
-    g_ptr,       # [N, CO, Ho, Wo] upstream gradient, contiguous
+    g_ptr,       # [N, CO, Ho, Wo] upstream gradient (strides sg*: NCHW or channels-last)
     p_ptr,       # [N, H, W, CB] uint8 packed spikes
     dw_ptr,      # [CO, KT] out (reordered dW, dtype of dY), or the [SPLIT, CO, KT] fp32 workspace
     flag_ptr,    # [SPLIT, GROUPS * n_n] int8 out: 1 where a dY value lost bits in the split (MODE_SPLIT3)
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
-    M_PER_SPLIT,
+    M_PER_SPLIT, sgn, sgc, sgh, sgw,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -230,8 +232,8 @@ def _spike_conv_dw_kernel(
     m_lo = pid_s * M_PER_SPLIT
     m_hi = min(m_lo + M_PER_SPLIT, M)
     check = st == 0  # the first K tile checks the gradients of its N block
-    acc, lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi, H, W, Wo, HoWo, CB, CGB, CO, KW,
-                         SH, SW, PT, PL, DH, DW, check, MODE, ONE_BITS, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+    acc, lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi, H, W, Wo, HoWo, CB, CGB, KW,
+                         SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check, MODE, ONE_BITS, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
     if MODE == 1:
         if check:
             tl.store(flag_ptr + pid_s * tl.num_programs(0) + pid_ng, lost.to(tl.int8))
@@ -246,6 +248,7 @@ def _spike_conv_dw_kernel(
 def _fallback_conv_dw_kernel(
     g_ptr, p_ptr, dw_ptr, flag_ptr,         # as _spike_conv_dw_kernel; dw is the final output
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
+    sgn, sgc, sgh, sgw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
     SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
     MAIN_BLOCK_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -261,8 +264,8 @@ def _fallback_conv_dw_kernel(
         for st in range(0, STEPS):
             tap = st // NCB
             c0 = (st - tap * NCB) * BLOCK_K
-            acc, _lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, 0, M, H, W, Wo, HoWo, CB, CGB, CO, KW,
-                                  SH, SW, PT, PL, DH, DW, False, 3, -1, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+            acc, _lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, 0, M, H, W, Wo, HoWo, CB, CGB, KW,
+                                  SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, False, 3, -1, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
             kc = c0 + tl.arange(0, BLOCK_K)
             tl.store(dw_ptr + rn[:, None] * KT + (tap * CGP + kc)[None, :], acc,
                      mask=mask_n[:, None] & (kc < CGP)[None, :])
@@ -339,6 +342,13 @@ def conv_dw_config(geo: _Geom, dtype: torch.dtype, n_sms: int) -> dict:
     return cfg
 
 
+def out_like(N: int, CO: int, Ho: int, Wo: int, device, dtype) -> torch.Tensor:
+    """The convolution's output ``[N, C_out, H', W']`` in channels-last memory (``[N, H', W', C_out]``
+    contiguous): a neuron with ``packed_output="image"`` then packs along contiguous channels without a
+    copy (and a float-output neuron runs on it in that order too), see functional/neuron.py."""
+    return torch.empty((N, Ho, Wo, CO), device=device, dtype=dtype).permute(0, 3, 1, 2)
+
+
 def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, weight_r=None, config=None):
     """``packed [N, H, W, CB]`` uint8, ``weight [C_out, C/groups, kh, kw]`` -> ``[N, C_out, H', W']`` in
     the weight's dtype. ``weight_r``: :func:`reorder_weight` of the weight, when the caller keeps it."""
@@ -347,7 +357,7 @@ def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, we
     packed = packed.contiguous()
     geo = _Geom(packed, C, weight.shape, stride, pad4, dilation, groups)
     dev = weight.device
-    y = torch.empty((geo.N, geo.CO, geo.Ho, geo.Wo), device=dev, dtype=weight.dtype)
+    y = out_like(geo.N, geo.CO, geo.Ho, geo.Wo, dev, weight.dtype)
     if y.numel() == 0:
         return y
     if C == 0:
@@ -364,10 +374,15 @@ def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, we
     flags = torch.empty((split, groups * n_n), device=dev, dtype=torch.int8)
     interp = interpret_mode()
     rne = KSM._round_outside(weight.dtype, interp)
-    out = y if (split == 1 and not rne) else torch.empty((split,) + tuple(y.shape), device=dev, dtype=torch.float32)
+    if split == 1 and not rne:
+        out, sys = y, 0
+    else:  # [SPLIT, N, Ho, Wo, CO] fp32 partial sums, viewed [SPLIT, N, CO, Ho, Wo]
+        out = torch.empty((split, geo.N, geo.Ho, geo.Wo, geo.CO), device=dev, dtype=torch.float32).permute(0, 1, 4, 2, 3)
+        sys = out.stride(0)
+    sy = out.stride()[-4:]
     grid = (triton.cdiv(geo.M, cfg["BLOCK_M"]) * n_n, groups, split)
     _spike_conv_fwd_kernel[grid](
-        packed, wr, bias if bias is not None else wr, out, flags, *args, steps, per_split,
+        packed, wr, bias if bias is not None else wr, out, flags, *args, steps, per_split, *sy, sys,
         MODE=mode, ONE_BITS=KSM._one_bits(weight.dtype, interp), HAS_BIAS=bias is not None, SPLIT=split,
         INTERP=interp, P_DIV=geo.P_DIV, **cfg,
     )
@@ -382,7 +397,8 @@ def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, we
         fb = dict(_FALLBACK)
         ncb_fb, args_fb = geo.args(fb["BLOCK_K"])
         _fallback_conv_fwd_kernel[(triton.cdiv(geo.COG, fb["BLOCK_N"]), groups)](
-            packed, wr, bias if bias is not None else wr, y, flags, *args_fb, geo.KH * geo.KW * ncb_fb, groups * n_n,
+            packed, wr, bias if bias is not None else wr, y, flags, *args_fb, geo.KH * geo.KW * ncb_fb, *y.stride(),
+            groups * n_n,
             HAS_BIAS=bias is not None, SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
         )
     return y
@@ -393,7 +409,7 @@ def spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups, conf
     w_shape = tuple(w_shape)
     if not packed_ok(C, groups):
         return _dense_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups)
-    g = gy.contiguous()
+    g = gy
     packed = packed.contiguous()
     geo = _Geom(packed, C, w_shape, stride, pad4, dilation, groups)
     co, cg, kh, kw = w_shape
@@ -415,7 +431,7 @@ def spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups, conf
     dwr = torch.empty((co, geo.KT), device=dev, dtype=g.dtype)
     out = dwr if (split == 1 and not rne) else torch.empty((split, co, geo.KT), device=dev, dtype=torch.float32)
     _spike_conv_dw_kernel[(groups * n_n, steps, split)](
-        g, packed, out, flags, *args, m_per_split,
+        g, packed, out, flags, *args, m_per_split, *g.stride(),
         MODE=mode, ONE_BITS=KSM._one_bits(g.dtype, interp), SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, **cfg,
     )
     if split > 1:
@@ -426,7 +442,7 @@ def spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups, conf
         fb = dict(_FALLBACK)
         ncb_fb, args_fb = geo.args(fb["BLOCK_K"])
         _fallback_conv_dw_kernel[(triton.cdiv(geo.COG, fb["BLOCK_N"]), groups)](
-            g, packed, dwr, flags, *args_fb, geo.KH * geo.KW * ncb_fb, groups * n_n,
+            g, packed, dwr, flags, *args_fb, geo.KH * geo.KW * ncb_fb, *g.stride(), groups * n_n,
             SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
         )
     # [C_out, kh, kw, CGP] -> [C_out, C_g, kh, kw]
@@ -451,7 +467,7 @@ def _dense_fwd(packed, C, weight, bias, stride, pad4, dilation, groups):
     x = _dense_input(packed, C, pad4).to(weight.dtype if weight.is_cuda else torch.float32)
     w = weight if weight.is_cuda else weight.float()
     y = F.conv2d(x, w, bias.to(w.dtype) if bias is not None else None, stride, (pad4[0], pad4[2]), dilation, groups)
-    return y.to(weight.dtype).contiguous()
+    return y.to(weight.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _dense_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups):
