@@ -24,6 +24,9 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
                      on the CPU one torch thread unless --threads says otherwise)
   stdp               STDP update (record + step) of spiketriton.learning.STDPLearner vs SpikingJelly's STDPLearner,
                      N = K up to 4096, batch 32 (stdp.py, CPU and CUDA; on the CPU one torch thread)
+  conv_snn           a small Spiking VGG training step on 32x32 input, T = 4, B = 8: bytes saved for backward per
+                     neuron-step, time per step, peak CUDA memory; spiketriton before / after convert vs SpikingJelly
+                     (conv_snn.py, CPU and CUDA; on the CPU one torch thread)
 
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
 a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
@@ -50,7 +53,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp")
+SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn")
 
 #: suite -> device kind -> (script module, full-size argv, quick argv); None: cannot run on that kind
 #: (the reason is in NOT_ON). Full GPU sizes are the scripts' defaults (estimates in bench/README.md).
@@ -87,13 +90,17 @@ PLAN: Dict[str, Dict[str, Optional[tuple]]] = {
         "cpu": ("stdp", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
         "cuda": ("stdp", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
     },
+    "conv_snn": {
+        "cpu": ("conv_snn", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
+        "cuda": ("conv_snn", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
+    },
 }
 NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel and needs a CUDA GPU (on a CPU the "
                                  "Triton interpreter only checks it: TRITON_INTERPRET=1 python bench/int_matmul_gpu.py "
                                  "--smoke-cpu)"}
 #: scripts that set their own CPU thread count (1 by default: _common.set_threads says why): run.py's --threads is
 #: passed on to them
-THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic")
+THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic", "conv_snn")
 #: packages a suite cannot run without (the peers are optional inside the suites)
 NEEDS = {"cuda": ("triton",)}
 
