@@ -267,11 +267,18 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     sharing the same weights. Works in place and returns ``model``; the converted model gives the
     same outputs. ``check_binary`` and ``backend`` are handed to each new layer (see SpikeLinear).
 
+    Conv nets: an ``nn.Conv2d`` (zero padding) inside a :class:`StepWise` whose input is proven to be
+    spikes becomes a :class:`~spiketriton.SpikeConv2d` in the StepWise's step mode (the StepWise then
+    hands it the sequence), and ``nn.MaxPool2d`` / ``nn.AvgPool2d`` on spikes become
+    :class:`~spiketriton.SpikeMaxPool2d` / :class:`~spiketriton.SpikeAvgPool2d` (the same values); max
+    pooling passes spikes on. A Conv2d after an ``nn.AvgPool2d`` or an ``nn.Dropout`` (not 0/1 values),
+    or outside a StepWise (its step mode is not proven), stays.
+
     The data flow is read with ``torch.fx`` (neurons, spike layers and torch modules as leaves), never
     guessed. An input is spikes when it comes from a spiketriton neuron or spike-emitting hybrid unit
     (a subclass with its own ``forward`` is not taken as one), directly or through exact
-    ``nn.Flatten``/``nn.Unflatten``/``nn.Identity`` modules, view/reshape-like ops, or one
-    ``nn.Dropout`` (folded into the new layer: the same random draws), and no in-place op touches it.
+    ``nn.Flatten``/``nn.Unflatten``/``nn.Identity`` modules, view/reshape-like ops, max pooling, or one
+    ``nn.Dropout`` (folded into a new SpikeLinear: the same random draws), and no in-place op touches it.
     A Linear called several times is converted only when every call reads spikes. A forward hook on
     the chain (on the neuron or a module in between; a pre-hook there or on the Linear) may replace the
     value: with ``check_binary=True`` the layer is converted all the same (its check refuses a
@@ -291,7 +298,9 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     A forward hook registered on such a neuron *after* ``convert`` receives that
     :class:`~spiketriton.functional.spikes.SpikeTensor` as the output: ``output.unpack()`` gives the
     0/1 values (no gradient), ``output.to_dense()`` the same values with the gradient; or set
-    ``neuron.packed_output = False`` to get float spikes (and the float spike tensor) back.
+    ``neuron.packed_output = False`` to get float spikes (and the float spike tensor) back. A neuron
+    whose every use is a spike convolution or spike pooling (without hooks) hands its spikes over as a
+    :class:`~spiketriton.SpikeImage` (``packed_output="image"``).
 
     Checks: ``model`` is an ``nn.Module`` (``TypeError``), ``check_binary`` and ``packed`` are bools
     (``TypeError``), ``backend`` is one of ``"auto"``, ``"triton"``, ``"torch"`` (``ValueError``): Python

@@ -121,6 +121,12 @@ def sum_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
     return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
+def or_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Max pooling of spikes (0/1): the OR of each window, uint8 ``[N, C, Ho, Wo]``; zero padding, floor
+    mode. A window's OR is 1 exactly where its sum is > 0 (spikes are never negative)."""
+    return (sum_pool2d(x, kernel, stride, padding) > 0).astype(np.uint8)
+
+
 def readout(u: np.ndarray, scale: np.ndarray, dtype) -> np.ndarray:
     """A layer that feeds no neuron returns real units: ``(u / S)`` in float64, then cast (as the model)."""
     return cast_like_torch(u.astype(np.float64) / scale, dtype)

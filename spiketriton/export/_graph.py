@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..layers import SpikeLinear
+from ..layers import SpikeLinear, _takes_images
 from ..neuron import BaseNeuron
 
 _T, _B = 2, 3  # canonical sequence length and batch: T*B = 6 is never confused with (T, B)
@@ -32,7 +32,7 @@ _PASS_MODULES = (nn.Identity, nn.Dropout)  # inference: dropout is the identity
 @dataclasses.dataclass
 class Step:
     """One operation of a time step. ``kind`` is one of input, output, linear, conv2d, avgpool2d,
-    sumpool2d, flatten, neuron. Shapes are per sample, without time and batch."""
+    sumpool2d, maxpool2d, flatten, neuron. Shapes are per sample, without time and batch."""
 
     name: str
     kind: str
@@ -50,7 +50,8 @@ class ExportError(ValueError):
 def _is_leaf(m: nn.Module) -> bool:
     from ..quant.modules import QLIF, _QLayer
 
-    return isinstance(m, (BaseNeuron, QLIF, SpikeLinear, _QLayer)) or type(m).__module__.startswith("spiketriton.hybrid")
+    return isinstance(m, (BaseNeuron, QLIF, SpikeLinear, _QLayer)) or _takes_images(m) or \
+        type(m).__module__.startswith("spiketriton.hybrid")
 
 
 def _copy_without_state(model: nn.Module) -> nn.Module:
@@ -237,6 +238,14 @@ def _module_kind(m: nn.Module, name: str, what: str) -> Optional[str]:
         return "conv2d"
     if isinstance(m, nn.Flatten):
         return "flatten"
+    if isinstance(m, nn.MaxPool2d):  # (SpikeMaxPool2d too) the exports take it on spikes only: an OR
+        bad = [f"{k}={v!r}" for k, v, ok in (("ceil_mode", m.ceil_mode, not m.ceil_mode),
+                                             ("dilation", m.dilation, _pair(m.dilation) == (1, 1)),
+                                             ("return_indices", m.return_indices, not m.return_indices)) if not ok]
+        if bad:
+            raise ExportError(f"{what}: {name}: {type(m).__name__} with {', '.join(bad)} cannot be exported (max pooling "
+                              f"of spikes is written as a sum pooling and a threshold, which have neither)")
+        return "maxpool2d"
     if isinstance(m, nn.AvgPool2d):
         if m.ceil_mode:
             raise ExportError(f"{what}: {name}: AvgPool2d(ceil_mode=True) cannot be exported")
@@ -248,7 +257,8 @@ def _module_kind(m: nn.Module, name: str, what: str) -> Optional[str]:
                               f"count in the average is not part of the formats)")
         return "sumpool2d" if m.divisor_override == 1 else "avgpool2d"
     raise ExportError(f"{what}: {name}: {type(m).__name__} cannot be exported (supported: Linear/SpikeLinear, "
-                      f"Conv2d, AvgPool2d, Flatten, Identity, Dropout, IF, LIF, PLIF, ExtendedLIF and the quant layers)")
+                      f"Conv2d/SpikeConv2d, AvgPool2d/SpikeAvgPool2d/SpikeSumPool2d, MaxPool2d/SpikeMaxPool2d of "
+                      f"spikes, Flatten, Identity, Dropout, IF, LIF, PLIF, ExtendedLIF and the quant layers)")
 
 
 def _flatten_step(name, in_shape, out_shape, what) -> Step:

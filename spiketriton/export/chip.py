@@ -46,7 +46,10 @@ that broadcasts against the neuron's per-sample shape). The safetensors metadata
     they are tensors), the int28 integers ``v_th0``, ``v_reset``, ``v_init``, ``v_l``, ``dv``,
     ``beta_q``, ``v_th_beta_q``, ``v_th_incre`` in the units of the feeding layer's current.
   - ``flatten`` (``start_dim``, ``end_dim`` of the per-sample shape) and ``sumpool2d``
-    (``kernel_size``, ``stride``, ``padding``: sums of spikes or counts, zero padding, floor mode).
+    (``kernel_size``, ``stride``, ``padding``: sums of spikes or counts, zero padding, floor mode);
+  - ``maxpool2d`` (``kernel_size``, ``stride``, ``padding``): max pooling of spikes, their OR (1 where
+    the window holds a spike), zero padding at most half the kernel, floor mode; its input must be
+    spikes and its output is spikes. (A reader without this kind rejects such a file by its kind.)
 
 Loading parses the safetensors header itself and checks it against the file size and the limits
 below before anything is allocated, never unpickles nor evaluates anything, and rejects every
@@ -109,6 +112,7 @@ LAYER_FIELDS = {
     "neuron": _COMMON + ("reset_mode", "per_channel", "constants"),
     "flatten": _COMMON + ("start_dim", "end_dim"),
     "sumpool2d": _COMMON + ("kernel_size", "stride", "padding"),
+    "maxpool2d": _COMMON + ("kernel_size", "stride", "padding"),
 }
 MANIFEST_FIELDS = ("format", "version", "producer", "input_shape", "output_shape", "output", "input_bits",
                    "state_bits", "tensors", "tensor_sha256", "layers", "manifest_sha256")
@@ -130,7 +134,9 @@ def save_chip(qmodel, path, sample_input) -> dict:
     ``sample_input [T, B, *features]`` gives the input's per-sample shape (its values are not used).
     The model must be a :class:`~spiketriton.quant.QModel` in quantized mode (``qmodel.quantize()``)
     made of one chain of QLinear / QConv2d layers, QLIF neurons (each fed directly by its layer),
-    Flatten, Identity/Dropout and sum pooling (``nn.AvgPool2d(k, divisor_override=1)``) of spikes,
+    Flatten, Identity/Dropout, sum pooling (``nn.AvgPool2d(k, divisor_override=1)``,
+    :class:`~spiketriton.SpikeSumPool2d`) and max pooling (``nn.MaxPool2d``,
+    :class:`~spiketriton.SpikeMaxPool2d`: an OR) of spikes,
     each layer and neuron module called once per step; anything else is an :class:`ExportError`
     naming the module. The file is checked by the loader's
     own checks before it is written, and written atomically (an existing file is replaced only by a
@@ -204,6 +210,12 @@ def _build(qmodel, sample_input):
             entry.update(kernel_size=list(_pair(m.kernel_size)), stride=list(_pair(m.stride)),
                          padding=list(_pair(m.padding)))
             kind = "counts"
+        elif step.kind == "maxpool2d":
+            if kind != "spikes":
+                raise ExportError(f"save_chip: {name}: max pooling of {_WHAT[kind]} is not an OR of spikes; pool spikes "
+                                  f"(after a neuron) only")
+            entry.update(kernel_size=list(_pair(m.kernel_size)), stride=list(_pair(m.stride)),
+                         padding=list(_pair(m.padding)))
         elif step.kind == "avgpool2d":
             raise ExportError(f"save_chip: {name}: AvgPool2d averages, and fractions of spikes are not integers; use "
                               f"nn.AvgPool2d(k, divisor_override=1) (sum pooling: spike counts, exact on the chip)")
@@ -762,6 +774,13 @@ def _check_sumpool2d(f, layer, kind_in, table, declared, i) -> str:
     return "counts"
 
 
+def _check_maxpool2d(f, layer, kind_in, table, declared, i) -> str:
+    if kind_in != "spikes":
+        f.fail(f"max pooling is an OR of spikes, but the layer reads {_WHAT[kind_in]}")
+    _check_sumpool2d(f, layer, "spikes", table, declared, i)  # the same window fields and limits
+    return "spikes"
+
+
 def _check_flatten(f, layer, kind_in, table, declared, i) -> str:
     n = len(layer["in_shape"])
     start, end = f.int("start_dim", 0, n - 1), f.int("end_dim", 0, n - 1)
@@ -801,7 +820,7 @@ def _broadcasts(shape, target) -> bool:
 
 
 _CHECKS = {"linear": _check_linear, "conv2d": _check_conv2d, "neuron": _check_neuron, "flatten": _check_flatten,
-           "sumpool2d": _check_sumpool2d}
+           "sumpool2d": _check_sumpool2d, "maxpool2d": _check_maxpool2d}
 
 
 def _read_tensors(data: bytes, entries: dict, fail) -> dict:
@@ -1025,6 +1044,14 @@ class _SumPool(_Op):
         return sim.sum_pool2d(x, L["kernel"], L["stride"], L["padding"])
 
 
+class _MaxPool(_Op):
+    kind = "maxpool2d"
+
+    def __call__(self, x, T, B, state):
+        L = self.layer
+        return sim.or_pool2d(x, L["kernel"], L["stride"], L["padding"])
+
+
 def _make_op(layer, arrays) -> _Op:
     return {"linear": _Dense, "conv2d": _Dense, "neuron": _Neuron, "flatten": _Flatten,
-            "sumpool2d": _SumPool}[layer["kind"]](layer, arrays)
+            "sumpool2d": _SumPool, "maxpool2d": _MaxPool}[layer["kind"]](layer, arrays)

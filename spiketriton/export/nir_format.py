@@ -20,6 +20,14 @@ time steps of length ``dt``. Forward Euler with that ``dt`` maps one onto the ot
 - Training-only options (surrogate, ``detach_reset``) have no place in NIR and are not written.
   PLIF's learnable tau and ExtendedLIF's learnable leak are written at their current values.
 
+- Max pooling of spikes (:class:`~spiketriton.SpikeMaxPool2d`, or ``nn.MaxPool2d`` right after a neuron):
+  NIR has no max pooling, but the max of 0/1 spikes is their OR, which is 1 where the window's count
+  is > 0: it is written as a ``SumPool2d`` followed by a ``Threshold`` at 0 (named ``<module>.or``) and
+  read back as a SpikeMaxPool2d. Max pooling of other values, ``ceil_mode`` and ``dilation`` are an error.
+- :class:`~spiketriton.SpikeConv2d` is a ``Conv2d`` node, :class:`~spiketriton.SpikeAvgPool2d` an
+  ``AvgPool2d`` and :class:`~spiketriton.SpikeSumPool2d` a ``SumPool2d`` (imported back as
+  ``nn.Conv2d`` / ``nn.AvgPool2d`` in a StepWise: ``spiketriton.convert`` makes them spike layers again).
+
 What NIR cannot express (soft reset, ExtendedLIF's floor, adaptive threshold, refractory period,
 a drift ``beta`` without a leak, branches) is an :class:`ExportError` naming the module and the
 option, never a silently different network.
@@ -45,7 +53,7 @@ from torch import nn
 from .._files import read_regular, write_atomic
 from ..functional._checks import check_backend, finite
 from ..layers import StepWise
-from ..neuron import IF, LIF, PLIF, ExtendedLIF
+from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import FAMILY_A, RESET_HARD
 from ._graph import ExportError, check_model_and_sample, trace_steps
 
@@ -53,6 +61,8 @@ __all__ = ["to_nir", "save_nir", "from_nir", "DEFAULT_DT", "ExportError", "NIRFo
 
 #: snnTorch's import_from_nir assumes dt = 1e-4 (hard-coded); Norse's from_nir takes ``dt=``.
 DEFAULT_DT = 1e-4
+#: the name of the Threshold node that follows the SumPool2d of a max pooling of spikes ("<module>.or")
+_OR_SUFFIX = ".or"
 
 
 def _nir():
@@ -112,24 +122,37 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, dt: float = DEFAULT_DT)
     dt = _check_dt(dt, "to_nir")
     steps = trace_steps(model, sample_input, "to_nir")
     taken = {step.name for step in steps if step.kind not in ("input", "output")}
+    taken |= {step.name + _OR_SUFFIX for step in steps if step.kind == "maxpool2d"}
     nodes, names = {}, []
+    spikes = False  # whether the value on the chain is spikes (0/1)
     for step in steps:
         name = step.name
         if step.kind in ("input", "output"):  # named apart from modules that are called input / output
             while name in taken:
                 name = "_" + name
+        extra = []
         if step.kind == "input":
             node = nir.Input(input_type={"input": np.array(step.in_shape)})
         elif step.kind == "output":
             node = nir.Output(output_type={"output": np.array(step.out_shape)})
         else:
+            if step.kind == "maxpool2d":
+                if not spikes:
+                    raise ExportError(f"to_nir: {name}: {type(step.module).__name__} of values that are not spikes: "
+                                      f"MaxPool2d cannot be exported (NIR has no max pooling; the max of 0/1 spikes, "
+                                      f"their OR, is written as a SumPool2d and a Threshold at 0)")
+                # the OR of a window of spikes: its count, then 1 where the count is > 0
+                extra = [(name + _OR_SUFFIX, nir.Threshold(threshold=np.zeros(step.out_shape, dtype=np.float32)))]
             node = _export_step(nir, step, dt)
             _check_written(node, name, type(step.module).__name__)
-        if name in nodes:
-            raise ExportError(f"to_nir: the module {name!r} is called twice; NIR nodes are layers, give each call "
-                              f"its own module")
-        nodes[name] = node
-        names.append(name)
+        if step.kind != "flatten":
+            spikes = step.kind in ("neuron", "maxpool2d")
+        for name, node in [(name, node)] + extra:
+            if name in nodes:
+                raise ExportError(f"to_nir: the module {name!r} is called twice; NIR nodes are layers, give each "
+                                  f"call its own module")
+            nodes[name] = node
+            names.append(name)
     edges = list(zip(names, names[1:]))
     from .. import __version__
     meta = {"source": "spiketriton", "spiketriton_version": __version__, "dt": dt}
@@ -206,7 +229,7 @@ def _export_step(nir, step, dt):
         return nir.Conv2d(input_shape=tuple(step.in_shape[1:]), weight=w, stride=tuple(m.stride),
                           padding=tuple(m.padding), dilation=tuple(m.dilation), groups=m.groups,
                           bias=b if b is not None else np.zeros(w.shape[0], dtype=np.float32))
-    if step.kind in ("avgpool2d", "sumpool2d"):
+    if step.kind in ("avgpool2d", "sumpool2d", "maxpool2d"):  # (maxpool2d: the sum, a Threshold follows)
         cls = nir.AvgPool2d if step.kind == "avgpool2d" else nir.SumPool2d
         k = _pair(m.kernel_size)
         s = _pair(m.stride if m.stride is not None else m.kernel_size)
@@ -402,6 +425,10 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
                 if out is not None and shape is not None and _numel(out) != _numel(shape):
                     raise NIRFormatError(f"{at}: output_type {list(out)}, but the chain before it gives "
                                          f"{list(shape)}")
+                continue
+            if isinstance(node, nir.Threshold):  # after a SumPool2d of spikes: a max pooling of spikes
+                module = _import_or(node, at, layers, shape, backend)
+                layers[-1] = (layers[-1][0], module)  # (the pooling's name)
                 continue
             try:
                 module, shape = _import_node(nir, node, at, shape, dt, backend)
@@ -918,6 +945,28 @@ def _import_node(nir, node, at, shape, dt, backend):
                              + ("" if at_rest else ", and ExtendedLIF gain 1"))
     raise NIRFormatError(f"{at}: NIR {type(node).__name__} has no spiketriton counterpart (supported: Input, Output, "
                          f"Affine, Linear, Conv2d, Flatten, AvgPool2d, SumPool2d, IF, LIF)")
+
+
+def _import_or(node, at, layers, shape, backend) -> nn.Module:
+    """A Threshold right after a SumPool2d of spikes, at a level in [0, 1): the OR of each window, i.e.
+    the max pooling of spikes that :func:`to_nir` writes so; returned as a SpikeMaxPool2d."""
+    from ..pooling import SpikeMaxPool2d
+
+    what = ("spiketriton reads a Threshold only as the second half of a max pooling of spikes: a SumPool2d of "
+            "spikes (right after a neuron or another such pooling) followed by a Threshold in [0, 1)")
+    prev = layers[-1][1] if layers else None
+    pool = prev[0] if isinstance(prev, StepWise) and len(prev) == 1 else None
+    if not (type(pool) is nn.AvgPool2d and pool.divisor_override == 1):
+        raise NIRFormatError(f"{at}: {what}; it follows {type(prev).__name__ if prev is not None else 'the input'}")
+    before = layers[-2][1] if len(layers) >= 2 else None
+    if not (isinstance(before, BaseNeuron) or (isinstance(before, StepWise) and len(before) == 1
+                                               and isinstance(before[0], SpikeMaxPool2d))):
+        raise NIRFormatError(f"{at}: {what}; the SumPool2d before it reads "
+                             f"{type(before).__name__ if before is not None else 'the input'}, not spikes")
+    theta = _uniform(node, at, "threshold", shape)
+    if not 0.0 <= theta < 1.0:
+        raise NIRFormatError(f"{at}: {what}; its threshold is {theta}")
+    return StepWise(SpikeMaxPool2d(pool.kernel_size, pool.stride, pool.padding, backend=backend))
 
 
 def _neuron_shape(node, shape):
