@@ -60,7 +60,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, bench_ms, device_slug, header, interleaved_rounds, restore_threads, save_result, set_threads,
+    RESULTS_DIR, bench_ms, device_slug, header, interleaved_rounds, loadavg, restore_threads, save_result, set_threads,
     short_error, time_stats,
 )
 from _matmul_cases import saved_bytes_excluding  # noqa: E402
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
                             measure="saved_tensors_hooks pack hook, dedup by storage, numel*element_size; input, "
                                     "parameters and buffers excluded; / neuron-steps of the 4 LIF layers",
                             step="forward + autograd.grad over every parameter (fixed upstream gradient), neurons reset",
-                            **threads)
+                            load_average_before=loadavg(), **threads)
     gen = torch.Generator().manual_seed(1)
     x = (torch.rand(T, B, 3, S, S, generator=gen) * 2).to(device)
     g = torch.randn(T, B, 10, generator=gen).to(device)
@@ -299,6 +299,7 @@ def main(argv=None) -> int:
         agree = agreement(nets, x, g) if "spikingjelly" in nets else {}
     finally:
         restore_threads(threads)
+    result["config"]["load_average_after"] = loadavg()
     sj = next((r for r in rows if r["variant"] == "spikingjelly" and "median_ms" in r), None)
     for r in rows:
         if sj is not None and "median_ms" in r:
