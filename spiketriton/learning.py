@@ -1,7 +1,8 @@
 """Local learning: trace-based STDP and reward-modulated STDP (R-STDP) on packed spikes.
 
 A learner attaches to a **synapse** (a :class:`~spiketriton.SpikeLinear` or ``nn.Linear``, weight
-``[N, K]``) and to the **neuron** after it, with forward hooks. At every forward call it records the
+``[N, K]``; or a :class:`~spiketriton.SpikeConv2d` / ``nn.Conv2d``, on the torch path, the sums running
+over space too) and to the **neuron** after it, with forward hooks. At every forward call it records the
 synapse's input spikes (pre, ``[..., K]``) and the neuron's output spikes (post, ``[..., N]``) *packed*,
 8 per byte (a neuron with ``packed_output=True`` hands them over packed already; float or bool spikes
 are packed in the hook). No float spike tensor is kept between the forward pass and the update, and
@@ -78,6 +79,7 @@ from torch import nn
 
 from .functional._backend import use_triton
 from .functional._checks import check_backend, check_bool, finite
+from .functional.images import SpikeImage, pack_image
 from .functional.spikes import SpikeTensor, pack_spikes
 from .kernels import stdp as KS
 from .kernels.pack_torch import unpack_bits
@@ -152,11 +154,18 @@ class _Learner:
     def __init__(self, op: str, synapse, neuron, tau_pre, tau_post, a_plus, a_minus, bounds, w_min, w_max,
                  f_pre, f_post, normalize, step_mode, check_binary, backend):
         self._op = op
-        if not isinstance(synapse, nn.Linear):
-            raise TypeError(f"{op}: synapse must be a SpikeLinear or nn.Linear (weight [N, K]), got "
-                            f"{type(synapse).__name__}")
+        if not isinstance(synapse, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"{op}: synapse must be a SpikeLinear or nn.Linear (weight [N, K]), or a SpikeConv2d or "
+                            f"nn.Conv2d, got {type(synapse).__name__}")
         if not synapse.weight.is_floating_point():
             raise TypeError(f"{op}: the synapse's weight must be floating point, got {synapse.weight.dtype}")
+        self._conv = isinstance(synapse, nn.Conv2d)
+        if self._conv and synapse.padding_mode != "zeros":
+            raise ValueError(f"{op}: a conv synapse must pad with zeros (padding_mode='zeros': no spike, a zero trace), "
+                             f"got padding_mode={synapse.padding_mode!r}")
+        if self._conv and backend == "triton":
+            raise ValueError(f"{op}: the Triton STDP kernel covers linear synapses; a conv synapse learns on the "
+                             f"torch path (backend='auto' or 'torch', on any device)")
         if not isinstance(neuron, nn.Module):
             raise TypeError(f"{op}: neuron must be the nn.Module whose output spikes follow the synapse, got "
                             f"{type(neuron).__name__}")
@@ -197,6 +206,9 @@ class _Learner:
         self.check_binary = check_bool(check_binary, "check_binary", op)
         self.backend = check_backend(backend, op)
         self.synapse, self.neuron = synapse, neuron
+        # features per step on each side: K, N (linear) or the channels C_in, C_out (conv)
+        self._k = synapse.in_channels if self._conv else synapse.in_features
+        self._n = synapse.out_channels if self._conv else synapse.out_features
         self._pre: List[torch.Tensor] = []   # packed uint8 records, in call order
         self._post: List[Tuple[torch.Tensor, str]] = []
         self.trace_pre: Optional[torch.Tensor] = None   # [B, K] fp32
@@ -211,6 +223,8 @@ class _Learner:
     # ------------------------------------------------------------------------------------------- #
 
     def _packed(self, x, k: int, what: str) -> torch.Tensor:
+        if self._conv:
+            return self._packed_image(x, k, what)
         if isinstance(x, SpikeTensor):
             if x.k != k:
                 raise ValueError(f"{self._op}: the {what} has {x.k} features per step, the synapse {k}")
@@ -226,16 +240,34 @@ class _Learner:
             raise ValueError(f"{self._op}: the {what} has values other than 0 and 1; STDP needs spikes "
                              f"(check_binary=False skips this check)") from None
 
+    def _packed_image(self, x, c: int, what: str) -> torch.Tensor:
+        """A conv synapse's spikes ``[*lead, C, H, W]`` as the bytes of a SpikeImage (channels-last,
+        8 channels per byte): ``[*lead, H, W, ceil(C/8)]``."""
+        if isinstance(x, SpikeImage):
+            if x.c != c:
+                raise ValueError(f"{self._op}: the {what} has {x.c} channels, the synapse {c}")
+            return x.data.detach()
+        if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype == torch.bool):
+            raise TypeError(f"{self._op}: the {what} must be 0/1 spike images (a float or bool tensor, or a "
+                            f"SpikeImage), got {_describe(x)}")
+        if x.dim() < 4 or x.shape[-3] != c:
+            raise ValueError(f"{self._op}: the {what} must be [*lead, {c}, H, W], got shape {tuple(x.shape)}")
+        try:
+            return pack_image(x.detach(), check=self.check_binary, backend=self.backend).data
+        except ValueError:
+            raise ValueError(f"{self._op}: the {what} has values other than 0 and 1; STDP needs spikes "
+                             f"(check_binary=False skips this check)") from None
+
     def _pre_hook(self, module, args):
         if self.enabled and module is self.synapse and args:  # (not a deepcopy, which copies the hooks)
             with torch.no_grad():
-                self._pre.append(self._packed(args[0], self.synapse.in_features, "synapse's input"))
+                self._pre.append(self._packed(args[0], self._k, "synapse's input"))
 
     def _post_hook(self, module, args, output):
         if self.enabled and module is self.neuron:
             mode = self.step_mode or getattr(module, "step_mode", None)
             with torch.no_grad():
-                self._post.append((self._packed(output, self.synapse.out_features, "neuron's output"), mode))
+                self._post.append((self._packed(output, self._n, "neuron's output"), mode))
 
     # ------------------------------------------------------------------------------------------- #
     # life cycle
@@ -299,18 +331,22 @@ class _Learner:
         w = self.synapse.weight
         pres, posts = [], []
         B = self.trace_pre.shape[0] if self.trace_pre is not None else None
+        tail = 3 if self._conv else 1  # per-sample dims of the packed bytes: [H, W, bytes] or [bytes]
+        what = "C, H, W" if self._conv else "features"
         for i, (p, (q, mode)) in enumerate(zip(self._pre, self._post)):
             if mode == "m":
-                if p.dim() < 3 or q.dim() < 3:
-                    raise ValueError(f"{op}: multi-step records must be [T, *batch, features]; call {i} gave the "
+                if p.dim() < tail + 2 or q.dim() < tail + 2:
+                    raise ValueError(f"{op}: multi-step records must be [T, *batch, {what}]; call {i} gave the "
                                      f"synapse {p.dim()} and the neuron {q.dim()} dimensions (use step_mode='s' for "
-                                     f"[batch, features] per call)")
-                p, q = p.reshape(p.shape[0], -1, p.shape[-1]), q.reshape(q.shape[0], -1, q.shape[-1])
+                                     f"[batch, {what}] per call)")
+                p, q = p.reshape(p.shape[:1] + (-1,) + p.shape[-tail:]), q.reshape(q.shape[:1] + (-1,) + q.shape[-tail:])
             else:
-                if p.dim() < 2 or q.dim() < 2:
-                    raise ValueError(f"{op}: single-step records must be [*batch, features]; call {i} gave "
+                if p.dim() < tail + 1 or q.dim() < tail + 1:
+                    raise ValueError(f"{op}: single-step records must be [*batch, {what}]; call {i} gave "
                                      f"{p.dim()} and {q.dim()} dimensions")
-                p, q = p.reshape(1, -1, p.shape[-1]), q.reshape(1, -1, q.shape[-1])
+                p, q = p.reshape((1, -1) + p.shape[-tail:]), q.reshape((1, -1) + q.shape[-tail:])
+            if self._conv:
+                self._check_conv_geometry(i, p, q)
             if p.shape[:2] != q.shape[:2]:
                 raise ValueError(f"{op}: call {i}: the synapse saw [T, B] = {list(p.shape[:2])} but the neuron fired "
                                  f"{list(q.shape[:2])}")
@@ -326,12 +362,48 @@ class _Learner:
         post = posts[0] if len(posts) == 1 else torch.cat(posts)
         return pre.contiguous(), post.contiguous()
 
-    def _traces(self, B: int):
-        K, N = self.synapse.in_features, self.synapse.out_features
+    def _check_conv_geometry(self, i: int, p: torch.Tensor, q: torch.Tensor) -> None:
+        """The neuron's image size must be the convolution's output size of the synapse's input."""
+        syn = self.synapse
+        pad = syn._reversed_padding_repeated_twice  # (left, right, top, bottom)
+        want = []
+        for d, (lo, hi) in zip(range(2), ((pad[2], pad[3]), (pad[0], pad[1]))):
+            n = p.shape[2 + d] + lo + hi - syn.dilation[d] * (syn.kernel_size[d] - 1) - 1
+            want.append(n // syn.stride[d] + 1 if n >= 0 else 0)
+        if list(q.shape[2:4]) != want:
+            raise ValueError(f"{self._op}: call {i}: the synapse's input is {tuple(p.shape[2:4])} pixels, its output "
+                             f"{tuple(want)}, but the neuron fired {tuple(q.shape[2:4])}")
+
+    def _traces(self, B: int, pre: torch.Tensor = None, post: torch.Tensor = None):
+        """The carried traces, or zeros ``[B, K]`` / ``[B, N]`` (conv: ``[B, C, H, W]`` of the records)."""
         dev = self.synapse.weight.device
-        tp = self.trace_pre if self.trace_pre is not None else torch.zeros(B, K, device=dev)
-        tq = self.trace_post if self.trace_post is not None else torch.zeros(B, N, device=dev)
+        if self._conv:
+            shape_p = (B, self._k) + tuple(pre.shape[2:4])
+            shape_q = (B, self._n) + tuple(post.shape[2:4])
+            for name, t, shape in (("pre", self.trace_pre, shape_p), ("post", self.trace_post, shape_q)):
+                if t is not None and tuple(t.shape) != shape:
+                    raise ValueError(f"{self._op}: the {name} images changed size from {tuple(t.shape[2:])} to "
+                                     f"{shape[2:]}; call reset() before changing it")
+        else:
+            shape_p, shape_q = (B, self._k), (B, self._n)
+        tp = self.trace_pre if self.trace_pre is not None else torch.zeros(shape_p, device=dev)
+        tq = self.trace_post if self.trace_post is not None else torch.zeros(shape_q, device=dev)
         return tp, tq
+
+    def _products(self, pre, post, tp, tq, out=None):
+        """``(P, D, tr_pre_last, tr_post_last)`` of the records: linear (:func:`stdp_products`, or the torch
+        path into ``out``), or conv (:func:`~spiketriton.kernels.stdp.stdp_conv_products_torch`)."""
+        if self._conv:
+            syn = self.synapse
+            return KS.stdp_conv_products_torch(
+                pre, post, self._k, self._n, tp, tq, self.tau_pre, self.tau_post, self._exp_decay,
+                tuple(syn.weight.shape), syn.stride, syn._reversed_padding_repeated_twice, syn.dilation, syn.groups,
+                unpack_backend="torch" if self.backend == "torch" else "auto")
+        if out is not None:
+            return KS.stdp_products_torch(pre, post, self._k, self._n, tp, tq, self.tau_pre, self.tau_post,
+                                          self._exp_decay, out=out)
+        return stdp_products(pre, post, self._k, self._n, tp, tq, self.tau_pre, self.tau_post, self._exp_decay,
+                             self.backend)
 
     def _factors(self, w: torch.Tensor):
         """``(a_plus * f_post(W), a_minus * f_pre(W))``: tensors broadcastable to ``[N, K]`` or floats."""
@@ -383,7 +455,7 @@ class _Learner:
         if self.bounds == "hard":
             w.clamp_(self.w_min, self.w_max)
         if self.normalize is not None:
-            s = w.float().sum(1, keepdim=True)
+            s = w.float().flatten(1).sum(1).view((-1,) + (1,) * (w.dim() - 1))
             scale = torch.where(s != 0, self.normalize / torch.where(s != 0, s, torch.ones_like(s)), torch.ones_like(s))
             w.mul_(scale.to(w.dtype))
 
@@ -391,8 +463,8 @@ class _Learner:
         return finite(lr, "lr", f"{self._op}.step")
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(synapse={type(self.synapse).__name__}({self.synapse.in_features}, "
-                f"{self.synapse.out_features}), neuron={type(self.neuron).__name__}, tau_pre={self.tau_pre}, "
+        return (f"{type(self).__name__}(synapse={type(self.synapse).__name__}({self._k}, "
+                f"{self._n}), neuron={type(self.neuron).__name__}, tau_pre={self.tau_pre}, "
                 f"tau_post={self.tau_post}, a_plus={self.a_plus}, a_minus={self.a_minus}, bounds={self.bounds!r}, "
                 f"backend={self.backend!r}, attached={self.attached}, pending={self.pending})")
 
@@ -401,7 +473,8 @@ class STDPLearner(_Learner):
     """Trace-based STDP on a synapse (``SpikeLinear`` / ``nn.Linear``) and the neuron after it.
 
     Args:
-        synapse: the layer whose ``weight [N, K]`` learns (its bias is not touched).
+        synapse: the layer whose weight learns (its bias is not touched): ``SpikeLinear`` / ``nn.Linear``
+            (``[N, K]``), or ``SpikeConv2d`` / ``nn.Conv2d`` (zero padding; torch path only).
         neuron: the module that fires the post-synaptic spikes ``[..., N]`` from the synapse's output.
         tau_pre, tau_post: trace time constants in time steps (>= 1): ``tr = tr - tr / tau + s``.
         a_plus, a_minus: amplitudes of potentiation and depression (default 1).
@@ -453,15 +526,15 @@ class STDPLearner(_Learner):
         """``dW`` (``apply_lr`` None), or apply ``apply_lr * dW`` to the weight (then constrain)."""
         rec = self._take_records()
         w = self.synapse.weight
-        K, N = self.synapse.in_features, self.synapse.out_features
+        K, N = self._k, self._n
         if rec is None:
             if apply_lr is not None:
                 return None
             return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         pre, post = rec
-        tp, tq = self._traces(pre.shape[1])
-        fused = (self.f_pre is None and self.f_post is None and use_triton(self.backend, w, op=self._op)
-                 and (apply_lr is None or w.stride(1) == 1))
+        tp, tq = self._traces(pre.shape[1], pre, post)
+        fused = (not self._conv and self.f_pre is None and self.f_post is None
+                 and use_triton(self.backend, w, op=self._op) and (apply_lr is None or w.stride(1) == 1))
         if fused:  # the weight dependence (and the update of the weight) in the kernel's epilogue
             out = KS.OUT_DW if apply_lr is None else KS.OUT_APPLY
             dw, _, self.trace_pre, self.trace_post = KS.stdp_products_triton(
@@ -471,17 +544,15 @@ class STDPLearner(_Learner):
             if apply_lr is not None:
                 self.constrain_()  # (the clipping is done; the normalisation, if any)
             return dw
-        if apply_lr is None or use_triton(self.backend, w, op=self._op):
-            P, D, self.trace_pre, self.trace_post = stdp_products(
-                pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, self.backend)
+        if apply_lr is None or self._conv or use_triton(self.backend, w, op=self._op):
+            P, D, self.trace_pre, self.trace_post = self._products(pre, post, tp, tq)
         else:  # the torch path writes P and D into work buffers kept between updates
             ws = self._work
             if ws is None or ws[0].shape != (N, K) or ws[0].device != w.device:
                 ws = self._work = (torch.empty(N, K, device=w.device), torch.empty(N, K, device=w.device))
-            P, D, self.trace_pre, self.trace_post = KS.stdp_products_torch(
-                pre, post, K, N, tp, tq, self.tau_pre, self.tau_post, self._exp_decay, out=ws)
-            if self._apply_in_place(P, D, apply_lr):
-                return None
+            P, D, self.trace_pre, self.trace_post = self._products(pre, post, tp, tq, out=ws)
+        if apply_lr is not None and self._apply_in_place(P, D, apply_lr):
+            return None
         dw = self._combine(P, D)
         if apply_lr is None:
             return dw
@@ -540,6 +611,9 @@ class RSTDPLearner(_Learner):
         # (checked before the hooks go in: a refused learner hooks nothing)
         self.tau_trace = _check_tau(tau_trace, "tau_trace", "RSTDPLearner", True)
         self.per_sample = check_bool(per_sample, "per_sample", "RSTDPLearner")
+        if per_sample and isinstance(synapse, nn.Conv2d):
+            raise ValueError("RSTDPLearner: per_sample=True covers linear synapses; a conv synapse takes a shared "
+                             "reward (per_sample=False)")
         super().__init__("RSTDPLearner", synapse, neuron, tau_pre, tau_post, a_plus, a_minus, bounds, w_min, w_max,
                          f_pre, f_post, normalize, step_mode, check_binary, backend)
         self.eligibility: Optional[torch.Tensor] = None  # the last step's, [N, K] or [B, N, K] fp32
@@ -582,18 +656,18 @@ class RSTDPLearner(_Learner):
             return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         pre, post = rec
         T, B = pre.shape[:2]
-        K, N = self.synapse.in_features, self.synapse.out_features
+        K, N = self._k, self._n
         r = self._rewards(reward, T, B, w.device)
         if self.per_sample and self.eligibility is not None and self.eligibility.shape[0] != B:
             raise ValueError(f"RSTDPLearner: the batch size changed from {self.eligibility.shape[0]} to {B}; call "
                              f"reset() before changing it")
-        tp, tq = self._traces(B)
-        shape = (B, N, K) if self.per_sample else (N, K)
+        tp, tq = self._traces(B, pre, post)
+        shape = (B, N, K) if self.per_sample else tuple(w.shape)
         elig = self.eligibility if self.eligibility is not None else torch.zeros(shape, device=w.device)
         te = self.trace_e if self.trace_e is not None else torch.zeros(shape, device=w.device)
         fp, fd = self._factors(w.detach().float())
         ke = math.exp(-1.0 / self.tau_trace)
-        dw = torch.zeros(N, K, device=w.device)
+        dw = torch.zeros(w.shape, device=w.device)
         for t in range(T):
             te = te * ke + elig / self.tau_trace
             if self.per_sample:
@@ -605,8 +679,7 @@ class RSTDPLearner(_Learner):
                 elig = fp * (s_post[:, :, None] * tp[:, None, :]) - fd * (tq[:, :, None] * s_pre[:, None, :])
             else:
                 dw += r[t, 0] * te
-                P, D, tp, tq = stdp_products(pre[t:t + 1], post[t:t + 1], K, N, tp, tq, self.tau_pre,
-                                             self.tau_post, True, self.backend)
+                P, D, tp, tq = self._products(pre[t:t + 1], post[t:t + 1], tp, tq)
                 elig = fp * P - fd * D
         self.trace_pre, self.trace_post, self.eligibility, self.trace_e = tp, tq, elig, te
         return dw

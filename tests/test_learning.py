@@ -505,6 +505,132 @@ def test_rstdp_reward_split_across_calls():
 
 
 # --------------------------------------------------------------------------------------------- #
+# conv synapses (torch path): float64 reference, SpikingJelly's conv learner
+# --------------------------------------------------------------------------------------------- #
+
+CONV = [  # (C_in, C_out, H, kernel, stride, padding, dilation)
+    (5, 4, 7, 3, 2, 1, 1),
+    (9, 3, 6, (2, 3), 1, 0, 1),
+    (3, 2, 8, 3, 1, 2, 2),
+    (2, 10, 1, 1, 1, 0, 1),    # 1x1 images, 1x1 kernel
+]
+
+
+def conv_case(C, O, H, k, stride, padding, dilation, T, B, seed=30, step_mode="m"):
+    conv = st.SpikeConv2d(C, O, k, stride=stride, padding=padding, dilation=dilation, bias=False, backend="torch")
+    with torch.no_grad():
+        conv.weight.uniform_(-0.2, 0.3)
+        out_shape = conv(torch.zeros(T, B, C, H, H)).shape
+    conv.step_mode = step_mode
+    return conv, spikes(T, B, C, H, H, seed=seed), spikes(*out_shape, p=0.5, seed=seed + 1)
+
+
+@pytest.mark.parametrize("geom", CONV, ids=lambda g: "C{}O{}H{}k{}s{}p{}d{}".format(*g))
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+@pytest.mark.parametrize("option", ["additive", "soft", "normalize"])
+def test_conv_learner_matches_float64(geom, step_mode, option):
+    from spiketriton.reference.stdp import stdp_conv_products_reference
+
+    C, O, H, k, stride, padding, dilation = geom
+    T, B = 3, 2
+    conv, pre, post = conv_case(C, O, H, k, stride, padding, dilation, T, B, step_mode=step_mode)
+    w0 = conv.weight.detach().clone()
+    neuron = Replay([post] if step_mode == "m" else list(post), step_mode)
+    opts = dict(OPTIONS[option])
+    lrn = STDPLearner(conv, neuron, tau_pre=2.0, tau_post=3.0, a_plus=0.7, a_minus=1.3, backend="torch", **opts)
+    with torch.no_grad():
+        for x in ([pre] if step_mode == "m" else list(pre)):
+            neuron(conv(x))
+    P, D, tp, tq = stdp_conv_products_reference(pre, post, torch.zeros(pre.shape[1:]), torch.zeros(post.shape[1:]),
+                                                2.0, 3.0, k, stride, padding, dilation)
+    w = w0.double()
+    if option == "soft":
+        want = 0.7 * (opts["w_max"] - w) * P - 1.3 * (w - opts["w_min"]) * D
+    else:
+        want = 0.7 * P - 1.3 * D
+    lrn.step(0.01)
+    w_new = w + 0.01 * want
+    if option == "normalize":
+        w_new = w_new * (opts["normalize"] / w_new.flatten(1).sum(1).view(-1, 1, 1, 1))
+    close(conv.weight, w_new, rtol=1e-6)
+    close(lrn.trace_pre, tp)
+    close(lrn.trace_post, tq)
+
+
+def test_conv_packed_images_are_kept_packed():
+    C, O, H = 10, 4, 5
+    conv = st.SpikeConv2d(C, O, 3, padding=1, bias=False, backend="torch")
+    lif = st.LIF(tau=2.0, v_threshold=0.1, backend="torch", packed_output="image")
+    x = st.pack_image(spikes(2, 3, C, H, H, seed=31))
+    lrn = STDPLearner(conv, lif, tau_pre=2.0, tau_post=2.0)
+    with torch.no_grad():
+        out = lif(conv(x))
+    assert lrn._pre[0].data_ptr() == x.data.data_ptr() and lrn._post[0][0].data_ptr() == out.data.data_ptr()
+    from spiketriton.reference.stdp import stdp_conv_products_reference
+
+    P, D, _, _ = stdp_conv_products_reference(x.unpack(), out.unpack(), torch.zeros(3, C, H, H),
+                                              torch.zeros(3, O, H, H), 2.0, 2.0, 3, 1, 1)
+    close(lrn.delta(), P - D)
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_conv_agrees_with_spikingjelly_stdp_learner(sj, step_mode):
+    T, B = 4, 2
+    conv_st, pre, post = conv_case(4, 3, 6, 3, 2, 1, 1, T, B, seed=32, step_mode=step_mode)
+    from spikingjelly.activation_based import layer
+
+    conv_sj = layer.Conv2d(4, 3, 3, stride=2, padding=1, bias=False, step_mode=step_mode)
+    with torch.no_grad():
+        conv_sj.weight.copy_(conv_st.weight)
+    chunks = [post] if step_mode == "m" else list(post)
+    f_pre, f_post = (lambda x: x.abs() + 0.1), (lambda x: 0.5 - x)
+    n_sj, n_st = Replay(chunks, step_mode), Replay(chunks, step_mode)
+    sjl = sj.plasticity.STDPLearner(step_mode, conv_sj, n_sj, tau_pre=2.0, tau_post=4.0, f_pre=f_pre, f_post=f_post)
+    ours = STDPLearner(conv_st, n_st, tau_pre=2.0, tau_post=4.0, f_pre=f_pre, f_post=f_post, backend="torch")
+    with torch.no_grad():
+        for x in ([pre] if step_mode == "m" else list(pre)):
+            n_sj(conv_sj(x))
+            n_st(conv_st(x))
+    close(ours.delta(), sjl.step(on_grad=False))
+    sjl.close()
+
+
+def test_conv_rstdp_first_reward_reads_the_first_eligibility():
+    """R-STDP on a conv synapse: with rewards [0, r] the update is r * elig(step 0) / tau_trace, the conv
+    STDP term of step 0 with exponentially decaying traces."""
+    from spiketriton.reference.stdp import stdp_conv_products_reference
+
+    conv, pre, post = conv_case(3, 2, 5, 3, 1, 1, 1, 2, 2, seed=33)
+    neuron = Replay([post], "m")
+    lrn = RSTDPLearner(conv, neuron, tau_pre=2.0, tau_post=3.0, tau_trace=4.0, a_plus=0.5, a_minus=0.8,
+                       backend="torch")
+    with torch.no_grad():
+        neuron(conv(pre))
+    P, D, _, _ = stdp_conv_products_reference(pre[:1], post[:1], torch.zeros(pre.shape[1:]),
+                                              torch.zeros(post.shape[1:]), 2.0, 3.0, 3, 1, 1, exp_decay=True)
+    close(lrn.delta(torch.tensor([0.0, 2.0])), 2.0 * (0.5 * P - 0.8 * D) / 4.0)
+
+
+def test_conv_errors():
+    conv = st.SpikeConv2d(3, 2, 3, bias=False, backend="torch")
+    n = st.LIF(backend="torch")
+    with pytest.raises(ValueError, match="Triton STDP kernel covers linear synapses"):
+        STDPLearner(conv, n, tau_pre=2.0, tau_post=2.0, backend="triton")
+    with pytest.raises(ValueError, match="must pad with zeros"):
+        STDPLearner(nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect"), n, tau_pre=2.0, tau_post=2.0)
+    with pytest.raises(ValueError, match="per_sample=True covers linear synapses"):
+        RSTDPLearner(conv, n, tau_pre=2.0, tau_post=2.0, tau_trace=2.0, per_sample=True)
+    neuron = Replay([spikes(2, 1, 2, 4, 4)], "m")  # the conv gives 3x3 images
+    lrn = STDPLearner(conv, neuron, tau_pre=2.0, tau_post=2.0, backend="torch")
+    with torch.no_grad():
+        neuron(conv(spikes(2, 1, 3, 5, 5)))
+    with pytest.raises(ValueError, match=r"input is \(5, 5\) pixels, its output \(3, 3\), but the neuron fired \(4, 4\)"):
+        lrn.delta()
+    with pytest.raises(ValueError, match=r"must be \[\*lead, 3, H, W\]"):
+        conv(torch.zeros(2, 1, 4, 5, 5))
+
+
+# --------------------------------------------------------------------------------------------- #
 # bad input
 # --------------------------------------------------------------------------------------------- #
 

@@ -59,6 +59,41 @@ def stdp_products_torch(pre: torch.Tensor, post: torch.Tensor, K: int, N: int, t
     return P, D, tp.clone(), tq.clone()  # (copies: the last step's views would keep the sequences alive)
 
 
+def stdp_conv_products_torch(pre: torch.Tensor, post: torch.Tensor, C_in: int, C_out: int, tr_pre: torch.Tensor,
+                             tr_post: torch.Tensor, tau_pre: float, tau_post: float, exp_decay: bool, w_shape,
+                             stride, pad4, dilation, groups: int, unpack_backend: str = "auto"):
+    """The conv synapse's STDP sums (PyTorch ops, any device): ``(P, D, tr_pre_last, tr_post_last)``.
+
+    ``pre [T, B, H, W, ceil(C_in/8)]`` and ``post [T, B, H', W', ceil(C_out/8)]`` are packed spike images
+    (channels-last, 8 channels per byte), ``tr_pre [B, C_in, H, W]`` and ``tr_post [B, C_out, H', W']`` the
+    carried traces; ``pad4`` the synapse's zero padding ``(left, right, top, bottom)``. Summed over time,
+    batch and space, for every tap ``(i, j)`` of the kernel (SpikingJelly's ``stdp_conv2d_step``):
+
+        P[o, c, i, j] += sum post[t, b, o, y, x] * tr_pre[b, c, y * s + i * d, x * s + j * d]   (padded)
+        D[o, c, i, j] += sum tr_post[b, o, y, x] * pre[t, b, c, y * s + i * d, x * s + j * d]
+
+    i.e. the weight gradient of the convolution with ``post`` (``tr_post``) as the output gradient and the
+    zero-padded ``tr_pre`` (``pre``) as its input: ``torch.nn.grad.conv2d_weight`` over the ``T * B``
+    images at once. The padding holds no spikes and so a zero trace.
+    """
+    from ..functional.images import SpikeImage, unpack_image
+
+    T, B = pre.shape[0], pre.shape[1]
+    s_pre = unpack_image(SpikeImage(pre, C_in), torch.float32, unpack_backend)    # [T, B, C, H, W]
+    s_post = unpack_image(SpikeImage(post, C_out), torch.float32, unpack_backend)
+    tp_seq = torch.empty_like(s_pre)
+    tq_seq = torch.empty_like(s_post)
+    tp, tq = tr_pre, tr_post
+    for t in range(T):
+        tp = tp_seq[t] = _trace_step(tp, s_pre[t], tau_pre, exp_decay)
+        tq = tq_seq[t] = _trace_step(tq, s_post[t], tau_post, exp_decay)
+    pad = torch.nn.functional.pad
+    grad_w = torch.nn.grad.conv2d_weight
+    P = grad_w(pad(tp_seq.flatten(0, 1), list(pad4)), w_shape, s_post.flatten(0, 1), stride, 0, dilation, groups)
+    D = grad_w(pad(s_pre.flatten(0, 1), list(pad4)), w_shape, tq_seq.flatten(0, 1), stride, 0, dilation, groups)
+    return P, D, tp.clone(), tq.clone()
+
+
 # --------------------------------------------------------------------------------------------- #
 # Triton
 # --------------------------------------------------------------------------------------------- #

@@ -36,3 +36,32 @@ def stdp_products_reference(pre: torch.Tensor, post: torch.Tensor, tr_pre: torch
             P += torch.outer(post[t, b], tp[b])
             D += torch.outer(tq[b], pre[t, b])
     return P, D, tp, tq
+
+
+def stdp_conv_products_reference(pre: torch.Tensor, post: torch.Tensor, tr_pre: torch.Tensor, tr_post: torch.Tensor,
+                                 tau_pre: float, tau_post: float, kernel_size, stride=1, padding=0, dilation=1,
+                                 exp_decay: bool = False):
+    """The conv form in float64: ``pre [T, B, C, H, W]``, ``post [T, B, O, H', W']`` float spikes; per step
+    the traces advance as above and, for every output position (``F.unfold`` of the zero-padded input),
+    ``P[o, c, i, j] += post[t, b, o, pos] * tr_pre[b, c, tap (i, j) of pos]``, ``D`` likewise with
+    ``tr_post`` and ``pre`` (groups = 1). Returns ``(P, D, tr_pre_last, tr_post_last)``."""
+    import torch.nn.functional as F
+
+    pre, post = pre.double(), post.double()
+    tp, tq = tr_pre.double().clone(), tr_post.double().clone()
+    O, C = post.shape[2], pre.shape[2]
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    P = torch.zeros(O, C * kh * kw, dtype=torch.float64)
+    D = torch.zeros(O, C * kh * kw, dtype=torch.float64)
+    for t in range(pre.shape[0]):
+        if exp_decay:
+            tp = tp * math.exp(-1.0 / tau_pre) + pre[t]
+            tq = tq * math.exp(-1.0 / tau_post) + post[t]
+        else:
+            tp = tp - tp / tau_pre + pre[t]
+            tq = tq - tq / tau_post + post[t]
+        cols_tp = F.unfold(tp, (kh, kw), dilation=dilation, padding=padding, stride=stride)     # [B, C*kh*kw, L]
+        cols_pre = F.unfold(pre[t], (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        P += torch.einsum("bol,bkl->ok", post[t].flatten(2), cols_tp)
+        D += torch.einsum("bol,bkl->ok", tq.flatten(2), cols_pre)
+    return P.view(O, C, kh, kw), D.view(O, C, kh, kw), tp, tq
