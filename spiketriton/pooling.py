@@ -37,7 +37,8 @@ class SpikeMaxPool2d(_SeqPool, nn.MaxPool2d):
     time, and returned packed (the gradient flows back through its anchor as ``nn.MaxPool2d`` routes
     it); a float tensor gives exactly ``nn.MaxPool2d``'s values and gradient. ``return_indices=True``
     and a geometry with a window entirely in the padding are refused (ValueError). ``backend``
-    (``"auto"``, ``"triton"``, ``"torch"``) chooses how the backward unpacks the saved bits.
+    (``"auto"``, ``"triton"``, ``"torch"``) chooses the OR (one Triton kernel, or torch ops on the packed
+    words) and how the backward unpacks the saved bits.
 
     >>> import torch, spiketriton as st
     >>> pool = st.SpikeMaxPool2d(2)

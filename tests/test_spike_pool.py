@@ -22,7 +22,7 @@ GEOMETRIES = {
 }
 # [*lead, C, H, W]: multi-step, single step, unbatched; C not a multiple of 8; a 1x1 image
 SHAPES = {"TBCHW": (3, 2, 11, 7, 9), "T1": (1, 2, 9, 5, 5), "BCHW": (4, 17, 6, 7), "CHW": (8, 5, 6),
-          "C1": (2, 1, 1, 4, 4)}
+          "C1": (2, 1, 1, 4, 4), "C64": (2, 64, 5, 5), "C32": (1, 32, 4, 6)}
 
 
 def _pack(x, backend="torch"):
@@ -40,9 +40,13 @@ def _torch_pool(x, fn, *args, **kw):
     return y.reshape(tuple(x.shape[:-3]) + tuple(y.shape[-3:]))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_max_pool_packed_is_or_and_stays_packed(shape, geom):
+def test_max_pool_packed_is_or_and_stays_packed(shape, geom, backend):
+    """Both paths of the OR (the Triton kernel under the interpreter here), against torch's max pooling of
+    the unpacked values; the channel counts give every word width (C = 64: int64, 32: int32, 17: 3 bytes,
+    11 / 9: int16, 8 / 1: one byte)."""
     k, s, p, d, c = geom
     try:
         pool_geometry("test", shape[-2:], k, s, p, d, c)
@@ -50,7 +54,7 @@ def test_max_pool_packed_is_or_and_stays_packed(shape, geom):
         pytest.skip("the image is smaller than the dilated kernel")
     x = _spikes(shape)
     want = _torch_pool(x, F.max_pool2d, k, s, p, d, ceil_mode=c)
-    got = spike_max_pool2d(_pack(x), k, s, p, d, c, backend="torch")
+    got = spike_max_pool2d(_pack(x), k, s, p, d, c, backend=backend)
     assert isinstance(got, st.SpikeImage) and got.c == shape[-3]
     assert got.shape == want.shape
     assert torch.equal(got.unpack(), want)

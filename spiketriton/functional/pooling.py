@@ -6,8 +6,9 @@ channels per byte). Pooling is per step and per channel, so the leading dimensio
 together and the same function serves multi-step and single-step input.
 
 - :func:`spike_max_pool2d`: the max of 0/1 values over a window is their OR. A SpikeImage is pooled
-  on its bytes, 8 channels per byte (``bitwise_or`` of the window's shifted byte planes), and the
-  result is a SpikeImage again: pooled spikes stay packed. A float input goes to ``F.max_pool2d``
+  on its bytes, 8 channels per byte (kernels/spike_pool.py: one Triton kernel, or ``bitwise_or`` of the
+  window's shifted planes on the PyTorch path), and the result is a SpikeImage again: pooled spikes
+  stay packed. A float input goes to ``F.max_pool2d``
   (the same values and gradient as ``nn.MaxPool2d``).
 - :func:`spike_avg_pool2d` / :func:`spike_sum_pool2d`: means / counts of spikes, real values (a
   float tensor), as ``F.avg_pool2d`` (``divisor_override=1`` for the sum).
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels import spike_pool as KSP
+from ._backend import use_triton
 from ._checks import check_backend, check_bool, check_dtype
 from .images import SpikeImage, _pair, unpack_image
 from .ops import no_double_backward
@@ -111,28 +114,6 @@ def _fold(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- #
 
 
-def or_pool_bytes(data: Tensor, k, s, p, d, out_hw) -> Tensor:
-    """The OR pooling of packed channels-last bytes ``[N, H, W, Cb]`` -> ``[N, Ho, Wo, Cb]`` (the PyTorch
-    path): zero padding (a zero byte is no spike), then the OR of the ``kh * kw`` strided byte planes,
-    8 channels per byte."""
-    N, H, W, Cb = data.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = k, s, p, d, out_hw
-    # rows/columns the windows reach (ceil_mode may reach past the padded input: zeros there too)
-    bottom = max(0, (Ho - 1) * sh + dh * (kh - 1) + 1 - H - ph)
-    right = max(0, (Wo - 1) * sw + dw * (kw - 1) + 1 - W - pw)
-    xp = F.pad(data, (0, 0, pw, right, ph, bottom)) if (ph or pw or bottom or right) else data
-    out = None
-    for u in range(kh):
-        rows = slice(u * dh, u * dh + (Ho - 1) * sh + 1, sh)
-        for v in range(kw):
-            plane = xp[:, rows, v * dw:v * dw + (Wo - 1) * sw + 1:sw, :]
-            if out is None:
-                out = plane.clone(memory_format=torch.contiguous_format)
-            else:
-                out.bitwise_or_(plane)
-    return out
-
-
 class _OrPoolFn(torch.autograd.Function):
     """The gradient path of a packed max pooling: ``anchor`` (the input spikes' stand-in) -> the
     output's anchor (a zero tensor backed by one element); backward routes the output gradient as
@@ -168,9 +149,9 @@ def spike_max_pool2d(x: Union[SpikeImage, Tensor], kernel_size, stride=None, pad
     would; a float tensor is pooled by ``F.max_pool2d`` (its values and gradient). ``kernel_size``,
     ``stride`` (default: the kernel), ``padding``, ``dilation`` and ``ceil_mode`` as in
     ``nn.MaxPool2d``; a window that lies entirely in the padding is a ValueError (torch's max would
-    be ``-inf``). The OR runs as torch ops on uint8 (``kh * kw`` passes over the packed bytes, on any
-    device); ``backend`` (``"auto"``, ``"triton"``, ``"torch"``) chooses how the backward unpacks the
-    saved bits (:func:`~spiketriton.functional.images.unpack_image`).
+    be ``-inf``). ``backend`` (``"auto"``, ``"triton"``, ``"torch"``) chooses the OR: one Triton kernel
+    (kernels/spike_pool.py; CUDA, or the interpreter) or ``kh * kw`` torch ``bitwise_or`` passes over the
+    packed words; and how the backward unpacks the saved bits.
 
     >>> import torch, spiketriton as st
     >>> from spiketriton.functional.pooling import spike_max_pool2d
@@ -189,7 +170,8 @@ def spike_max_pool2d(x: Union[SpikeImage, Tensor], kernel_size, stride=None, pad
         y = F.max_pool2d(_fold(x), k, s, p, d, ceil_mode=ceil_mode)
         return y.reshape(tuple(lead) + tuple(y.shape[-3:])) if len(lead) != 1 else y
     data = x.data.reshape((-1,) + tuple(x.data.shape[-3:]))
-    out = or_pool_bytes(data, k, s, p, d, (Ho, Wo)).reshape(tuple(lead) + (Ho, Wo, data.shape[-1]))
+    orpool = KSP.or_pool2d_triton if use_triton(backend, data, op=op) else KSP.or_pool2d_torch
+    out = orpool(data, k, s, p, d, (Ho, Wo)).reshape(tuple(lead) + (Ho, Wo, data.shape[-1]))
     anchor = None
     if x.anchor is not None and x.anchor.requires_grad and torch.is_grad_enabled():
         out_shape = tuple(lead) + (C, Ho, Wo)
