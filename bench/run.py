@@ -100,7 +100,7 @@ NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel an
                                  "--smoke-cpu)"}
 #: scripts that set their own CPU thread count (1 by default: _common.set_threads says why): run.py's --threads is
 #: passed on to them
-THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic", "conv_snn")
+THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic", "conv_snn", "stdp")
 #: packages a suite cannot run without (the peers are optional inside the suites)
 NEEDS = {"cuda": ("triton",)}
 

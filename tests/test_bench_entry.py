@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = {"neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul"}
+SUITES = {"neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn"}
 ISSUE_GOALS = {"neuron_copy_bandwidth", "neuron_vs_spikingjelly", "spike_matmul_vs_torch_fp32",
                "spike_matmul_vs_torch_bf16", "spike_matmul_dw_vs_torch_fp32", "spike_matmul_dw_vs_torch_bf16",
                "int_matmul_vs_torch_bf16", "open_neuromorphic_fastest", "open_neuromorphic_vs_3_gemms",
