@@ -414,8 +414,37 @@ def stdp_cases() -> List[Case]:
     return out
 
 
+def conv_cases() -> List[Case]:
+    """The spike convolution (kernels/spike_conv.py): implicit-GEMM forward and dW on packed
+    channels-last spikes, 3x3 padding 1, at a VGG layer 64 -> 128 channels, 32x32, T x B = 4 x 32
+    images (fp32 / bf16 / fp16), and a late layer 256 -> 256 at 8x8 (fp32: split-K)."""
+    from spiketriton.kernels import spike_conv as KC
+
+    out = []
+    for label, N, C, CO, HW, dts in [("N128x64x32x32->128", 128, 64, 128, 32, (torch.float32, torch.bfloat16,
+                                                                                 torch.float16)),
+                                     ("N128x256x8x8->256", 128, 256, 256, 8, (torch.float32,))]:
+        for dt in dts:
+            dn = str(dt).replace("torch.", "")
+
+            def fwd(N=N, C=C, CO=CO, HW=HW, dt=dt):
+                p = _t((N, HW, HW, C // 8), torch.uint8)
+                KC.spike_conv2d_fwd(p, C, _t((CO, C, 3, 3), dt), _t((CO,), dt), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                    weight_r=_t((CO, 9 * C), dt))
+
+            def dw(N=N, C=C, CO=CO, HW=HW, dt=dt):
+                g = _t((N, HW, HW, CO), dt).permute(0, 3, 1, 2)  # channels-last, as the neuron's backward gives it
+                KC.spike_conv2d_dw(g, _t((N, HW, HW, C // 8), torch.uint8), C, (CO, C, 3, 3), (1, 1), (1, 1, 1, 1),
+                                   (1, 1), 1)
+
+            out.append(Case(f"conv_fwd/{dn}/{label}", "matmul", label, True, True, fwd, dn))
+            out.append(Case(f"conv_dw/{dn}/{label}", "matmul_dw", label, True, True, dw, dn))
+    return out
+
+
 def all_cases() -> List[Case]:
-    return neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases() + stdp_cases()
+    return (neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases() + stdp_cases()
+            + conv_cases())
 
 
 # --------------------------------------------------------------------------------------------- #
