@@ -5,6 +5,7 @@
     python bench/stdp.py --device cpu --quick    # CPU-sized check of the script (CI), seconds
     python bench/stdp.py --device cpu --sizes 256,1024,4096 --batch 32 --T 1
     python bench/stdp.py --device cuda --sizes 1024,4096,8192 --T 1,8
+    TRITON_INTERPRET=1 python bench/stdp.py --smoke-cpu  # the CUDA code path (Triton impl) in the interpreter
 
 One *update* is what a training loop pays per learning step beyond the forward pass: the learner's hooks
 record the synapse's input and the neuron's output (the synapse and neuron here are stand-ins that return
@@ -52,6 +53,7 @@ from _common import (  # noqa: E402
 IMPLS = ("spiketriton(torch)", "spiketriton(triton)", "spikingjelly")
 W_MIN, W_MAX, LR, TAU = 0.0, 1.0, 1e-3, 20.0
 QUICK = dict(sizes="64,128", batch=8, T="1,4", repeats=3, warmup=1)
+SMOKE = dict(sizes="40", batch=3, T="1,3", repeats=1, warmup=0)
 
 
 class _Free(nn.Linear):
@@ -158,6 +160,9 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="CPU: untimed calls per impl first (default 1)")
     ap.add_argument("--rep-ms", type=int, default=100, help="CUDA: do_bench repetition time")
     ap.add_argument("--quick", action="store_true", help=f"CPU-sized check of the script: {QUICK}")
+    ap.add_argument("--smoke-cpu", action="store_true",
+                    help=f"with TRITON_INTERPRET=1: every impl incl. the Triton kernel on the CPU at {SMOKE} (checks "
+                         f"the GPU code path without a GPU; times mean nothing); writes to results/cpu-smoke/")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
@@ -165,18 +170,25 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
+    if args.quick or args.smoke_cpu:
+        for k, v in (SMOKE if args.smoke_cpu else QUICK).items():
             setattr(args, k, v)
+    if args.smoke_cpu:
+        from spiketriton.kernels import interpret_mode
+
+        if not interpret_mode():
+            raise SystemExit("stdp.py --smoke-cpu: set TRITON_INTERPRET=1 before starting (the kernel runs interpreted)")
+        args.device = "cpu"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     impls = [i for i in args.impls.split(",") if i]
-    if device.type != "cuda":
+    if device.type != "cuda" and not args.smoke_cpu:
         impls = [i for i in impls if i != "spiketriton(triton)"]  # the kernel needs CUDA (tests run it interpreted)
     threads = set_threads(args.threads, device)
     kind = "gpu" if device.type == "cuda" else "cpu"
-    stem = f"stdp_{kind}" + ("_quick" if args.quick else "")
-    out = Path(args.out) if args.out else RESULTS_DIR / (device_slug(device) + ("-quick" if args.quick else ""))
+    stem = f"stdp_{kind}" + ("_quick" if args.quick else "_smoke" if args.smoke_cpu else "")
+    folder = device_slug(device) + ("-quick" if args.quick else "-smoke" if args.smoke_cpu else "")
+    out = Path(args.out) if args.out else RESULTS_DIR / folder
     result = header(stem, "stdp.py", argv, device)
     result["config"] = dict(sizes=args.sizes, batch=args.batch, T=args.T, rate=args.rate, lr=LR, tau=TAU,
                             rule="soft bounds: f_post = 1 - W, f_pre = W (w in [0, 1])", impls=impls, **threads)
@@ -194,7 +206,7 @@ def main(argv=None) -> int:
                     except Exception as e:  # noqa: BLE001 - one impl failing must not lose the others
                         rows.append(dict(impl=impl, N=size, K=size, B=args.batch, T=T, error=short_error(e)))
                         print(f"  {impl} N=K={size} T={T}: FAILED ({short_error(e)})", flush=True)
-                if device.type == "cuda":
+                if device.type == "cuda" or args.smoke_cpu:
                     for c in group:
                         c.update(bench_ms(c["fn"], 25, args.rep_ms, device))
                 else:
