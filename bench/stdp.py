@@ -162,7 +162,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help=f"CPU-sized check of the script: {QUICK}")
     ap.add_argument("--smoke-cpu", action="store_true",
                     help=f"with TRITON_INTERPRET=1: every impl incl. the Triton kernel on the CPU at {SMOKE} (checks "
-                         f"the GPU code path without a GPU; times mean nothing); writes to results/cpu-smoke/")
+                         f"the GPU code path without a GPU; times mean nothing); writes to results/cpu-quick/")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     threads = set_threads(args.threads, device)
     kind = "gpu" if device.type == "cuda" else "cpu"
     stem = f"stdp_{kind}" + ("_quick" if args.quick else "_smoke" if args.smoke_cpu else "")
-    folder = device_slug(device) + ("-quick" if args.quick else "-smoke" if args.smoke_cpu else "")
+    folder = device_slug(device) + ("-quick" if args.quick or args.smoke_cpu else "")  # (-quick: git-ignored)
     out = Path(args.out) if args.out else RESULTS_DIR / folder
     result = header(stem, "stdp.py", argv, device)
     result["config"] = dict(sizes=args.sizes, batch=args.batch, T=args.T, rate=args.rate, lr=LR, tau=TAU,
