@@ -51,6 +51,10 @@ Step modes: each record is read in the step mode of the neuron when it fired (``
 ``"m"``: ``[T, *batch, features]``, ``"s"``: ``[*batch, features]``) unless ``step_mode`` is given.
 Leading batch dimensions are flattened; the batch size must stay the same until :meth:`reset`.
 
+Records accumulate until :meth:`STDPLearner.delta` / ``step()`` uses them or :meth:`STDPLearner.reset`
+drops them (``disable()`` pauses recording, e.g. for evaluation). The hooks hold the learner: detach it
+before ``torch.save(net)`` (hooks do not pickle).
+
 Backends: ``backend="triton"`` runs the update as one Triton kernel reading the packed bits
 (``kernels/stdp.py``); ``"torch"`` unpacks inside the update and uses two BLAS matmuls; ``"auto"``
 picks Triton for CUDA weights (or under ``TRITON_INTERPRET=1``).
