@@ -77,7 +77,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     tqdm = None
 
 __all__ = ["load_data", "encode", "make_neuron", "build_net", "firing_rate", "describe_backend", "train_epoch",
-           "evaluate", "monitor_step", "build_parser", "main"]
+           "evaluate", "monitor_step", "build_parser", "main", "set_threads"]
 
 NUM_INPUTS = 64   # 8x8 pixels
 NUM_CLASSES = 10  # digits 0-9
@@ -505,14 +505,26 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m spiketrito
         parser.error(str(e))
     threads_before = torch.get_num_threads()
     try:
-        threads_text = _set_threads(args.threads, device)
+        threads_text = set_threads(args.threads, device)
         return _run(args, device, backend_text, threads_text)
     finally:
         torch.set_num_threads(threads_before)  # a caller's process (tests, a notebook) keeps its own setting
 
 
-def _set_threads(threads: Optional[int], device: torch.device) -> str:
-    """Set torch's CPU threads for the run (--threads; 1 by default on the CPU) and say why."""
+def set_threads(threads: Optional[int], device: torch.device) -> str:
+    """Set torch's CPU threads for a run and say why, for the demo and the examples' ``--threads``:
+    ``None`` -> :data:`DEFAULT_CPU_THREADS` (1) when ``device`` is the CPU, else torch's default;
+    ``0`` -> torch's default (one per core); ``N`` -> N. Returns the text the demo prints, e.g.
+    ``"1 (the demo's default on the CPU: ...)"``. The caller restores ``torch.get_num_threads()``'s
+    earlier value if it must (``main`` does).
+
+    >>> import torch
+    >>> from spiketriton.demo import set_threads
+    >>> before = torch.get_num_threads()
+    >>> set_threads(None, torch.device("cpu")).split(" (")[0]
+    '1'
+    >>> torch.set_num_threads(before)
+    """
     if threads is None and device.type == "cpu":
         torch.set_num_threads(DEFAULT_CPU_THREADS)
         why = ("the demo's default on the CPU: torch's default of one thread per core stalls on a machine shared "
