@@ -456,3 +456,22 @@ def test_float_neuron_runs_on_channels_last_input(backend, device):
     (gb,) = torch.autograd.grad(sb, [xb], g)
     # (torch's vectorised and scalar loops may round the surrogate differently in the last bit)
     assert torch.allclose(ga, gb, rtol=1e-6, atol=1e-7)
+
+
+def test_int64_index_path_gives_the_same_result(monkeypatch, device):
+    """The kernels index in int32 unless an offset may reach 2^31; the int64 variant (forced here: the
+    tensors that need it are too large for a test) computes the same values."""
+    from spiketriton.kernels import spike_conv as KSC
+
+    torch.manual_seed(0)
+    s = spikes((2, 16, 5, 4), device=device).requires_grad_()
+    w = torch.randn(6, 16, 3, 3, device=device, requires_grad=True)
+    g = torch.randn(2, 6, 3, 2, device=device)
+    y32 = spike_conv2d(s, w, stride=(1, 2), backend="triton")
+    grads32 = torch.autograd.grad(y32, [s, w], g)
+    monkeypatch.setattr(KSC, "_idx64", lambda *t: True)
+    y64 = spike_conv2d(s, w, stride=(1, 2), backend="triton")
+    grads64 = torch.autograd.grad(y64, [s, w], g)
+    assert torch.equal(y32, y64)
+    for a, b in zip(grads32, grads64):
+        assert torch.equal(a, b)

@@ -63,6 +63,16 @@ def reorder_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @triton.jit
+def _rows(m0, BLOCK_M: tl.constexpr, IDX64: tl.constexpr):
+    """Output pixel rows ``m0 .. m0 + BLOCK_M``: int32 index arithmetic (the per-row divisions into
+    image, row and column are in every K step of dW) unless an offset may reach 2^31 (``IDX64``)."""
+    rm = m0 + tl.arange(0, BLOCK_M)
+    if IDX64:
+        rm = rm.to(tl.int64)
+    return rm
+
+
+@triton.jit
 def _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL):
     """Output pixel rows ``rm`` -> (image index, output row, output column, first input row/column of
     the window)."""
@@ -119,7 +129,7 @@ def _spike_conv_fwd_kernel(
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
     STEPS, STEPS_PER_SPLIT, syn, syc, syh, syw, sys,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-    INTERP: tl.constexpr, P_DIV: tl.constexpr,
+    INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -131,7 +141,7 @@ def _spike_conv_fwd_kernel(
     rnl = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = rnl < COG
     rn = g * COG + rnl
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = _rows(pid_m * BLOCK_M, BLOCK_M, IDX64)
     mask_m = rm < M
     st_lo = pid_k * STEPS_PER_SPLIT
     st_hi = min(st_lo + STEPS_PER_SPLIT, STEPS)
@@ -158,7 +168,7 @@ def _fallback_conv_fwd_kernel(
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
     syn, syc, syh, syw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
     MAIN_BLOCK_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Recompute with exact fp32 FMAs the output channels whose weights the split could not hold.
@@ -171,7 +181,7 @@ def _fallback_conv_fwd_kernel(
         mask_n = rnl < COG
         rn = g * COG + rnl
         for m0 in range(0, M, BLOCK_M):
-            rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+            rm = _rows(m0, BLOCK_M, IDX64)
             mask_m = rm < M
             acc, _lost, img, oh, ow = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, 0, STEPS,
                                            M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
@@ -186,7 +196,7 @@ def _fallback_conv_fwd_kernel(
 def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
              H, W, Wo, HoWo, CB, CGB, KW, SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check,
              MODE: tl.constexpr, ONE_BITS: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+             IDX64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc[BLOCK_N, BLOCK_K] = sum_{m in [m_lo, m_hi)} dY[m, rn] S_col[m, tap, c0 : c0 + BLOCK_K]``."""
     gbyte = g * (CGB // P_DIV) * P_DIV
     i = tap // KW
@@ -194,7 +204,7 @@ def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     lost = 0
     for m0 in range(m_lo, m_hi, BLOCK_M):
-        rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        rm = _rows(m0, BLOCK_M, IDX64)
         mask_m = rm < m_hi
         img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL)
         pix, ok = _tap_rows(img, ih0, iw0, mask_m, i, j, H, W, CB, DH, DW, P_DIV)
@@ -216,7 +226,7 @@ def _spike_conv_dw_kernel(
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
     M_PER_SPLIT, sgn, sgc, sgh, sgw,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_ng = tl.program_id(0)  # (group, N block)
     st = tl.program_id(1)      # (tap, channel block)
@@ -233,7 +243,8 @@ def _spike_conv_dw_kernel(
     m_hi = min(m_lo + M_PER_SPLIT, M)
     check = st == 0  # the first K tile checks the gradients of its N block
     acc, lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi, H, W, Wo, HoWo, CB, CGB, KW,
-                         SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check, MODE, ONE_BITS, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+                         SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check, MODE, ONE_BITS, INTERP, P_DIV, IDX64,
+                         BLOCK_N, BLOCK_M, BLOCK_K)
     if MODE == 1:
         if check:
             tl.store(flag_ptr + pid_s * tl.num_programs(0) + pid_ng, lost.to(tl.int8))
@@ -250,7 +261,7 @@ def _fallback_conv_dw_kernel(
     M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
     sgn, sgc, sgh, sgw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
-    SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
+    SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
     MAIN_BLOCK_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dW rows whose dY values the split could not hold, with exact fp32 FMAs (see the forward's)."""
@@ -265,7 +276,8 @@ def _fallback_conv_dw_kernel(
             tap = st // NCB
             c0 = (st - tap * NCB) * BLOCK_K
             acc, _lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, 0, M, H, W, Wo, HoWo, CB, CGB, KW,
-                                  SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, False, 3, -1, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+                                  SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, False, 3, -1, INTERP, P_DIV, IDX64,
+                                  BLOCK_N, BLOCK_M, BLOCK_K)
             kc = c0 + tl.arange(0, BLOCK_K)
             tl.store(dw_ptr + rn[:, None] * KT + (tap * CGP + kc)[None, :], acc,
                      mask=mask_n[:, None] & (kc < CGP)[None, :])
@@ -301,6 +313,11 @@ class _Geom:
                      self.CO, self.KT, self.KW, ncb, self.SH, self.SW, self.PT, self.PL, self.DH, self.DW)
 
 
+def _idx64(*tensors) -> bool:
+    """Whether an element offset into one of the tensors (or a row count) may reach 2^31."""
+    return any(t.numel() + sum(abs(st) for st in t.stride()) >= 2**31 for t in tensors)
+
+
 def _block_k(block_k: int, cgp: int) -> int:
     """A K step stays in one tap: no wider than the tap's channels (padded to 16, tl.dot's minimum)."""
     return max(16, min(block_k, triton.next_power_of_2(cgp)))
@@ -313,6 +330,10 @@ def conv_fwd_config(geo: _Geom, dtype: torch.dtype, n_sms: int) -> dict:
     cfg = KSM.fwd_config(geo.M, geo.COG, geo.KT, dtype, n_sms)
     cfg.pop("GROUP_N")
     cfg.pop("SPLIT")
+    if cfg["BLOCK_M"] > 128:
+        # the matmul's 128 x 256 tiles for large halves spilled here (sm_90 bf16: 255 registers, 376 B of
+        # stack): each row of the gathered B operand also holds its pixel coordinates
+        cfg["BLOCK_M"], cfg["BLOCK_K"] = 128, 64
     if geo.COG <= 32:
         cfg["BLOCK_N"] = max(16, triton.next_power_of_2(geo.COG))
     cfg["BLOCK_K"] = _block_k(cfg["BLOCK_K"], geo.CGP)
@@ -384,7 +405,7 @@ def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, we
     _spike_conv_fwd_kernel[grid](
         packed, wr, bias if bias is not None else wr, out, flags, *args, steps, per_split, *sy, sys,
         MODE=mode, ONE_BITS=KSM._one_bits(weight.dtype, interp), HAS_BIAS=bias is not None, SPLIT=split,
-        INTERP=interp, P_DIV=geo.P_DIV, **cfg,
+        INTERP=interp, P_DIV=geo.P_DIV, IDX64=_idx64(packed, out), **cfg,
     )
     if split > 1:  # the partial sums in a fixed order, then the bias, then one rounding
         acc = out.sum(0)
@@ -399,7 +420,8 @@ def spike_conv2d_fwd(packed, C, weight, bias, stride, pad4, dilation, groups, we
         _fallback_conv_fwd_kernel[(triton.cdiv(geo.COG, fb["BLOCK_N"]), groups)](
             packed, wr, bias if bias is not None else wr, y, flags, *args_fb, geo.KH * geo.KW * ncb_fb, *y.stride(),
             groups * n_n,
-            HAS_BIAS=bias is not None, SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
+            HAS_BIAS=bias is not None, SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, IDX64=_idx64(packed, y),
+            MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
         )
     return y
 
@@ -432,7 +454,8 @@ def spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups, conf
     out = dwr if (split == 1 and not rne) else torch.empty((split, co, geo.KT), device=dev, dtype=torch.float32)
     _spike_conv_dw_kernel[(groups * n_n, steps, split)](
         g, packed, out, flags, *args, m_per_split, *g.stride(),
-        MODE=mode, ONE_BITS=KSM._one_bits(g.dtype, interp), SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, **cfg,
+        MODE=mode, ONE_BITS=KSM._one_bits(g.dtype, interp), SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV,
+        IDX64=_idx64(packed, g), **cfg,
     )
     if split > 1:
         dwr.copy_(out.sum(0))
@@ -443,7 +466,7 @@ def spike_conv2d_dw(gy, packed, C, w_shape, stride, pad4, dilation, groups, conf
         ncb_fb, args_fb = geo.args(fb["BLOCK_K"])
         _fallback_conv_dw_kernel[(triton.cdiv(geo.COG, fb["BLOCK_N"]), groups)](
             g, packed, dwr, flags, *args_fb, geo.KH * geo.KW * ncb_fb, *g.stride(), groups * n_n,
-            SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
+            SPLIT=split, INTERP=interp, P_DIV=geo.P_DIV, IDX64=_idx64(packed, g), MAIN_BLOCK_N=cfg["BLOCK_N"], **fb,
         )
     # [C_out, kh, kw, CGP] -> [C_out, C_g, kh, kw]
     return dwr.view(co, kh, kw, geo.CGP)[..., :cg].permute(0, 3, 1, 2).contiguous()
