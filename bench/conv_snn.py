@@ -327,8 +327,12 @@ def main(argv=None) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
+#: one colour per variant (spikingjelly as in plots.COLORS)
+COLORS = {"spikingjelly": "C1", "spiketriton": "C4", "spiketriton convert": "C0"}
+
+
 def plot(result: Dict, path: Path):
-    from plots import _bars, _plt, _save
+    from plots import _plt, _save
 
     plt = _plt()
     rows = [r for r in result.get("rows", []) if "saved_B_per_neuron_step" in r]
@@ -336,19 +340,21 @@ def plot(result: Dict, path: Path):
         return None
     cuda = [r for r in rows if "cuda_peak_B_per_neuron_step" in r]
     fig, axes = plt.subplots(1, 3 if cuda else 2, figsize=(14 if cuda else 10, 4.6), squeeze=False)
-    names = [r["variant"] for r in rows]
-    panels = [("saved_B_per_neuron_step", "bytes saved for backward per neuron-step", "saved for backward"),
+    panels = [("saved_B_per_neuron_step", "bytes per neuron-step", "saved for backward"),
               ("median_ms", "ms per training step (median)", "time per step (fwd + grad)")]
     if cuda:
-        panels.append(("cuda_peak_B_per_neuron_step", "peak CUDA bytes per neuron-step", "peak CUDA memory"))
+        panels.append(("cuda_peak_B_per_neuron_step", "peak CUDA bytes per neuron-step", "peak CUDA memory of a step"))
     for ax, (field, label, title) in zip(axes[0], panels):
-        _bars(ax, [""], {n: [r.get(field, float("nan"))] for n, r in zip(names, rows)}, label)
-        for j, r in enumerate(rows):
-            v = r.get(field)
-            if v is not None:
-                ax.text((j - (len(rows) - 1) / 2) * 0.8 / len(rows), v, f"{v:.3g}", ha="center", va="bottom",
-                        fontsize=7)
+        vals = [r.get(field, float("nan")) for r in rows]
+        ax.bar(range(len(rows)), vals, 0.7, color=[COLORS.get(r["variant"]) for r in rows])
+        for j, v in enumerate(vals):
+            if v == v:
+                ax.text(j, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["variant"].replace(" ", "\n") for r in rows], fontsize=8)
+        ax.set_ylabel(label)
         ax.set_title(title, fontsize=9)
+        ax.set_ylim(top=max(v for v in vals if v == v) * 1.15 if any(v == v for v in vals) else None)
     cfg = result["config"]
     threads = f", {cfg.get('torch_num_threads')} torch thread(s)" if (result.get("device") or {}).get("kind") != "cuda" \
         else ""
