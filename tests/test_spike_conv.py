@@ -464,7 +464,7 @@ def test_int64_index_path_gives_the_same_result(monkeypatch, device):
     from spiketriton.kernels import spike_conv as KSC
 
     torch.manual_seed(0)
-    s = spikes((2, 16, 5, 4), device=device).requires_grad_()
+    s = spikes((2, 16, 5, 5), device=device).requires_grad_()
     w = torch.randn(6, 16, 3, 3, device=device, requires_grad=True)
     g = torch.randn(2, 6, 3, 2, device=device)
     y32 = spike_conv2d(s, w, stride=(1, 2), backend="triton")
