@@ -224,12 +224,18 @@ def _out_size(n: int, k: int, s: int, p_lo: int, p_hi: int, d: int) -> int:
 # --------------------------------------------------------------------------------------------- #
 
 
+# The PyTorch path computes channels-last: oneDNN's convolution on the CPU is about twice as fast in
+# that format (1 thread, 32 x 64 x 16 x 16 spikes, 64 -> 64 channels 3x3: 20.6 ms NCHW, 9.2 ms
+# channels-last), and it is the layout of the packed spikes and of the output.
+_CL = torch.channels_last
+
+
 def _dense_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, pad4, dilation, groups) -> Tensor:
     """``F.conv2d`` with explicit (possibly asymmetric) zero padding, accumulated as the kernels do
     (fp32 for CPU halves: ``ops.acc_dtype``), returned in the weight's dtype."""
     acc = ops.acc_dtype(weight)
     pt, pb, pl, pr = pad4
-    x = x.to(acc)
+    x = x.to(dtype=acc, memory_format=_CL)
     if pb != pt or pr != pl:  # the extra row/column of an asymmetric ('same' with an even kernel) padding
         x = F.pad(x, (0, pr - pl, 0, pb - pt))
     y = F.conv2d(x, weight.to(acc), bias.to(acc) if bias is not None else None, stride, (pt, pl), dilation, groups)
@@ -244,7 +250,8 @@ def _conv_dx(gy: Tensor, weight: Tensor, in_hw: Tuple[int, int], stride, pad4, d
     H, W = in_hw
     hp, wp = H + pb - pt, W + pr - pl  # the input as the symmetric padding (pt, pl) sees it
     n, cin = gy.shape[0], weight.shape[1] * groups
-    gx = torch.nn.grad.conv2d_input((n, cin, hp, wp), weight.to(acc), gy.to(acc), stride, (pt, pl), dilation, groups)
+    gy = gy.to(dtype=acc, memory_format=_CL)
+    gx = torch.nn.grad.conv2d_input((n, cin, hp, wp), weight.to(acc), gy, stride, (pt, pl), dilation, groups)
     return gx[:, :, :H, :W].to(gy.dtype)
 
 
@@ -255,7 +262,8 @@ def _conv_dw_torch(gy: Tensor, packed: Tensor, C: int, w_shape, stride, pad4, di
     pt, pb, pl, pr = pad4
     if pb != pt or pr != pl:
         x = F.pad(x, (0, pr - pl, 0, pb - pt))
-    gw = torch.nn.grad.conv2d_weight(x, tuple(w_shape), gy.to(acc), stride, (pt, pl), dilation, groups)
+    gw = torch.nn.grad.conv2d_weight(x, tuple(w_shape), gy.to(dtype=acc, memory_format=_CL), stride, (pt, pl),
+                                     dilation, groups)
     return gw.to(gy.dtype)
 
 
