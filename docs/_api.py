@@ -32,6 +32,7 @@ KNOWN_BROKEN_REFERENCES: list[tuple[str, str]] = [
     ("py:func", "is_binary"),
     ("py:meth", "Surrogate.derivative"),
     ("py:meth", "reset"),                       # spiketriton.learning's module docstring (STDPLearner.reset?)
+    ("py:data", "DEFAULT_CPU_THREADS"),         # spiketriton.demo.set_threads (a constant outside __all__)
 ]
 
 # Docstrings (by documented object) that are not valid reStructuredText yet: docutils' formatting
@@ -140,7 +141,8 @@ def summary(obj) -> str:
     para = " ".join(doc.split("\n\n")[0].split())
     m = re.search(r"^(.+?[.:])(\s|$)", para)
     text = (m.group(1) if m else para).rstrip(":") + ("." if m and m.group(1).endswith(":") else "")
-    text = _ROLE.sub(lambda r: f"``{r.group(1)}``", text)
+    # :ref:`family A <spec-family-a>` -> ``family A``; :class:`~x.LIF` -> ``x.LIF``
+    text = _ROLE.sub(lambda r: f"``{r.group(1).split(' <')[0]}``", text)
     # outside ``literals``, a ``*`` or ``|`` of plain text is not markup
     parts = text.split("``")
     return "``".join(p if i % 2 else re.sub(r"([*|\\])", r"\\\1", p) for i, p in enumerate(parts))
