@@ -538,7 +538,7 @@ class STDPLearner(_Learner):
         pre, post = rec
         tp, tq = self._traces(pre.shape[1], pre, post)
         fused = (not self._conv and self.f_pre is None and self.f_post is None
-                 and use_triton(self.backend, w, op=self._op) and (apply_lr is None or w.stride(1) == 1))
+                 and use_triton(self.backend, w, op=self._op) and w.stride(1) == 1)  # (the kernel reads rows of W)
         if fused:  # the weight dependence (and the update of the weight) in the kernel's epilogue
             out = KS.OUT_DW if apply_lr is None else KS.OUT_APPLY
             dw, _, self.trace_pre, self.trace_post = KS.stdp_products_triton(

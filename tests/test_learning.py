@@ -233,6 +233,30 @@ def test_half_weights(dtype, backend):
     assert fc.weight.dtype == dtype
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("apply", ["delta", "step"])
+def test_noncontiguous_weight(backend, apply):
+    """A weight stored transposed (column stride 1 missing): the kernel, which reads rows of W, is not
+    used on it; the result is the same."""
+    T, B, K, N = 2, 2, 10, 7
+    pre, post = spikes(T, B, K, seed=40), spikes(T, B, N, seed=41)
+    fc = make_layer(K, N, "linear")
+    with torch.no_grad():
+        fc.weight = nn.Parameter(fc.weight.detach().t().contiguous().t())
+    assert fc.weight.stride(1) != 1
+    w0 = fc.weight.detach().clone()
+    neuron = Replay([post], "m")
+    lrn = STDPLearner(fc, neuron, tau_pre=2.0, tau_post=2.0, bounds="soft", w_min=-1.0, w_max=1.0, backend=backend)
+    with torch.no_grad():
+        neuron(fc(pre))
+    want, _, _ = expected_dw(pre, post, w0, 2.0, 2.0, 1.0, 1.0, "soft", -1.0, 1.0)
+    if apply == "delta":
+        close(lrn.delta(), want)
+    else:
+        lrn.step(0.01)
+        close(fc.weight, w0.double() + 0.01 * want, rtol=1e-6)
+
+
 def test_packed_neuron_output_and_spike_tensor_input():
     """A neuron with packed_output hands the learner its bits; a SpikeTensor input is recorded as it is."""
     T, B, K, N = 3, 2, 17, 9
