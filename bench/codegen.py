@@ -442,9 +442,26 @@ def conv_cases() -> List[Case]:
     return out
 
 
+def pool_cases() -> List[Case]:
+    """The OR pooling of packed images (kernels/spike_pool.py), 2x2 and 3x3/2 padded, at VGG shapes: 64
+    channels (one int64 word per pixel), 256 (two 128-bit loads per pixel) and 24 (three bytes: uint8)."""
+    from spiketriton.kernels import spike_pool as KSP
+
+    out = []
+    for label, N, C, HW in [("N128x64x32x32", 128, 64, 32), ("N128x256x16x16", 128, 256, 16), ("N128x24x32x32", 128, 24, 32)]:
+        for name, k, s, p in [("2x2", (2, 2), (2, 2), (0, 0)), ("3x3s2p1", (3, 3), (2, 2), (1, 1))]:
+            ho = (HW + 2 * p[0] - k[0]) // s[0] + 1
+
+            def run(N=N, C=C, HW=HW, k=k, s=s, p=p, ho=ho):
+                KSP.or_pool2d_triton(_t((N, HW, HW, (C + 7) // 8), torch.uint8), k, s, p, (1, 1), (ho, ho))
+
+            out.append(Case(f"or_pool/{name}/{label}", "pool", label, C % 128 == 0, C % 8 == 0, run, "uint8"))
+    return out
+
+
 def all_cases() -> List[Case]:
     return (neuron_cases() + neuron_int_cases() + pack_cases() + matmul_cases() + event_cases() + stdp_cases()
-            + conv_cases())
+            + conv_cases() + pool_cases())
 
 
 # --------------------------------------------------------------------------------------------- #
