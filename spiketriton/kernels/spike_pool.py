@@ -21,9 +21,16 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-# 1024 output words per program at 4 warps: 8 words per thread in a [pixels, words] tile (the words of one
-# pixel contiguous, up to 16 bytes per access: a whole pixel of <= 128 channels in one 128-bit load).
-_BLOCK = 1024
+from .neuron import _sm_count
+
+# At most 512 output words per program at 4 warps (4 per thread) in a [pixels, words] tile, the words of one
+# pixel contiguous (up to 16 bytes per access: a pixel of <= 128 channels in one load, 128-bit from 128 channels
+# on); halved while the grid has fewer than 4 programs per SM, down to one pixel chunk (BLOCK_C words) per thread,
+# which keeps the 128-bit accesses (at one word per thread a 256-channel pixel took two 64-bit loads). Compiled for
+# sm_90 / sm_80 (bench/codegen.py): 1024 words per program took 96-211 registers (8 int64 pixel offsets per
+# thread), 512 takes 40-100, the smallest tiles 26-54; no spills; a VGG pooling [128, 32, 32, 64 ch] at 512 made
+# only 64 programs for 132 SMs.
+_BLOCK = 512
 _NUM_WARPS = 4
 
 
@@ -40,9 +47,10 @@ def _words(data: torch.Tensor) -> torch.Tensor:
 def _or_pool_kernel(
     x_ptr,      # [N, H, W, CW] words (int8/16/32/64), contiguous
     y_ptr,      # [N, HO, WO, CW] words out
-    H, W, HO, WO, CW,                    # input / output sizes; CW words per pixel
+    H, W, HO, WO,                        # input / output sizes
     n_pix,                               # N * HO * WO output pixels
     SH, SW, PH, PW, DH, DW,              # stride, padding (top / left), dilation
+    CW: tl.constexpr,                    # words per pixel (constexpr: the pixel stride, so aligned vectors are provable)
     KH: tl.constexpr, KW: tl.constexpr,  # the window (unrolled)
     BLOCK_P: tl.constexpr,               # output pixels per program
     BLOCK_C: tl.constexpr,               # words per pixel in the tile (power of two >= CW, or a slice of CW)
@@ -83,9 +91,12 @@ def or_pool2d_triton(data: torch.Tensor, k, s, p, d, out_hw) -> torch.Tensor:
     CW = x.shape[-1]
     block_c = min(triton.next_power_of_2(CW), 16 // x.element_size())  # at most 128 bits of a pixel
     block_p = max(1, _BLOCK // block_c)
+    sms = _sm_count(data.device)
+    while block_p > 32 * _NUM_WARPS and triton.cdiv(n_pix, block_p) * triton.cdiv(CW, block_c) < 4 * sms:
+        block_p //= 2
     grid = (triton.cdiv(n_pix, block_p), triton.cdiv(CW, block_c))
-    _or_pool_kernel[grid](x, y, H, W, HO, WO, CW, n_pix, s[0], s[1], p[0], p[1], d[0], d[1],
-                          KH=k[0], KW=k[1], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    _or_pool_kernel[grid](x, y, H, W, HO, WO, n_pix, s[0], s[1], p[0], p[1], d[0], d[1],
+                          CW=CW, KH=k[0], KW=k[1], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
     return out
 
 
