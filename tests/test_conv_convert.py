@@ -249,3 +249,37 @@ def test_stepwise_refuses_a_spike_image_for_a_tensor_module():
         st.StepWise(nn.Flatten())(img)
     out = st.StepWise(st.SpikeMaxPool2d(2), st.SpikeSumPool2d(2, backend="torch"))(img)
     assert out.shape == (2, 3, 4, 1, 1)
+
+
+def test_convert_pool_and_conv_in_one_stepwise_hand_over_packed_images():
+    """StepWise(MaxPool2d, Conv2d, BatchNorm2d) after a neuron: the pool and the conv take the sequence, the
+    neuron hands over a SpikeImage, the pool keeps it packed; the same outputs and input gradient."""
+    torch.manual_seed(6)
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(),
+                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF())
+    with torch.no_grad():
+        net[0][0].weight.mul_(3.0)
+    ref = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(),
+                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF())
+    ref.load_state_dict(net.state_dict())
+    st.convert(net, backend="torch")
+    assert [type(m).__name__ for m in net[2]] == ["SpikeMaxPool2d", "SpikeConv2d", "BatchNorm2d"]
+    assert net[1].packed_output == "image" and net[3].packed_output is False  # the last one is the output
+    x = torch.rand(3, 2, 2, 8, 8, generator=torch.Generator().manual_seed(7))
+    g = torch.randn(3, 2, 5, 4, 4, generator=torch.Generator().manual_seed(8))
+    y, grads = _run(net, x, g)
+    y_ref, grads_ref = _run(ref, x, g)
+    assert 0 < y.mean() < 1
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_leaves_a_pool_whose_hook_may_replace_spikes():
+    """A forward hook on the max pooling may replace its output: with check_binary=False nothing after it
+    converts (the conv could not check its input); with the check on, the conv converts and checks."""
+    for check in (False, True):
+        net = nn.Sequential(st.LIF(), st.StepWise(nn.MaxPool2d(2), nn.Conv2d(2, 3, 3)))
+        net[1][0].register_forward_hook(lambda m, i, o: o * 2)
+        st.convert(net, check_binary=check)
+        assert isinstance(net[1][1], st.SpikeConv2d) is check
