@@ -16,12 +16,12 @@ def _vgg(seed=0, C=3, pool=nn.MaxPool2d):
     """A small Spiking VGG: conv-BN-LIF blocks in StepWise, max and average pooling, a Linear head."""
     torch.manual_seed(seed)
     net = nn.Sequential(
-        st.StepWise(nn.Conv2d(C, 8, 3, padding=1), nn.BatchNorm2d(8)), st.LIF(),
-        st.StepWise(nn.Conv2d(8, 11, 3, padding=1), nn.BatchNorm2d(11)), st.LIF(),
+        st.StepWise(nn.Conv2d(C, 8, 3, padding=1), nn.BatchNorm2d(8)), st.LIF(backend="torch"),
+        st.StepWise(nn.Conv2d(8, 11, 3, padding=1), nn.BatchNorm2d(11)), st.LIF(backend="torch"),
         st.StepWise(pool(2)),
-        st.StepWise(nn.Conv2d(11, 9, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(9)), st.LIF(),
+        st.StepWise(nn.Conv2d(11, 9, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(9)), st.LIF(backend="torch"),
         st.StepWise(nn.MaxPool2d(2, ceil_mode=True), nn.Flatten()),
-        nn.Linear(9, 10), st.LIF(), nn.Linear(10, 4),
+        nn.Linear(9, 10), st.LIF(backend="torch"), nn.Linear(10, 4),
     )
     with torch.no_grad():  # drive the neurons so that every layer fires
         for m in net.modules():
@@ -196,7 +196,7 @@ class _ManualFold(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.lif, self.conv = st.LIF(), nn.Conv2d(2, 3, 3)
+        self.lif, self.conv = st.LIF(backend="torch"), nn.Conv2d(2, 3, 3)
 
     def forward(self, x):
         s = self.lif(x)
@@ -208,29 +208,29 @@ class _ManualFold(nn.Module):
 def test_convert_leaves_convs_that_do_not_read_spikes(case):
     conv = nn.Conv2d(2, 3, 3, padding=1)
     if case == "after-avgpool":  # averages of spikes are fractions, not spikes
-        net = nn.Sequential(st.LIF(), st.StepWise(nn.AvgPool2d(2), conv))
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.AvgPool2d(2), conv))
     elif case == "after-dropout":  # 0 or 1/(1-p): not 0/1
-        net = nn.Sequential(st.LIF(), st.StepWise(nn.Dropout(0.5), conv))
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.Dropout(0.5), conv))
     elif case == "own-forward":
         net = _ManualFold()
         conv = net.conv
     elif case == "reflect":
         conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")
-        net = nn.Sequential(st.LIF(), st.StepWise(conv))
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(conv))
     elif case == "shared-on-input":  # called once on spikes, once on the input
-        net = nn.Sequential(st.StepWise(conv), st.LIF(), st.StepWise(conv))
+        net = nn.Sequential(st.StepWise(conv), st.LIF(backend="torch"), st.StepWise(conv))
         conv = nn.Conv2d(2, 2, 3, padding=1)
-        net = nn.Sequential(st.StepWise(conv), st.LIF(), st.StepWise(conv))
+        net = nn.Sequential(st.StepWise(conv), st.LIF(backend="torch"), st.StepWise(conv))
     elif case == "inplace":  # spikes changed in place before the conv
-        net = nn.Sequential(st.LIF(), st.StepWise(nn.ReLU(inplace=True), conv))
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.ReLU(inplace=True), conv))
     else:
-        net = nn.Sequential(st.StepWise(conv), st.LIF())
+        net = nn.Sequential(st.StepWise(conv), st.LIF(backend="torch"))
     st.convert(net)
     assert any(m is conv for m in net.modules()) and type(conv) is nn.Conv2d
 
 
 def test_convert_moves_hooks_and_keeps_a_hooked_neuron_unpacked():
-    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(), st.StepWise(nn.Conv2d(4, 4, 3)), st.LIF())
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(backend="torch"), st.StepWise(nn.Conv2d(4, 4, 3)), st.LIF(backend="torch"))
     seen = []
     handle = net[2][0].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
     net[1].register_forward_hook(lambda m, i, o: None)  # a monitor on the neuron: it must see float spikes
@@ -255,12 +255,12 @@ def test_convert_pool_and_conv_in_one_stepwise_hand_over_packed_images():
     """StepWise(MaxPool2d, Conv2d, BatchNorm2d) after a neuron: the pool and the conv take the sequence, the
     neuron hands over a SpikeImage, the pool keeps it packed; the same outputs and input gradient."""
     torch.manual_seed(6)
-    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(),
-                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF())
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(backend="torch"),
+                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF(backend="torch"))
     with torch.no_grad():
         net[0][0].weight.mul_(3.0)
-    ref = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(),
-                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF())
+    ref = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(backend="torch"),
+                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF(backend="torch"))
     ref.load_state_dict(net.state_dict())
     st.convert(net, backend="torch")
     assert [type(m).__name__ for m in net[2]] == ["SpikeMaxPool2d", "SpikeConv2d", "BatchNorm2d"]
@@ -279,7 +279,7 @@ def test_convert_leaves_a_pool_whose_hook_may_replace_spikes():
     """A forward hook on the max pooling may replace its output: with check_binary=False nothing after it
     converts (the conv could not check its input); with the check on, the conv converts and checks."""
     for check in (False, True):
-        net = nn.Sequential(st.LIF(), st.StepWise(nn.MaxPool2d(2), nn.Conv2d(2, 3, 3)))
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.MaxPool2d(2), nn.Conv2d(2, 3, 3)))
         net[1][0].register_forward_hook(lambda m, i, o: o * 2)
         st.convert(net, check_binary=check)
         assert isinstance(net[1][1], st.SpikeConv2d) is check
