@@ -475,3 +475,40 @@ def test_int64_index_path_gives_the_same_result(monkeypatch, device):
     assert torch.equal(y32, y64)
     for a, b in zip(grads32, grads64):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph(device):
+    """The conv and its packed hand-over are custom ops Dynamo traces whole (aot_eager: the fake
+    functions, with the channels-last output they promise), with the same values and gradients. (The
+    op is the same for both backends, only its ``triton`` flag differs: one backend here, ~15 s.)"""
+    backend = "torch"
+    torch.manual_seed(0)
+    conv = st.SpikeConv2d(13, 6, 3, padding=1, backend=backend).to(device)
+    lif = st.LIF(backend=backend, packed_output="image").to(device)
+
+    def f(x):
+        return conv(lif(x)), conv(lif(x).unpack())
+
+    x = torch.randn(2, 2, 13, 4, 4, device=device, requires_grad=True)
+    want = f(x)
+    gwant = torch.autograd.grad(sum(y.sum() for y in want), [x, conv.weight, conv.bias])
+    st.reset(lif)
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(x)
+    ggot = torch.autograd.grad(sum(y.sum() for y in got), [x, conv.weight, conv.bias])
+    for a, b in zip(want + gwant, got + ggot):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_uses_the_autocast_dtype(backend, device):
+    """Under autocast the weight and bias are rounded to the autocast dtype (the cached fp32 reorder is
+    not used) and the result is in that dtype, as the same conv with bf16 parameters gives."""
+    torch.manual_seed(0)
+    conv = st.SpikeConv2d(16, 4, 3, padding=1, backend=backend, step_mode="s").to(device)
+    s = spikes((2, 16, 4, 4), device=device)
+    want = spike_conv2d(s, conv.weight.bfloat16(), conv.bias.bfloat16(), padding=1, backend=backend)
+    conv(s)  # fills the fp32 reordered-weight cache
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        got = conv(s)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
