@@ -10,7 +10,7 @@ Forward. ``Y.T[co, m] = sum_k Wr[co, k] S_col[m, k]``, m = (image, oh, ow): exac
 transposed tile (weight rows on the tensor cores' M side), with the B operand gathered from the image.
 A K step stays inside one filter tap ``(i, j)``: the step's spikes are, for every output pixel of the
 tile, ``BLOCK_K / 8`` consecutive bytes of one input pixel ``(oh * sh - pt + i * dh, ow * sw - pl + j *
-dw)``, so :func:`~spiketriton.kernels.spike_matmul._spike_operand` reads them unchanged, given each
+dw)``, so the matmul's ``_spike_operand`` reads them unchanged, given each
 row's pixel byte offset as its row address (a pixel outside the image is a masked row: zero padding
 is a zero byte). The products and the exact fp32 3-way bf16 split are the matmul's ``_mma``; a weight
 the split cannot hold (``0 < |w| < 2^-110``) is flagged and its rows recomputed with fp32 FMAs, as in
