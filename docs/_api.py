@@ -139,8 +139,11 @@ def summary(obj) -> str:
     outside the object's module, where a short role target would not resolve)."""
     doc = inspect.getdoc(obj) or ""
     para = " ".join(doc.split("\n\n")[0].split())
-    m = re.search(r"^(.+?[.:])(\s|$)", para)
-    text = (m.group(1) if m else para).rstrip(":") + ("." if m and m.group(1).endswith(":") else "")
+    # the first sentence: up to a period followed by a space (not the one of "e.g." or "i.e.")
+    m = re.search(r"^(.+?(?<!e\.g)(?<!i\.e)\.)(\s|$)", para)
+    text = m.group(1) if m else para
+    if len(text) > 220:
+        text = text[:200].rsplit(" ", 1)[0] + " ..."
     # :ref:`family A <spec-family-a>` -> ``family A``; :class:`~x.LIF` -> ``x.LIF``
     text = _ROLE.sub(lambda r: f"``{r.group(1).split(' <')[0]}``", text)
     # outside ``literals``, a ``*`` or ``|`` of plain text is not markup
