@@ -162,3 +162,12 @@ def test_pages_carry_their_own_specification():
     """The documentation is self-contained: no page sends the reader to design notes outside the repository."""
     for page in doc_files():
         assert "DESIGN.md" not in page.read_text(), f"{page.relative_to(ROOT)} cites DESIGN.md"
+
+
+def test_ci_builds_the_site_with_warnings_as_errors():
+    """.ci/run installs the docs extra and builds the site with -W -n (a broken cross-reference fails CI)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'pip install --quiet -e "\.\[docs\]"', ci)
+    assert re.search(r"-m sphinx -W -n --keep-going .*-b html docs build/docs", ci)
+    conf = (ROOT / "docs" / "conf.py").read_text()
+    assert re.search(r"^nitpicky = True$", conf, flags=re.M)
