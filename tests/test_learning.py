@@ -31,11 +31,14 @@ from spiketriton.reference.stdp import stdp_products_reference
 
 RTOL = 1e-5
 BACKENDS = ["torch", "triton"]
+# where each backend runs here: Triton on CUDA when there is a GPU (else its interpreter on the CPU)
+DEV = {"torch": torch.device("cpu"),
+       "triton": torch.device("cuda" if torch.cuda.is_available() else "cpu")}
 
 
 def close(got, want, rtol=RTOL):
     """Max error relative to the largest entry of ``want`` (absolute below 1)."""
-    got, want = got.double(), want.double()
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
     scale = max(want.abs().max().item() if want.numel() else 0.0, 1.0)
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert err <= rtol * scale, f"max error {err:.3g} > {rtol:g} * {scale:.3g}"
@@ -73,7 +76,9 @@ def test_products_match_float64(backend, exp_decay, shape):
     pre, post = spikes(T, B, K, seed=1), spikes(T, B, N, seed=2)
     tp, tq = torch.rand(B, K) * 3, torch.rand(B, N) * 3
     tp0, tq0 = tp.clone(), tq.clone()
-    P, D, a, b = stdp_products(pack_bits(pre), pack_bits(post), K, N, tp, tq, 3.0, 4.5, exp_decay, backend)
+    d = DEV[backend]
+    P, D, a, b = stdp_products(pack_bits(pre).to(d), pack_bits(post).to(d), K, N, tp.to(d), tq.to(d), 3.0, 4.5,
+                               exp_decay, backend)
     P2, D2, a2, b2 = stdp_products_reference(pre, post, tp, tq, 3.0, 4.5, exp_decay)
     close(P, P2)
     close(D, D2)
@@ -84,22 +89,30 @@ def test_products_match_float64(backend, exp_decay, shape):
 
 
 def test_products_paths_agree_on_traces_bit_for_bit():
-    """Both paths advance the traces with the same fp32 operations (tr - tr / tau + s, IEEE division)."""
+    """Both paths advance the traces with the same fp32 operations: tr - tr / tau + s with IEEE division
+    (bit for bit), tr * exp(-1/tau) + s (a compiled kernel may fuse it into one FMA: within 2 ulp)."""
     T, B, K, N = 4, 3, 21, 10
     pre, post = spikes(T, B, K, seed=3), spikes(T, B, N, seed=4)
     tp, tq = torch.rand(B, K), torch.rand(B, N)
+    d = DEV["triton"]
     for exp_decay in (False, True):
         r1 = stdp_products(pack_bits(pre), pack_bits(post), K, N, tp, tq, 3.0, 7.0, exp_decay, "torch")
-        r2 = stdp_products(pack_bits(pre), pack_bits(post), K, N, tp, tq, 3.0, 7.0, exp_decay, "triton")
-        assert torch.equal(r1[2], r2[2]) and torch.equal(r1[3], r2[3])
+        r2 = stdp_products(pack_bits(pre).to(d), pack_bits(post).to(d), K, N, tp.to(d), tq.to(d), 3.0, 7.0,
+                           exp_decay, "triton")
+        if exp_decay and d.type == "cuda":
+            assert torch.allclose(r1[2], r2[2].cpu(), rtol=2.5e-7, atol=0) and torch.allclose(
+                r1[3], r2[3].cpu(), rtol=2.5e-7, atol=0)
+        else:
+            assert torch.equal(r1[2], r2[2].cpu()) and torch.equal(r1[3], r2[3].cpu())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_products_empty(backend):
-    z = torch.zeros(0, 2, 2, dtype=torch.uint8)
-    tp, tq = torch.rand(2, 9), torch.rand(2, 12)
-    P, D, a, b = stdp_products(z, torch.zeros(0, 2, 2, dtype=torch.uint8), 9, 12, tp, tq, 2.0, 2.0, backend=backend)
-    assert torch.equal(P, torch.zeros(12, 9)) and torch.equal(D, torch.zeros(12, 9))
+    d = DEV[backend]
+    z = torch.zeros(0, 2, 2, dtype=torch.uint8, device=d)
+    tp, tq = torch.rand(2, 9, device=d), torch.rand(2, 12, device=d)
+    P, D, a, b = stdp_products(z, z, 9, 12, tp, tq, 2.0, 2.0, backend=backend)
+    assert torch.equal(P.cpu(), torch.zeros(12, 9)) and torch.equal(D.cpu(), torch.zeros(12, 9))
     assert torch.equal(a, tp) and torch.equal(b, tq)
 
 
@@ -111,7 +124,8 @@ def test_products_noncontiguous_spikes_and_traces():
     tq = torch.rand(N, B).t()
     want = stdp_products_reference(pre, post, tp, tq, 2.0, 3.0)
     for backend in BACKENDS:
-        got = stdp_products(pp, pack_bits(post), K, N, tp, tq, 2.0, 3.0, backend=backend)
+        d = DEV[backend]
+        got = stdp_products(pp.to(d), pack_bits(post).to(d), K, N, tp.to(d), tq.to(d), 2.0, 3.0, backend=backend)
         for g, w in zip(got, want):
             close(g, w)
 
@@ -161,23 +175,24 @@ def test_learner_matches_float64(backend, option, step_mode, apply):
     T, B, K, N = 3, 2, 11, 6
     opts = dict(OPTIONS[option])
     pre, post = spikes(T, B, K, seed=7), spikes(T, B, N, p=0.5, seed=8)
-    fc = make_layer(K, N, "spike")
+    d = DEV[backend]
+    fc = make_layer(K, N, "spike").to(d)
     w0 = fc.weight.detach().clone()
-    neuron = Replay([post] if step_mode == "m" else list(post), step_mode)
+    neuron = Replay([post.to(d)] if step_mode == "m" else list(post.to(d)), step_mode)
     lr = 0.01
     lrn = STDPLearner(fc, neuron, tau_pre=2.0, tau_post=3.0, a_plus=0.7, a_minus=1.3, backend=backend, **opts)
     with torch.no_grad():
-        for x in ([pre] if step_mode == "m" else list(pre)):
+        for x in ([pre.to(d)] if step_mode == "m" else list(pre.to(d))):
             neuron(fc(x))
     assert lrn.pending == (1 if step_mode == "m" else T)
-    want, tp, tq = expected_dw(pre, post, w0, 2.0, 3.0, 0.7, 1.3, opts.get("bounds"), opts.get("w_min", 0.0),
+    want, tp, tq = expected_dw(pre, post, w0.cpu(), 2.0, 3.0, 0.7, 1.3, opts.get("bounds"), opts.get("w_min", 0.0),
                                opts.get("w_max", 1.0), opts.get("f_pre"), opts.get("f_post"))
     if apply == "delta":
         close(lrn.delta(), want)
         assert torch.equal(fc.weight, w0)
     elif apply == "step":
         lrn.step(lr)
-        w = w0.double() + lr * want
+        w = w0.double().cpu() + lr * want
         if opts.get("bounds") == "hard":
             w = w.clamp(opts["w_min"], opts["w_max"])
         if "normalize" in opts:
@@ -198,19 +213,21 @@ def test_traces_carry_across_updates_and_reset(backend):
     them (additive rule, delta only); reset() starts from zero traces again."""
     T, B, K, N = 4, 2, 10, 5
     pre, post = spikes(T, B, K, seed=9), spikes(T, B, N, seed=10)
-    fc = make_layer(K, N, "linear")
-    neuron = Replay([post[:2], post[2:], post], "m")
+    d = DEV[backend]
+    fc = make_layer(K, N, "linear").to(d)
+    pd, qd = pre.to(d), post.to(d)
+    neuron = Replay([qd[:2], qd[2:], qd], "m")
     lrn = STDPLearner(fc, neuron, tau_pre=2.0, tau_post=2.0, backend=backend)
     with torch.no_grad():
-        neuron(fc(pre[:2]))
+        neuron(fc(pd[:2]))
         d1 = lrn.delta()
-        neuron(fc(pre[2:]))
+        neuron(fc(pd[2:]))
         d2 = lrn.delta()
-    want, _, _ = expected_dw(pre, post, fc.weight.detach(), 2.0, 2.0, 1.0, 1.0, None, 0.0, 1.0)
+    want, _, _ = expected_dw(pre, post, fc.weight.detach().cpu(), 2.0, 2.0, 1.0, 1.0, None, 0.0, 1.0)
     close(d1 + d2, want)
     lrn.reset()
     with torch.no_grad():
-        neuron(fc(pre))
+        neuron(fc(pd))
     close(lrn.delta(), want)
 
 
@@ -220,12 +237,13 @@ def test_half_weights(dtype, backend):
     """The update is computed in fp32 and added to a half weight (one rounding)."""
     T, B, K, N = 2, 3, 12, 9
     pre, post = spikes(T, B, K, seed=11), spikes(T, B, N, seed=12)
-    fc = make_layer(K, N, "linear").to(dtype)
-    w0 = fc.weight.detach().clone()
-    neuron = Replay([post.to(dtype)], "m")
+    d = DEV[backend]
+    fc = make_layer(K, N, "linear").to(d, dtype)
+    w0 = fc.weight.detach().clone().cpu()
+    neuron = Replay([post.to(d, dtype)], "m")
     lrn = STDPLearner(fc, neuron, tau_pre=2.0, tau_post=2.0, bounds="soft", w_min=-1.0, w_max=1.0, backend=backend)
     with torch.no_grad():
-        neuron(fc(pre.to(dtype)))
+        neuron(fc(pre.to(d, dtype)))
     lrn.step(0.01)
     want, _, _ = expected_dw(pre, post, w0.float(), 2.0, 2.0, 1.0, 1.0, "soft", -1.0, 1.0)
     eps = torch.finfo(dtype).eps
@@ -240,15 +258,16 @@ def test_noncontiguous_weight(backend, apply):
     used on it; the result is the same."""
     T, B, K, N = 2, 2, 10, 7
     pre, post = spikes(T, B, K, seed=40), spikes(T, B, N, seed=41)
-    fc = make_layer(K, N, "linear")
+    d = DEV[backend]
+    fc = make_layer(K, N, "linear").to(d)
     with torch.no_grad():
         fc.weight = nn.Parameter(fc.weight.detach().t().contiguous().t())
     assert fc.weight.stride(1) != 1
-    w0 = fc.weight.detach().clone()
-    neuron = Replay([post], "m")
+    w0 = fc.weight.detach().clone().cpu()
+    neuron = Replay([post.to(d)], "m")
     lrn = STDPLearner(fc, neuron, tau_pre=2.0, tau_post=2.0, bounds="soft", w_min=-1.0, w_max=1.0, backend=backend)
     with torch.no_grad():
-        neuron(fc(pre))
+        neuron(fc(pre.to(d)))
     want, _, _ = expected_dw(pre, post, w0, 2.0, 2.0, 1.0, 1.0, "soft", -1.0, 1.0)
     if apply == "delta":
         close(lrn.delta(), want)
@@ -389,13 +408,14 @@ def sj():
 def test_agrees_with_spikingjelly_stdp_linear_step(sj, backend):
     T, B, K, N = 5, 3, 19, 7
     pre, post = spikes(T, B, K, seed=18), spikes(T, B, N, p=0.5, seed=19)
-    fc = make_layer(K, N, "linear")
-    w = fc.weight.detach().clone()
+    d = DEV[backend]
+    fc = make_layer(K, N, "linear").to(d)
+    w = fc.weight.detach().clone().cpu()
     f_pre, f_post = (lambda x: 0.4 * x), (lambda x: 1.0 - x)
-    neuron = Replay([post], "m")
+    neuron = Replay([post.to(d)], "m")
     lrn = STDPLearner(fc, neuron, tau_pre=3.0, tau_post=5.0, f_pre=f_pre, f_post=f_post, backend=backend)
     with torch.no_grad():
-        neuron(fc(pre))
+        neuron(fc(pre.to(d)))
     got = lrn.delta()
     tp, tq, want = torch.zeros(B, K), torch.zeros(B, N), torch.zeros(N, K)
     for t in range(T):
@@ -403,7 +423,8 @@ def test_agrees_with_spikingjelly_stdp_linear_step(sj, backend):
                                              f_post=f_post)
         want += d
     close(got, want)
-    assert torch.equal(lrn.trace_pre, tp) and torch.equal(lrn.trace_post, tq)  # the same fp32 operations
+    # the same fp32 operations (IEEE division on every path)
+    assert torch.equal(lrn.trace_pre.cpu(), tp) and torch.equal(lrn.trace_post.cpu(), tq)
 
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
@@ -445,9 +466,10 @@ def test_rstdp_agrees_with_spikingjelly_mstdpet(sj, backend):
     T, K, N = 6, 9, 5
     pre, post = spikes(T, K, seed=22), spikes(T, N, p=0.5, seed=23)
     rewards = [0.5, -1.0, 2.0, 0.0, 1.5, -0.25]
-    fc_sj, fc_st = make_layer(K, N, "linear"), make_layer(K, N, "linear")
+    d = DEV[backend]
+    fc_sj, fc_st = make_layer(K, N, "linear"), make_layer(K, N, "linear").to(d)
     f_pre, f_post = (lambda x: x + 0.5), (lambda x: 0.7 - x)
-    n_sj, n_st = Replay(list(post), "s"), Replay([p[None] for p in post], "s")
+    n_sj, n_st = Replay(list(post), "s"), Replay([p[None].to(d) for p in post], "s")
     sjl = sj.plasticity.MSTDPETLearner("s", fc_sj, n_sj, tau_pre=2.0, tau_post=3.0, tau_trace=4.0, f_pre=f_pre,
                                        f_post=f_post)
     ours = RSTDPLearner(fc_st, n_st, tau_pre=2.0, tau_post=3.0, tau_trace=4.0, f_pre=f_pre, f_post=f_post,
@@ -455,7 +477,7 @@ def test_rstdp_agrees_with_spikingjelly_mstdpet(sj, backend):
     for t in range(T):
         with torch.no_grad():
             n_sj(fc_sj(pre[t]))
-            n_st(fc_st(pre[t][None]))
+            n_st(fc_st(pre[t][None].to(d)))
         want = sjl.step(rewards[t], on_grad=False)
         got = ours.delta(rewards[t])
         close(got, want)
@@ -494,15 +516,16 @@ def test_rstdp_matches_float64(backend, per_sample, step_mode):
     g = torch.Generator().manual_seed(26)
     r = torch.randn(T, B if per_sample else 1, generator=g)
     rewards = r if per_sample else r.expand(T, B)
-    fc = make_layer(K, N, "spike")
-    neuron = Replay([post] if step_mode == "m" else list(post), step_mode)
+    d = DEV[backend]
+    fc = make_layer(K, N, "spike").to(d)
+    neuron = Replay([post.to(d)] if step_mode == "m" else list(post.to(d)), step_mode)
     lrn = RSTDPLearner(fc, neuron, tau_pre=2.0, tau_post=3.0, tau_trace=2.5, a_plus=0.8, a_minus=1.1,
                        per_sample=per_sample, backend=backend)
     with torch.no_grad():
-        for x in ([pre] if step_mode == "m" else list(pre)):
+        for x in ([pre.to(d)] if step_mode == "m" else list(pre.to(d))):
             neuron(fc(x))
-    want = rstdp_reference(pre, post, fc.weight, rewards, 2.0, 3.0, 2.5, 0.8, 1.1)
-    got = lrn.delta(r if per_sample else r[:, 0])
+    want = rstdp_reference(pre, post, fc.weight.cpu(), rewards, 2.0, 3.0, 2.5, 0.8, 1.1)
+    got = lrn.delta((r if per_sample else r[:, 0]).to(d))
     close(got, want)
 
 
