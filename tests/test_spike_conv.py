@@ -512,3 +512,20 @@ def test_autocast_uses_the_autocast_dtype(backend, device):
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         got = conv(s)
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_magic_divisor_is_exact():
+    """The kernels' int32 division by H'*W' and W' (multiply-high and shift) on edge and random values."""
+    from spiketriton.kernels.spike_conv import magic_divisor
+
+    g = torch.Generator().manual_seed(0)
+    divisors = list(range(1, 70)) + [2**k + e for k in range(7, 31) for e in (-1, 0, 1) if 2**k + e < 2**31]
+    divisors += torch.randint(1, 2**31 - 1, (200,), generator=g).tolist()
+    for d in divisors:
+        magic, shift = magic_divisor(d)
+        assert 0 < magic < 2**32
+        ns = [0, 1, d - 1, d, d + 1, 2 * d - 1, 2**31 - 1, 2**31 - 2, (2**31 - 1) // d * d, (2**31 - 1) // d * d - 1]
+        ns += torch.randint(0, 2**31 - 1, (50,), generator=g).tolist()
+        for n in ns:
+            if 0 <= n < 2**31:
+                assert (((2 * n) * magic) >> 32) >> shift == n // d, (n, d)

@@ -73,14 +73,28 @@ def _rows(m0, BLOCK_M: tl.constexpr, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL):
+def _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL, MGA, SGA, MGB, SGB, IDX64: tl.constexpr):
     """Output pixel rows ``rm`` -> (image index, output row, output column, first input row/column of
-    the window)."""
-    img = rm // HoWo
-    p = rm - img * HoWo
-    oh = p // Wo
+    the window). With int32 indices the two divisions (by ``H' * W'`` and by ``W'``) are a multiply-high
+    and a shift by the launcher's magic numbers (:func:`magic_divisor`): the dW kernel redoes them in
+    every K step, where signed division was most of the loop's integer instructions."""
+    if IDX64:
+        img = rm // HoWo
+        p = rm - img * HoWo
+        oh = p // Wo
+    else:
+        img = _udiv(rm, MGA, SGA)
+        p = rm - img * HoWo
+        oh = _udiv(p, MGB, SGB)
     ow = p - oh * Wo
     return img, oh, ow, oh * SH - PT, ow * SW - PL
+
+
+@triton.jit
+def _udiv(n, magic, shift):
+    """``n // d`` for int32 ``0 <= n < 2^31`` from ``(magic, shift) = magic_divisor(d)``."""
+    q = tl.umulhi((n * 2).to(tl.uint32), magic.to(tl.uint32)) >> shift.to(tl.uint32)
+    return q.to(tl.int32)
 
 
 @triton.jit
@@ -95,12 +109,12 @@ def _tap_rows(img, ih0, iw0, mask_m, i, j, H, W, CB, DH, DW, P_DIV: tl.constexpr
 
 @triton.jit
 def _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
-              M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, check,
+              M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, check,
               MODE: tl.constexpr, ONE_BITS: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+              IDX64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc[BLOCK_N, BLOCK_M] = sum over K steps [st_lo, st_hi) of Wr[rn, k] S_col[rm, k]`` (rn are
     global output channels of group g). Returns ``(acc, lost)`` (see ``_mma``)."""
-    img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL)
+    img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL, MGA, SGA, MGB, SGB, IDX64)
     gbyte = g * (CGB // P_DIV) * P_DIV  # the group's first byte in a pixel
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     lost = 0
@@ -126,7 +140,7 @@ def _spike_conv_fwd_kernel(
     b_ptr,       # [CO] bias (read if HAS_BIAS)
     y_ptr,       # [N, CO, Ho, Wo] out (strides sy*; sys between splits), or the fp32 workspace if SPLIT > 1
     flag_ptr,    # [SPLIT, GROUPS * n_n] int8 out: 1 where a weight lost bits in the split (MODE_SPLIT3)
-    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
+    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB,
     STEPS, STEPS_PER_SPLIT, syn, syc, syh, syw, sys,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
     INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
@@ -147,8 +161,8 @@ def _spike_conv_fwd_kernel(
     st_hi = min(st_lo + STEPS_PER_SPLIT, STEPS)
     check = pid_m == 0  # the first M tile checks the weights of its N block
     acc, lost, img, oh, ow = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, st_lo, st_hi,
-                                  M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, check,
-                                  MODE, ONE_BITS, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+                                  M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, check,
+                                  MODE, ONE_BITS, INTERP, P_DIV, IDX64, BLOCK_N, BLOCK_M, BLOCK_K)
     if MODE == 1:
         if check:
             tl.store(flag_ptr + pid_k * tl.num_programs(1) * n_n + g * n_n + pid_n, lost.to(tl.int8))
@@ -165,7 +179,7 @@ def _spike_conv_fwd_kernel(
 @triton.jit
 def _fallback_conv_fwd_kernel(
     p_ptr, w_ptr, b_ptr, y_ptr, flag_ptr,   # as _spike_conv_fwd_kernel; y is the final output
-    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
+    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, STEPS,
     syn, syc, syh, syw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
@@ -184,8 +198,8 @@ def _fallback_conv_fwd_kernel(
             rm = _rows(m0, BLOCK_M, IDX64)
             mask_m = rm < M
             acc, _lost, img, oh, ow = _fwd_tile(p_ptr, w_ptr, rn, mask_n, rm, mask_m, g, 0, STEPS,
-                                           M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
-                                           False, 3, -1, INTERP, P_DIV, BLOCK_N, BLOCK_M, BLOCK_K)
+                                           M, H, W, Wo, HoWo, CB, CGB, CGP, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB,
+                                           False, 3, -1, INTERP, P_DIV, IDX64, BLOCK_N, BLOCK_M, BLOCK_K)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rn, mask=mask_n, other=0).to(tl.float32)[:, None]
             tl.store(y_ptr + (img * syn + oh * syh + ow * syw)[None, :] + rn[:, None] * syc, acc,
@@ -194,7 +208,7 @@ def _fallback_conv_fwd_kernel(
 
 @triton.jit
 def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
-             H, W, Wo, HoWo, CB, CGB, KW, SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check,
+             H, W, Wo, HoWo, CB, CGB, KW, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, sgn, sgc, sgh, sgw, check,
              MODE: tl.constexpr, ONE_BITS: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
              IDX64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc[BLOCK_N, BLOCK_K] = sum_{m in [m_lo, m_hi)} dY[m, rn] S_col[m, tap, c0 : c0 + BLOCK_K]``."""
@@ -206,7 +220,7 @@ def _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi,
     for m0 in range(m_lo, m_hi, BLOCK_M):
         rm = _rows(m0, BLOCK_M, IDX64)
         mask_m = rm < m_hi
-        img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL)
+        img, oh, ow, ih0, iw0 = _pixel_rows(rm, HoWo, Wo, SH, SW, PT, PL, MGA, SGA, MGB, SGB, IDX64)
         pix, ok = _tap_rows(img, ih0, iw0, mask_m, i, j, H, W, CB, DH, DW, P_DIV)
         # dY.T tile [BLOCK_N, BLOCK_M] (dY [N, CO, Ho, Wo] with strides sg*): the A operand
         gy = tl.load(g_ptr + (img * sgn + oh * sgh + ow * sgw)[None, :] + rn[:, None] * sgc,
@@ -223,7 +237,7 @@ def _spike_conv_dw_kernel(
     p_ptr,       # [N, H, W, CB] uint8 packed spikes
     dw_ptr,      # [CO, KT] out (reordered dW, dtype of dY), or the [SPLIT, CO, KT] fp32 workspace
     flag_ptr,    # [SPLIT, GROUPS * n_n] int8 out: 1 where a dY value lost bits in the split (MODE_SPLIT3)
-    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW,
+    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB,
     M_PER_SPLIT, sgn, sgc, sgh, sgw,
     MODE: tl.constexpr, ONE_BITS: tl.constexpr, SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr,
     IDX64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -243,7 +257,7 @@ def _spike_conv_dw_kernel(
     m_hi = min(m_lo + M_PER_SPLIT, M)
     check = st == 0  # the first K tile checks the gradients of its N block
     acc, lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, m_lo, m_hi, H, W, Wo, HoWo, CB, CGB, KW,
-                         SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, check, MODE, ONE_BITS, INTERP, P_DIV, IDX64,
+                         SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, sgn, sgc, sgh, sgw, check, MODE, ONE_BITS, INTERP, P_DIV, IDX64,
                          BLOCK_N, BLOCK_M, BLOCK_K)
     if MODE == 1:
         if check:
@@ -258,7 +272,7 @@ def _spike_conv_dw_kernel(
 @triton.jit
 def _fallback_conv_dw_kernel(
     g_ptr, p_ptr, dw_ptr, flag_ptr,         # as _spike_conv_dw_kernel; dw is the final output
-    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, STEPS,
+    M, H, W, Wo, HoWo, CB, CGB, CGP, COG, CO, KT, KW, NCB, SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, STEPS,
     sgn, sgc, sgh, sgw,
     N_FLAGS,                                # flags per split row: GROUPS * cdiv(COG, MAIN_BLOCK_N)
     SPLIT: tl.constexpr, INTERP: tl.constexpr, P_DIV: tl.constexpr, IDX64: tl.constexpr,
@@ -276,7 +290,7 @@ def _fallback_conv_dw_kernel(
             tap = st // NCB
             c0 = (st - tap * NCB) * BLOCK_K
             acc, _lost = _dw_tile(g_ptr, p_ptr, rn, mask_n, g, tap, c0, 0, M, H, W, Wo, HoWo, CB, CGB, KW,
-                                  SH, SW, PT, PL, DH, DW, sgn, sgc, sgh, sgw, False, 3, -1, INTERP, P_DIV, IDX64,
+                                  SH, SW, PT, PL, DH, DW, MGA, SGA, MGB, SGB, sgn, sgc, sgh, sgw, False, 3, -1, INTERP, P_DIV, IDX64,
                                   BLOCK_N, BLOCK_M, BLOCK_K)
             kc = c0 + tl.arange(0, BLOCK_K)
             tl.store(dw_ptr + rn[:, None] * KT + (tap * CGP + kc)[None, :], acc,
@@ -310,7 +324,17 @@ class _Geom:
     def args(self, block_k):
         ncb = triton.cdiv(self.CGP, block_k)
         return ncb, (self.M, self.H, self.W, self.Wo, self.Ho * self.Wo, self.CB, self.CGB, self.CGP, self.COG,
-                     self.CO, self.KT, self.KW, ncb, self.SH, self.SW, self.PT, self.PL, self.DH, self.DW)
+                     self.CO, self.KT, self.KW, ncb, self.SH, self.SW, self.PT, self.PL, self.DH, self.DW,
+                     *magic_divisor(max(self.Ho * self.Wo, 1)), *magic_divisor(max(self.Wo, 1)))
+
+
+def magic_divisor(d: int):
+    """``(magic, shift)`` with ``n // d == (((2 * n) * magic) >> 32) >> shift`` for every ``0 <= n < 2^31``
+    (``1 <= d < 2^31``): ``shift = ceil(log2 d)``, ``magic = ceil(2^(31 + shift) / d) < 2^32``. Exact
+    because ``magic * d - 2^(31 + shift) < d <= 2^shift`` (Granlund and Montgomery's condition for
+    31-bit dividends); tests/test_spike_conv.py checks it on edge and random values."""
+    shift = (d - 1).bit_length()
+    return (2 ** (31 + shift) + d - 1) // d, shift
 
 
 def _idx64(*tensors) -> bool:
