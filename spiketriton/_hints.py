@@ -25,11 +25,11 @@ NEURON_KEYWORDS: Dict[str, str] = {
     "surrogate_function": "surrogate= (SpikingJelly's surrogate_function), e.g. surrogate=st.surrogate.ATan()",
     "spike_grad": "surrogate= (snnTorch's spike_grad), e.g. surrogate=st.surrogate.ATan()",
     "threshold": "v_threshold= (snnTorch's threshold)",
-    "beta": ("tau= with beta = 1 - 1/tau (snnTorch's Leaky(beta, reset_mechanism='zero') is "
-             "LIF(tau=1 / (1 - beta), decay_input=False, v_reset=0.0))"),
-    "learn_beta": "st.PLIF (its 1/tau = sigmoid(w) is learnt) instead of a learnable beta",
-    "reset_mechanism": ("v_reset= (snnTorch's reset_mechanism='zero' is v_reset=0.0; its 'subtract' is close to "
-                        "v_reset=None, which subtracts the threshold before the leak where snnTorch does it after)"),
+    "beta": ("st.ExtendedLIF(v_leaky_alpha=beta) (snnTorch's Leaky(beta) is that neuron: strict threshold, leak after "
+             "the reset), or st.LIF(tau=1 / (1 - beta), decay_input=False)"),
+    "learn_beta": "st.ExtendedLIF(learnable_leak=True), or st.PLIF (its 1/tau = sigmoid(w) is learnt)",
+    "reset_mechanism": ("st.ExtendedLIF's reset_mode= (snnTorch's 'zero' is reset_mode='hard' with detach_reset=True; "
+                        "'subtract' with reset_delay=False is 'soft'), or st.LIF's v_reset= (0.0 hard, None soft)"),
     "init_hidden": ("nothing: spiketriton neurons always keep their state in the module (neuron.v) until "
                     "spiketriton.reset(net)"),
     "tau_mem_inv": "tau= in time steps (Norse's tau_mem_inv is per second: tau = 1 / (dt * tau_mem_inv))",
@@ -48,9 +48,8 @@ NAMES: Dict[str, str] = {
     "LIFNode": "spiketriton.LIF (SpikingJelly's LIFNode)",
     "IFNode": "spiketriton.IF (SpikingJelly's IFNode)",
     "ParametricLIFNode": "spiketriton.PLIF (SpikingJelly's ParametricLIFNode)",
-    "Leaky": ("spiketriton.LIF(tau=1 / (1 - beta), decay_input=False, v_reset=0.0) (snnTorch's "
-              "Leaky(beta, reset_mechanism='zero'); v_reset=None for its default subtraction, which here comes "
-              "before the leak)"),
+    "Leaky": ("spiketriton.ExtendedLIF(v_leaky_alpha=beta) (snnTorch's Leaky; its reset_mechanism='zero' is "
+              "reset_mode='hard' with detach_reset=True), multi-step: one call takes [T, B, ...]"),
     "LIFBoxCell": "spiketriton.LIF (Norse's LIFBoxCell), multi-step; step_mode='s' for one step per call",
 }
 

@@ -326,7 +326,7 @@ def test_missing_names_of_other_libraries_say_the_spiketriton_name():
 @pytest.mark.parametrize("kw,hint", [("surrogate_function", "for surrogate_function= use surrogate="),
                                      ("spike_grad", "for spike_grad= use surrogate="),
                                      ("threshold", "for threshold= use v_threshold="),
-                                     ("beta", "LIF(tau=1 / (1 - beta), decay_input=False, v_reset=0.0)")])
+                                     ("beta", "st.ExtendedLIF(v_leaky_alpha=beta) (snnTorch's Leaky(beta) is")])
 def test_keywords_of_other_libraries_get_a_hint(kw, hint):
     with pytest.raises(TypeError, match=re.escape(hint)) as exc:
         _hints.check_keywords(st.LIF, {kw: 1, "tau": 2.0})
