@@ -569,8 +569,8 @@ def _stepwise_mode(model: nn.Module, name: str):
     same StepWise mode), or None when it sits elsewhere."""
     m = model.get_submodule(name)
     modes = set()
-    for where, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent.named_children():
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child in parent.children():
             if child is m:
                 if not (isinstance(parent, StepWise) and type(parent).forward is StepWise.forward):
                     return None

@@ -230,7 +230,8 @@ def test_convert_leaves_convs_that_do_not_read_spikes(case):
 
 
 def test_convert_moves_hooks_and_keeps_a_hooked_neuron_unpacked():
-    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(backend="torch"), st.StepWise(nn.Conv2d(4, 4, 3)), st.LIF(backend="torch"))
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(backend="torch"),
+                        st.StepWise(nn.Conv2d(4, 4, 3)), st.LIF(backend="torch"))
     seen = []
     handle = net[2][0].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
     net[1].register_forward_hook(lambda m, i, o: None)  # a monitor on the neuron: it must see float spikes
@@ -255,12 +256,14 @@ def test_convert_pool_and_conv_in_one_stepwise_hand_over_packed_images():
     """StepWise(MaxPool2d, Conv2d, BatchNorm2d) after a neuron: the pool and the conv take the sequence, the
     neuron hands over a SpikeImage, the pool keeps it packed; the same outputs and input gradient."""
     torch.manual_seed(6)
-    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(backend="torch"),
-                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF(backend="torch"))
+    def make():
+        return nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(backend="torch"),
+                             st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)),
+                             st.LIF(backend="torch"))
+
+    net, ref = make(), make()
     with torch.no_grad():
         net[0][0].weight.mul_(3.0)
-    ref = nn.Sequential(st.StepWise(nn.Conv2d(2, 9, 3, padding=1)), st.LIF(backend="torch"),
-                        st.StepWise(nn.MaxPool2d(2), nn.Conv2d(9, 5, 3, padding=1), nn.BatchNorm2d(5)), st.LIF(backend="torch"))
     ref.load_state_dict(net.state_dict())
     st.convert(net, backend="torch")
     assert [type(m).__name__ for m in net[2]] == ["SpikeMaxPool2d", "SpikeConv2d", "BatchNorm2d"]

@@ -25,8 +25,10 @@ def _spike_conv_net(gain=5.0):
         st.StepWise(nn.Conv2d(2, 6, 3, padding=1)), st.LIF(tau=2.0, backend="torch"),
         st.StepWise(nn.Conv2d(6, 8, 3, padding=1, bias=False)), st.IF(backend="torch"),
         st.StepWise(nn.MaxPool2d(2)),
-        st.StepWise(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.AvgPool2d(2, divisor_override=1)), st.IF(v_threshold=2.0, backend="torch"),
-        st.StepWise(nn.AvgPool2d(2)), nn.Flatten(2), nn.Linear(8, 5), st.LIF(tau=2.0, decay_input=False, backend="torch"))
+        st.StepWise(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.AvgPool2d(2, divisor_override=1)),
+        st.IF(v_threshold=2.0, backend="torch"),
+        st.StepWise(nn.AvgPool2d(2)), nn.Flatten(2), nn.Linear(8, 5),
+        st.LIF(tau=2.0, decay_input=False, backend="torch"))
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -134,9 +134,11 @@ def test_max_pool_chain_stays_packed_and_gradient_flows_through_two_pools():
 def test_avg_and_sum_pool_equal_torch_with_gradients(kind, shape):
     x = _spikes(shape, p=0.4)
     if kind == "sum":
-        mod, ref = st.SpikeSumPool2d(3, 2, 1, ceil_mode=True, backend="torch"), nn.AvgPool2d(3, 2, 1, ceil_mode=True, divisor_override=1)
+        mod = st.SpikeSumPool2d(3, 2, 1, ceil_mode=True, backend="torch")
+        ref = nn.AvgPool2d(3, 2, 1, ceil_mode=True, divisor_override=1)
     elif kind == "avg-nopad-count":
-        mod, ref = st.SpikeAvgPool2d(3, 2, 1, count_include_pad=False, backend="torch"), nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        mod = st.SpikeAvgPool2d(3, 2, 1, count_include_pad=False, backend="torch")
+        ref = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
     elif kind == "avg-divisor":
         mod, ref = st.SpikeAvgPool2d(2, divisor_override=3, backend="torch"), nn.AvgPool2d(2, divisor_override=3)
     else:
