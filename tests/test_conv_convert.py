@@ -286,3 +286,25 @@ def test_convert_leaves_a_pool_whose_hook_may_replace_spikes():
         net[1][0].register_forward_hook(lambda m, i, o: o * 2)
         st.convert(net, check_binary=check)
         assert isinstance(net[1][1], st.SpikeConv2d) is check
+
+
+def test_convert_an_ann2snn_conv_net():
+    """An ANN-to-SNN conversion (IF neurons with soft reset, convs and poolings in StepWise) converts to spike
+    layers and gives the same outputs."""
+    from spiketriton.ann2snn import convert_ann
+
+    torch.manual_seed(9)
+    ann = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 3))
+    ann.eval()
+    x = torch.rand(16, 1, 8, 8)
+    snn = convert_ann(ann, x, mode="max", backend="torch")
+    xs = x[:4].unsqueeze(0).repeat(6, 1, 1, 1, 1)  # direct encoding, T = 6
+    with torch.no_grad():
+        want = snn(xs)
+        st.reset(snn)
+        st.convert(snn, backend="torch")
+        got = snn(xs)
+    kinds = [type(m).__name__ for m in snn.modules()]
+    assert "SpikeConv2d" in kinds and "SpikeMaxPool2d" in kinds and "SpikeLinear" not in kinds  # after AvgPool
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
