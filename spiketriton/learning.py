@@ -9,7 +9,7 @@ are packed in the hook). No float spike tensor is kept between the forward pass 
 nothing here touches autograd (the hooks and the update run under ``torch.no_grad()``).
 
 The update (:meth:`STDPLearner.delta`, :meth:`STDPLearner.step`) reads the records in order and, per
-time step t and sample b, follows SpikingJelly's ``STDPLearner`` (``stdp_linear_step``):
+time step t and sample b, follows SpikingJelly's ``STDPLearner`` (``stdp_linear_step``)::
 
     tr_pre  = tr_pre  - tr_pre / tau_pre   + pre[t]              traces [B, K], [B, N], fp32, carried
     tr_post = tr_post - tr_post / tau_post + post[t]             across calls until reset()
@@ -49,7 +49,8 @@ Applying the update (both are supported; choose per call):
 
 Step modes: each record is read in the step mode of the neuron when it fired (``neuron.step_mode``,
 ``"m"``: ``[T, *batch, features]``, ``"s"``: ``[*batch, features]``) unless ``step_mode`` is given.
-Leading batch dimensions are flattened; the batch size must stay the same until :meth:`reset`.
+Leading batch dimensions are flattened; the batch size must stay the same until
+:meth:`STDPLearner.reset`.
 
 Records accumulate until :meth:`STDPLearner.delta` / ``step()`` uses them or :meth:`STDPLearner.reset`
 drops them (``disable()`` pauses recording, e.g. for evaluation). The hooks hold the learner: detach it
@@ -476,22 +477,24 @@ class _Learner:
 class STDPLearner(_Learner):
     """Trace-based STDP on a synapse (``SpikeLinear`` / ``nn.Linear``) and the neuron after it.
 
-    Args:
-        synapse: the layer whose weight learns (its bias is not touched): ``SpikeLinear`` / ``nn.Linear``
-            (``[N, K]``), or ``SpikeConv2d`` / ``nn.Conv2d`` (zero padding; torch path only).
-        neuron: the module that fires the post-synaptic spikes ``[..., N]`` from the synapse's output.
-        tau_pre, tau_post: trace time constants in time steps (>= 1): ``tr = tr - tr / tau + s``.
-        a_plus, a_minus: amplitudes of potentiation and depression (default 1).
-        bounds: ``None`` (additive), ``"hard"`` (clip to ``[w_min, w_max]`` after each update) or
-            ``"soft"`` (multiplicative: ``f_post = w_max - W``, ``f_pre = W - w_min``).
-        w_min, w_max: the bounds (default 0 and 1).
-        f_pre, f_post: callables of the fp32 weight replacing the weight dependence (SpikingJelly's).
-        normalize: ``None`` or ``c > 0``: after each update, scale each post neuron's incoming
-            weights to sum to ``c``.
-        step_mode: ``None`` (read each record in the neuron's step mode), ``"m"`` or ``"s"``.
-        check_binary: refuse float inputs/outputs that are not 0/1 (one pass and a device sync per
-            recorded float tensor; packed spikes are never checked).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` for the update.
+    Arguments:
+
+    - ``synapse``: the layer whose weight learns (its bias is not touched): ``SpikeLinear`` /
+      ``nn.Linear`` (``[N, K]``), or ``SpikeConv2d`` / ``nn.Conv2d`` (zero padding; torch path only).
+    - ``neuron``: the module that fires the post-synaptic spikes ``[..., N]`` from the synapse's output.
+    - ``tau_pre``, ``tau_post``: trace time constants in time steps (>= 1): ``tr = tr - tr / tau + s``.
+    - ``a_plus``, ``a_minus``: amplitudes of potentiation and depression (default 1).
+    - ``bounds``: ``None`` (additive), ``"hard"`` (clip to ``[w_min, w_max]`` after each update) or
+      ``"soft"`` (multiplicative: ``f_post = w_max - W``, ``f_pre = W - w_min``).
+    - ``w_min``, ``w_max``: the bounds (default 0 and 1).
+    - ``f_pre``, ``f_post``: callables of the fp32 weight replacing the weight dependence
+      (SpikingJelly's).
+    - ``normalize``: ``None`` or ``c > 0``: after each update, scale each post neuron's incoming
+      weights to sum to ``c``.
+    - ``step_mode``: ``None`` (read each record in the neuron's step mode), ``"m"`` or ``"s"``.
+    - ``check_binary``: refuse float inputs/outputs that are not 0/1 (one pass and a device sync per
+      recorded float tensor; packed spikes are never checked).
+    - ``backend``: ``"auto"``, ``"triton"`` or ``"torch"`` for the update.
 
     See the module docstring for the rule, the step modes and the ways to apply the update.
     """
@@ -584,7 +587,7 @@ class RSTDPLearner(_Learner):
     """Reward-modulated STDP with an eligibility trace, with the semantics of SpikingJelly's
     ``MSTDPETLearner`` (Florian 2007, MSTDPET), batched.
 
-    Per recorded time step t (weights fixed until the update, as for :class:`STDPLearner`):
+    Per recorded time step t (weights fixed until the update, as for :class:`STDPLearner`)::
 
         tr_pre  = tr_pre  * exp(-1/tau_pre)  + pre[t]        (exponential decay, as MSTDPETLearner)
         tr_post = tr_post * exp(-1/tau_post) + post[t]

@@ -2,7 +2,7 @@
 
 For packed spikes ``pre [T, B, ceil(K/8)]`` and ``post [T, B, ceil(N/8)]`` (uint8, 8 per byte along
 the last dimension, LSB first) and the fp32 traces carried in, ``tr_pre [B, K]`` and ``tr_post [B, N]``,
-both paths compute, step by step (``reference/stdp.py`` is the float64 spec):
+both paths compute, step by step (``reference/stdp.py`` is the float64 spec)::
 
     tr_pre  = tr_pre  - tr_pre / tau_pre   + pre[t]        (or tr_pre * exp(-1/tau_pre) + pre[t])
     tr_post = tr_post - tr_post / tau_post + post[t]
@@ -67,7 +67,7 @@ def stdp_conv_products_torch(pre: torch.Tensor, post: torch.Tensor, C_in: int, C
     ``pre [T, B, H, W, ceil(C_in/8)]`` and ``post [T, B, H', W', ceil(C_out/8)]`` are packed spike images
     (channels-last, 8 channels per byte), ``tr_pre [B, C_in, H, W]`` and ``tr_post [B, C_out, H', W']`` the
     carried traces; ``pad4`` the synapse's zero padding ``(left, right, top, bottom)``. Summed over time,
-    batch and space, for every tap ``(i, j)`` of the kernel (SpikingJelly's ``stdp_conv2d_step``):
+    batch and space, for every tap ``(i, j)`` of the kernel (SpikingJelly's ``stdp_conv2d_step``)::
 
         P[o, c, i, j] += sum post[t, b, o, y, x] * tr_pre[b, c, y * s + i * d, x * s + j * d]   (padded)
         D[o, c, i, j] += sum tr_post[b, o, y, x] * pre[t, b, c, y * s + i * d, x * s + j * d]

@@ -2,7 +2,7 @@
 test oracle of ``kernels/stdp.py`` (both of its paths) and of :mod:`spiketriton.learning`.
 
 For spikes ``pre [T, B, K]`` and ``post [T, B, N]`` (0/1) and carried traces ``tr_pre [B, K]``,
-``tr_post [B, N]``, at every step t:
+``tr_post [B, N]``, at every step t::
 
     tr_pre  = tr_pre  - tr_pre / tau_pre   + pre[t]       (exp_decay: tr_pre * exp(-1/tau_pre) + pre[t])
     tr_post = tr_post - tr_post / tau_post + post[t]
