@@ -213,14 +213,19 @@ class StepWise(nn.Sequential):
     A module that takes sequences itself (its ``step_mode`` is ``"m"``: :class:`~spiketriton.SpikeConv2d`,
     the spike pooling modules) receives the sequence ``[T, B, ...]`` as it is; time is folded into the
     batch only around the others. So ``StepWise(SpikeConv2d(...), nn.BatchNorm2d(...))`` works in both
-    step modes, and a :class:`~spiketriton.SpikeImage` (packed spikes) reaches such a module packed.
+    step modes, and a :class:`~spiketriton.SpikeImage` (packed spikes) reaches such a module packed; a
+    module that takes tensors gets the SpikeImage's 0/1 values instead (``to_dense()``: with the
+    gradient), e.g. ``StepWise(SpikeMaxPool2d(2), nn.Flatten())`` pools packed spikes and flattens floats.
     """
 
     step_mode = "m"
 
     def forward(self, x_seq):
         if self.step_mode == "s":
-            return super().forward(x_seq)
+            y = x_seq
+            for m in self:
+                y = m(_dense(y) if isinstance(y, SpikeImage) and not _takes_images(m) else y)
+            return y
         if not isinstance(x_seq, (torch.Tensor, SpikeImage)):
             from torch.fx import Proxy
 
@@ -230,16 +235,14 @@ class StepWise(nn.Sequential):
             raise ValueError(f"StepWise: expected a sequence [T, B, *features], got shape {tuple(x_seq.shape)}")
         T, B = x_seq.shape[0], x_seq.shape[1]
         y, folded = x_seq, False
-        for i, m in enumerate(self):
+        for m in self:
             sequence = getattr(m, "step_mode", None) == "m"  # the module takes [T, B, ...] itself
             if sequence and folded:
                 y, folded = _unfold(y, T, B), False
             elif not sequence and not folded:
-                if isinstance(y, SpikeImage) and not _takes_images(m):
-                    raise TypeError(f"StepWise: module {i} ({type(m).__name__}) takes tensors, but its input is a "
-                                    f"SpikeImage (packed spikes): unpack it first (.to_dense()) or let the neuron "
-                                    f"emit float spikes")
                 y, folded = _fold(y), True
+            if isinstance(y, SpikeImage) and not _takes_images(m):
+                y = _dense(y)
             y = m(y)
         return _unfold(y, T, B) if folded else y
 
@@ -255,6 +258,11 @@ def _unfold(y, T, B):
         a = y.anchor
         return SpikeImage(y.data.unflatten(0, (T, B)), y.c, a.unflatten(0, (T, B)) if a is not None else None)
     return y.unflatten(0, (T, B))
+
+
+def _dense(y: SpikeImage) -> torch.Tensor:
+    """A SpikeImage's 0/1 values for a module that takes tensors, differentiable (through the anchor)."""
+    return y.to_dense(y.anchor.dtype if y.anchor is not None else torch.float32)
 
 
 def _takes_images(m) -> bool:
@@ -344,7 +352,7 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
             # forward or backward, would be handed packed spikes
             if linear_name in converted and not _call_hooks(neuron) and not _call_hooks(linear):
                 neuron.packed_output = True
-        if any(isinstance(m, SpikeConv2d) for m in model.modules()):
+        if any(_takes_images(m) for m in model.modules()):
             for neuron_name in _image_feeders(model):  # spikes to convolutions and pools: a SpikeImage
                 model.get_submodule(neuron_name).packed_output = "image"
     return model
@@ -581,25 +589,45 @@ def _stepwise_mode(model: nn.Module, name: str):
 def _image_feeders(model: nn.Module) -> list:
     """The neurons (names) of the converted ``model`` that may hand their spikes over as a SpikeImage:
     called once, without hooks, every use of their output a spike convolution or spike pooling
-    without hooks (a max pooling's output in turn used only so), or a shape query."""
+    without hooks, or a shape query; a max pooling's output in turn used only so, or by the modules
+    after it in the same StepWise (which hands them the 0/1 values)."""
     try:
         graph = _tracer().trace(model)
     except Exception:  # untraceable: no packed images (the Linear hand-over has its own fallback)
         return []
     modules = dict(model.named_modules())
 
-    def takes_images(node) -> bool:
+    def stack(u):
+        """The modules whose forward the node ``u`` runs in (outermost first), the called module last."""
+        return [modules.get(name) for name, _ in (u.meta.get("nn_module_stack") or {}).values()]
+
+    def in_stepwise(u, node) -> bool:
+        """``u`` is StepWise's own use of ``node``: its fold (``flatten(0, 1)``) or a call of one of its
+        modules, which StepWise makes on the 0/1 values of a SpikeImage."""
+        mods = stack(u)
+        if u.op == "call_method" and u.target == "flatten" and tuple(u.args) == (node, 0, 1) and not u.kwargs:
+            parent = mods[-1] if mods else None
+        elif u.op == "call_module" and tuple(u.args) == (node,) and not u.kwargs and len(mods) >= 2:
+            parent = mods[-2]
+        else:
+            return False
+        return isinstance(parent, StepWise) and type(parent).forward is StepWise.forward
+
+    def takes_images(node, pooled=False) -> bool:
         users = [u for u in node.users if not (u.op == "call_function" and u.target is getattr and
                                                 u.args[1:] == ("shape",))]
         if not users:
             return False
         for u in users:
+            if any(m is not None and _call_hooks(m) for m in stack(u)):
+                return False  # a hook on the module or on a container around it would see the SpikeImage
             m = modules.get(u.target) if u.op == "call_module" else None
-            if m is None or _call_hooks(m) or tuple(u.args) != (node,) or u.kwargs:
-                return False
-            if type(m) in (SpikeConv2d, SpikeAvgPool2d, SpikeSumPool2d):
-                continue
-            if type(m) is SpikeMaxPool2d and takes_images(u):
+            if m is not None and tuple(u.args) == (node,) and not u.kwargs:
+                if type(m) in (SpikeConv2d, SpikeAvgPool2d, SpikeSumPool2d):
+                    continue
+                if type(m) is SpikeMaxPool2d and takes_images(u, pooled=True):
+                    continue
+            if pooled and in_stepwise(u, node):
                 continue
             return False
         return True

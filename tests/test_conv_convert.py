@@ -4,6 +4,8 @@ SpikeMaxPool2d, the packed hand-over): the same spikes and the same gradients as
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -172,9 +174,10 @@ def test_convert_spiking_vgg_same_spikes_and_gradients(packed):
     for name, a, b in zip(names, grads, grads_ref):
         assert b.abs().sum() > 0, name  # every gradient is exercised
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
-    # the neurons before a SpikeConv2d hand over a SpikeImage, the one before a SpikeLinear a SpikeTensor;
-    # the one before the max pooling + Flatten (a tensor module) float spikes
-    assert [net[i].packed_output for i in (1, 3, 6, 9)] == (["image", "image", False, True] if packed else [False] * 4)
+    # the neurons before a SpikeConv2d hand over a SpikeImage (so does the one before the max pooling +
+    # Flatten: the pooling keeps it packed, StepWise hands Flatten the values), the one before a SpikeLinear
+    # a SpikeTensor
+    assert [net[i].packed_output for i in (1, 3, 6, 9)] == (["image", "image", "image", True] if packed else [False] * 4)
 
 
 def test_converted_conv_net_single_steps_equal_multi_step():
@@ -244,12 +247,35 @@ def test_convert_moves_hooks_and_keeps_a_hooked_neuron_unpacked():
     assert seen == ["SpikeConv2d"]
 
 
-def test_stepwise_refuses_a_spike_image_for_a_tensor_module():
-    img = st.pack_image((torch.rand(2, 3, 4, 5, 5) < 0.5).float(), backend="torch")
-    with pytest.raises(TypeError, match=r"StepWise: module 0 \(Flatten\) takes tensors, but its input is a SpikeImage"):
-        st.StepWise(nn.Flatten())(img)
+def test_stepwise_hands_a_tensor_module_the_values_of_a_spike_image():
+    """A SpikeImage reaching a module that takes tensors (both step modes) arrives as its 0/1 values, and the
+    gradient flows back to the SpikeImage's anchor; spike modules get it packed."""
+    s = (torch.rand(2, 3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    x = s.clone().requires_grad_()
+    img = st.pack_image(x, backend="torch")
+    y = st.StepWise(st.SpikeMaxPool2d(2), nn.Flatten())(img)
+    want = torch.nn.functional.max_pool2d(s.flatten(0, 1), 2).flatten(1).unflatten(0, (2, 3))
+    assert torch.equal(y, want)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+    ref = s.clone().requires_grad_()
+    (want_g,) = torch.autograd.grad(nn.Flatten()(nn.MaxPool2d(2)(ref.flatten(0, 1))).unflatten(0, (2, 3)), ref, g)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], want_g)
+    one = st.set_step_mode(st.StepWise(st.SpikeMaxPool2d(2), nn.Flatten()), "s")
+    assert torch.equal(one(st.pack_image(s[0], backend="torch")), want[0])
     out = st.StepWise(st.SpikeMaxPool2d(2), st.SpikeSumPool2d(2, backend="torch"))(img)
     assert out.shape == (2, 3, 4, 1, 1)
+
+
+def test_convert_keeps_float_spikes_for_a_hooked_container():
+    """A hook on the StepWise around the max pooling would see the SpikeImage: the neuron keeps float spikes."""
+    net = nn.Sequential(st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(backend="torch"),
+                        st.StepWise(nn.MaxPool2d(2), nn.Flatten()), nn.Linear(16, 3))
+    free = copy.deepcopy(net)
+    net[2].register_forward_hook(lambda m, i, o: None)
+    st.convert(net, backend="torch")
+    st.convert(free, backend="torch")
+    assert net[1].packed_output is False and free[1].packed_output == "image"
+    assert isinstance(net[2][0], st.SpikeMaxPool2d) and isinstance(net[3], st.SpikeLinear)
 
 
 def test_convert_pool_and_conv_in_one_stepwise_hand_over_packed_images():
