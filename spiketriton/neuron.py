@@ -44,9 +44,9 @@ STEP_MODES = ("m", "s")
 
 
 def _check_packed_output(packed_output, op: str):
-    if not (isinstance(packed_output, bool) or packed_output == "image"):
-        raise ValueError(f"{op}: packed_output must be False, True (a SpikeTensor for SpikeLinear) or 'image' "
-                         f"(a SpikeImage for SpikeConv2d, from [T, B, C, H, W] input), got {packed_output!r}")
+    if not (isinstance(packed_output, bool) or (isinstance(packed_output, str) and packed_output == "image")):
+        raise TypeError(f"{op}: packed_output must be True or False, got {packed_output!r}; or 'image' for a "
+                        f"SpikeImage (the input of SpikeConv2d, from [T, B, C, H, W] input)")
     return packed_output
 
 

@@ -411,7 +411,7 @@ def test_neuron_image_single_step_and_errors(backend, device):
     assert torch.equal(torch.stack([o.unpack() for o in steps]), full)
     with pytest.raises(ValueError, match=r"packed='image'.*\[T, B, C, H, W\]"):
         st.LIF(backend=backend, packed_output="image")(torch.randn(2, 3, 8, device=device))
-    with pytest.raises(ValueError, match="packed_output must be"):
+    with pytest.raises(TypeError, match="packed_output must be True or False, got 'yes'; or 'image'"):
         st.LIF(packed_output="yes")
 
 

@@ -144,8 +144,8 @@ def run_neuron(
     in fp32) and V follows from it with the kernels' reset rule (:func:`v_sequence`).
     """
     check_sequence(x_seq, op)
-    if not (isinstance(packed, bool) or packed == "image"):
-        raise ValueError(f"{op}: packed must be True, False or 'image', got {packed!r}")
+    if not (isinstance(packed, bool) or (isinstance(packed, str) and packed == "image")):
+        raise TypeError(f"{op}: packed must be True, False or 'image', got {packed!r}")
     if packed == "image" and x_seq.dim() != 5:
         raise ValueError(f"{op}: packed='image' (spikes packed for SpikeConv2d) takes a sequence of images "
                          f"[T, B, C, H, W], got shape {tuple(x_seq.shape)}")
