@@ -446,7 +446,7 @@ def spike_conv2d(
         raise ValueError(f"{op}: the (padded) input {H}x{W} is smaller than the dilated kernel "
                          f"{dilation[0] * (kh - 1) + 1}x{dilation[1] * (kw - 1) + 1}")
     if device.type == "meta":
-        return torch.empty((N, c_out, Ho, Wo), dtype=weight.dtype, device="meta")
+        return KSC.out_like(N, c_out, Ho, Wo, "meta", weight.dtype)
     if torch.is_autocast_enabled(device.type):
         dt = torch.get_autocast_dtype(device.type)
         weight = weight.to(dt)
