@@ -65,16 +65,18 @@ def test_help_lists_every_command_with_an_example(capsys):
 def test_help_examples_run_on_what_the_demo_writes(tmp_path, monkeypatch, capsys):
     """The examples of ``python -m spiketriton --help`` and ``export --help``, in their order: the demo writes
     out/qnet.safetensors (quantized), and the export examples turn it into the same chip file the demo wrote
-    and into NIR. (The demo gets --backend torch and one epoch: the conftest's Triton interpreter is slow.)"""
+    and into NIR. As a user runs them on a CPU: without the conftest's Triton interpreter (its "auto" would
+    run the kernels interpreted, minutes); the demo gets one epoch."""
     _demo()
     from spiketriton.export import cli, load_chip
 
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # read at each call: "auto" is the PyTorch path again
     monkeypatch.chdir(tmp_path)
     examples = [shlex.split(e.split("#")[0]) for e in cli.EXAMPLES]
     assert [e[3] for e in examples] == ["demo", "export", "export", "export"]
     assert "placeholders" in cli.EXAMPLES[-1]  # the last names your own model: marked as such
     assert COMMANDS["demo"][1] == cli.EXAMPLES[0] and COMMANDS["export"][1] == cli.EXAMPLES[1]
-    assert cli_main(examples[0][3:] + ["--epochs", "1", "--qat-epochs", "1", *CPU]) == 0
+    assert cli_main(examples[0][3:] + ["--epochs", "1", "--qat-epochs", "0", "--no-figure"]) == 0
     out = capsys.readouterr().out
     qpath = tmp_path / "out" / "qnet.safetensors"
     assert f"quantized model: {os.path.join('out', 'qnet.safetensors')} (" in out
@@ -134,16 +136,17 @@ def test_demo_names_its_loss_and_shows_progress_once(monkeypatch, capsys):
 
 def test_demo_runs_on_one_thread_by_default_and_restores_the_count(capsys):
     demo = _demo()
+    args = ["--epochs", "1", "--qat-epochs", "-1", "--hidden", "16", *CPU]  # no quantization: seconds
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert demo.main(SMALL[:-1] + ["--no-figure"])["threads"] == 1
+        assert demo.main(args)["threads"] == 1
         assert torch.get_num_threads() == 2
         assert "torch CPU threads: 1 (the demo's default on the CPU" in capsys.readouterr().out
-        assert demo.main(SMALL + ["--threads", "2"])["threads"] == 2
+        assert demo.main(args + ["--threads", "2"])["threads"] == 2
         assert "torch CPU threads: 2 (--threads)" in capsys.readouterr().out
         with pytest.raises(SystemExit) as exc:
-            demo.main(SMALL + ["--threads", "-1"])
+            demo.main(args + ["--threads", "-1"])
         assert exc.value.code == 2 and "--threads must be >= 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
