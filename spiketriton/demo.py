@@ -513,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m spiketrito
 
 def set_threads(threads: Optional[int], device: torch.device) -> str:
     """Set torch's CPU threads for a run and say why, for the demo and the examples' ``--threads``:
-    ``None`` -> :data:`DEFAULT_CPU_THREADS` (1) when ``device`` is the CPU, else torch's default;
+    ``None`` -> ``DEFAULT_CPU_THREADS`` (1) when ``device`` is the CPU, else torch's default;
     ``0`` -> torch's default (one per core); ``N`` -> N. Returns the text the demo prints, e.g.
     ``"1 (the demo's default on the CPU: ...)"``. The caller restores ``torch.get_num_threads()``'s
     earlier value if it must (``main`` does).
