@@ -31,7 +31,6 @@ KNOWN_BROKEN_REFERENCES: list[tuple[str, str]] = [
     ("py:func", "latency_thresholds"),
     ("py:func", "is_binary"),
     ("py:meth", "Surrogate.derivative"),
-    ("py:meth", "reset"),                       # spiketriton.learning's module docstring (STDPLearner.reset?)
     ("py:data", "DEFAULT_CPU_THREADS"),         # spiketriton.demo.set_threads (a constant outside __all__)
 ]
 
@@ -50,8 +49,6 @@ KNOWN_DOCSTRING_FORMAT_ISSUES: frozenset[str] = frozenset({
     "spiketriton.monitor.Monitor",                          # indented lines read as a block quote
     "spiketriton.quant.model.QModel.collect_q_params",      # ``|input|`` read as a substitution
     "spiketriton.quant.modules",
-    "spiketriton.learning",                                 # indented lines read as a block quote
-    "spiketriton.learning.STDPLearner",
 })
 
 
