@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .functional._backend import use_triton
 from .functional._checks import check_backend, check_bool
 from .functional.images import SpikeImage, spike_conv2d
 from .functional.spikes import _KERNEL_DTYPES, is_binary
@@ -76,8 +77,8 @@ class SpikeConv2d(nn.Conv2d):
         once and kept until the weight changes (another tensor, an in-place update, a dtype or device
         move); None where the kernels do not read it (the PyTorch path, a dense grouped convolution)."""
         w = self.weight
-        if (self.backend == "torch" or w.is_meta or w.dtype not in _KERNEL_DTYPES
-                or not KSC.packed_ok(self.in_channels, self.groups) or torch.compiler.is_compiling()):
+        if (w.is_meta or w.dtype not in _KERNEL_DTYPES or not KSC.packed_ok(self.in_channels, self.groups)
+                or torch.compiler.is_compiling() or not use_triton(self.backend, w, op="SpikeConv2d")):
             return None
         key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape))
         cache = self.__dict__.get("_wr_cache")
