@@ -298,7 +298,8 @@ def _conv_backward_body(ctx, gy, dw):
     packed, weight = ctx.saved_tensors
     C, w_shape, stride, pad4, dilation, groups, triton = ctx.geom
     need_w, need_b = ctx.needs_input_grad[4], ctx.needs_input_grad[6]
-    gy = gy.contiguous()
+    # dY as it comes (channels-last from the layers after a SpikeConv2d): the dW kernel reads it through
+    # its strides and the PyTorch path works channels-last; an NCHW copy here cost three layout copies
     with ops._no_autocast(gy):
         gw = dw(gy, packed, C, list(w_shape), stride, pad4, dilation, groups, triton) if need_w else None
         gb = gy.sum((0, 2, 3)) if (need_b and ctx.has_bias) else None
