@@ -358,6 +358,10 @@ def test_output_is_channels_last_and_dW_reads_any_gradient_layout(backend, devic
     (gw_nchw,) = torch.autograd.grad(conv(s), [conv.weight], g.contiguous())
     (gw_cl,) = torch.autograd.grad(conv(s), [conv.weight], g.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(gw_nchw, gw_cl, rtol=1e-6, atol=1e-6)
+    # y.sum() hands back an expanded dY (all strides 0)
+    (gw_sum,) = torch.autograd.grad(conv(s).sum(), [conv.weight])
+    (gw_ones,) = torch.autograd.grad(conv(s), [conv.weight], torch.ones(y.shape, device=device))
+    assert torch.allclose(gw_sum, gw_ones, rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         assert conv(s).is_contiguous(memory_format=torch.channels_last)
 
