@@ -23,3 +23,7 @@ __all__ = [
     "functional", "surrogate", "encoding", "monitor", "ann2snn", "learning",
 ]
 __all__ += ["SpikeMaxPool2d", "SpikeAvgPool2d", "SpikeSumPool2d"]
+
+from ._hints import module_getattr as _module_getattr  # noqa: E402
+
+__getattr__ = _module_getattr(__name__)

@@ -47,10 +47,26 @@ def read_regular(path, who: str, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (os.umask can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
 def write_atomic(path, data: bytes, who: str = "write") -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the complete new one, never a
     part: the bytes go to a temporary file in the same directory (``.<name>.<random>.tmp``), which is
-    fsynced, made world-readable (``0o644``, as an ordinary file) and renamed over ``path``. On any
+    fsynced, given an ordinary file's mode (``0o666`` less the umask, as ``open()`` creates files: ``0o644``
+    under the usual umask 022) and renamed over ``path``. On any
     failure (a full disk, a file-size limit, a read-only directory, an interrupt) the temporary file
     is removed, ``path`` is left as it was, and the error is re-raised; an ``OSError`` keeps its class
     and errno and gains a message naming ``who`` and ``path``.
@@ -69,7 +85,7 @@ def write_atomic(path, data: bytes, who: str = "write") -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the files we write are ordinary files
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; ours are ordinary files (open() would honour the umask)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:

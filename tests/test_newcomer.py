@@ -360,3 +360,27 @@ def test_a_forgotten_reset_gets_a_hint_instead_of_torchs_second_backward_error(m
     y.sum().backward(retain_graph=True)
     net(x).sum().backward()  # a retained graph may be backpropagated again: no hint
     assert not _hints.graph_freed(torch.ones(2)) and not _hints.graph_freed(None)
+
+
+def test_written_files_honour_the_umask_like_open(tmp_path):
+    """The NIR, chip and quantized writers share _files.write_atomic: its file gets 0o666 less the umask
+    (as open() would create it), not a fixed 0o644."""
+    from spiketriton._files import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.bin", b"x")
+        with open(tmp_path / "b.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o640
+
+
+def test_spikingjelly_names_on_the_package_and_layers_name_stepwise():
+    import spiketriton as st
+
+    for mod in (st, st.layers):
+        with pytest.raises(AttributeError, match="StepWise"):
+            mod.SeqToANNContainer
+    assert not hasattr(st, "no_such_name")

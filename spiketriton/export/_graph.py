@@ -256,6 +256,10 @@ def _module_kind(m: nn.Module, name: str, what: str) -> Optional[str]:
             raise ExportError(f"{what}: {name}: AvgPool2d with padding cannot be exported (whether padded zeros "
                               f"count in the average is not part of the formats)")
         return "sumpool2d" if m.divisor_override == 1 else "avgpool2d"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        raise ExportError(f"{what}: {name}: {type(m).__name__} cannot be exported: fold it into the Conv2d/Linear "
+                          f"before it first (model = spiketriton.ann2snn.fold_batchnorms(model); quant.prepare "
+                          f"folds it too)")
     raise ExportError(f"{what}: {name}: {type(m).__name__} cannot be exported (supported: Linear/SpikeLinear, "
                       f"Conv2d/SpikeConv2d, AvgPool2d/SpikeAvgPool2d/SpikeSumPool2d, MaxPool2d/SpikeMaxPool2d of "
                       f"spikes, Flatten, Identity, Dropout, IF, LIF, PLIF, ExtendedLIF and the quant layers)")
