@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import surrogate as sg
+from . import _hints, surrogate as sg
 from .functional.neuron import (
     check_sequence,
     check_tau,
@@ -67,6 +67,12 @@ class BaseNeuron(nn.Module):
     store_v_seq = False
     h_seq = None
     _record = None
+
+    def __new__(cls, *args, **kwargs):
+        # another library's keyword (surrogate_function=, spike_grad=, beta=, ...) gets the spiketriton
+        # spelling in its TypeError (a dict lookup per keyword)
+        _hints.check_keywords(cls, kwargs)
+        return super().__new__(cls)
 
     def __init__(self, backend: str = "auto", packed_output: bool = False, step_mode: str = "m",
                  store_v_seq: bool = False):
@@ -125,7 +131,9 @@ class BaseNeuron(nn.Module):
             return state
         if state is not None and state.is_inference() and not torch.is_inference_mode_enabled():
             return state.clone()
-        return state
+        # a state whose graph an earlier backward freed (reset() forgotten between batches): a backward
+        # into it says so, instead of torch's "backward through the graph a second time"
+        return _hints.guard_stale_state(state, type(self).__name__)
 
     def _as_sequence(self, x) -> torch.Tensor:
         """The call's input as ``[T, B, *features]``: a single step gets T = 1; a multi-step neuron

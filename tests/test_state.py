@@ -302,3 +302,23 @@ def test_to_cuda_mid_sequence_continues(name):
     want = m_gpu(x.cuda())
     torch.testing.assert_close(torch.cat([s1.cuda(), s2]), want, rtol=0, atol=0)
     torch.testing.assert_close(m_split.v, m_gpu.v, rtol=0, atol=1e-6)
+
+
+def test_other_libraries_keywords_and_a_forgotten_reset_get_hints():
+    """SpikingJelly's / snnTorch's keywords name the spiketriton spelling; a second batch without
+    reset() says to reset instead of torch's 'backward through the graph a second time'."""
+    import spiketriton as st
+
+    with pytest.raises(TypeError, match="surrogate="):
+        st.LIF(surrogate_function=st.surrogate.ATan())
+    with pytest.raises(TypeError, match="v_threshold="):
+        st.IF(threshold=1.0)
+    n, fc = st.LIF(backend="torch"), torch.nn.Linear(4, 4)
+    x = torch.rand(3, 2, 4)
+    n(fc(x)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"spiketriton.reset\(net\)"):
+        n(fc(x)).sum().backward()
+    st.reset(n)
+    n(fc(x)).sum().backward()  # after the reset it trains again
+    n.v = n.v.detach()  # truncated BPTT: a detached state carries on
+    n(fc(x)).sum().backward()
