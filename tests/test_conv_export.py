@@ -122,19 +122,12 @@ def _chip_net(convert=True):
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.mul_(4.0)
+        net[9].weight.abs_()  # an excitatory readout: with this seed's mixed signs the output never fired
     if convert:
         return st.convert(net, backend="torch")
     net[4][0] = st.SpikeMaxPool2d.from_pool(net[4][0])  # the float convs, a spike pooling
     net[7][0] = st.SpikeSumPool2d(2)
     return net
-
-
-# quant.prepare (spiketriton/quant/model.py) turns exactly nn.Conv2d into QConv2d (`_converted`), so a SpikeConv2d
-# stays a float layer there; its fx reading (`_links_fx`) does not take SpikeConv2d / the spike pools as leaves
-# (tracing fails, and the Sequential fallback cannot link a QConv2d inside a StepWise to the QLIF after it); and
-# its `source()` does not look through a max pooling, so a layer after one is read as an int8 encoder
-_NEEDS_QUANT = pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                 reason="quant.prepare does not take SpikeConv2d and the spike pools yet")
 
 
 def _assert_chip_equal(q, x, path):
@@ -168,7 +161,6 @@ def test_chip_max_pooling_of_spikes_is_bit_exact(tmp_path, per_channel):
     assert manifest["layers"][2]["out_shape"] == [5, 4, 4]
 
 
-@_NEEDS_QUANT
 @pytest.mark.parametrize("convert", [True, False], ids=["spike_conv", "spike_pools"])
 def test_chip_round_trip_of_spike_conv_and_pooling_is_bit_exact(tmp_path, convert):
     net = _chip_net(convert)

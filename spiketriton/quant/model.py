@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from .._files import open_regular, write_atomic
-from ..layers import SpikeLinear, is_plain_container
+from ..ann2snn import _fold_in
+from ..conv import SpikeConv2d
+from ..layers import SpikeLinear, _is_spike_max_pool, _takes_images, is_plain_container
 from ..neuron import IF, LIF, PLIF, BaseNeuron, ExtendedLIF
 from ..spec import RESET_HARD
 from ..spec import INT28_MAX
@@ -193,8 +195,11 @@ class QModel(nn.Module):
             layer.is_encoder = False
         unlinked = [n for n in self.modules() if isinstance(n, QLIF) and n not in feeders]
         if unlinked:
-            raise RuntimeError(f"QModel: {len(unlinked)} QLIF neuron(s) are not fed directly by a QLinear/QConv2d "
-                               f"(through shape-only modules at most); the integer flow needs that link")
+            names = ", ".join(repr(n.qname) for n in unlinked[:3]) + (", ..." if len(unlinked) > 3 else "")
+            raise RuntimeError(f"QModel: {len(unlinked)} QLIF neuron(s) ({names}) are not fed directly by a "
+                               f"QLinear/QConv2d (through shape-only modules at most); the integer flow needs that "
+                               f"link (a pooling or an unfolded BatchNorm between a layer and its neuron breaks it: "
+                               f"pool the neuron's spikes instead)")
 
 
 def _neuron_manifest(m: QLIF) -> dict:
@@ -214,7 +219,7 @@ def _links_fx(model):
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, (QLIF, _QLayer, BaseNeuron, SpikeLinear)) or _is_hybrid(m) \
+            return isinstance(m, (QLIF, _QLayer, BaseNeuron, SpikeLinear)) or _is_hybrid(m) or _takes_images(m) \
                 or super().is_leaf_module(m, qualname)
 
     try:
@@ -223,12 +228,15 @@ def _links_fx(model):
         return e
     modules = dict(model.named_modules())
 
-    def source(node):
-        """The module node a value comes from, looking through shape-only modules and ops."""
+    def source(node, spikes=False):
+        """The module node a value comes from, looking through shape-only modules and ops; with ``spikes``
+        also through max poolings (the max of 0/1 spikes is their OR: spikes again), for the question
+        whether a layer reads spikes. A neuron after a max pooling is not fed by a layer directly."""
         while isinstance(node, fx.Node):
             if node.op == "call_module":
                 m = modules[node.target]
-                if isinstance(m, _SHAPE_MODULES):
+                if isinstance(m, _SHAPE_MODULES) or (spikes and _is_spike_max_pool(m) and len(node.args) == 1
+                                                     and not node.kwargs):
                     node = node.args[0]
                     continue
                 return m
@@ -253,8 +261,7 @@ def _links_fx(model):
                                    f"needs its own neuron module (its integer constants follow its layer's scale)")
             feeders[m] = src
         if isinstance(m, _QLayer):
-            spikes = isinstance(src, (QLIF, BaseNeuron)) or getattr(src, "emits_spikes", False)
-            (fed_by_spikes if spikes else fed_by_values).add(m)
+            (fed_by_spikes if _emits(source(node.args[0], spikes=True)) else fed_by_values).add(m)
     mixed = fed_by_spikes & fed_by_values
     if mixed:
         raise RuntimeError("QModel: a layer is applied both to spikes and to other values; use separate modules")
@@ -265,20 +272,37 @@ def _is_hybrid(m) -> bool:
     return type(m).__module__.startswith("spiketriton.hybrid")
 
 
+def _emits(m) -> bool:
+    """Whether the module ``m`` (or None) outputs spikes: a neuron, or a module that says so (A2S units)."""
+    return isinstance(m, (QLIF, BaseNeuron)) or bool(getattr(m, "emits_spikes", False))
+
+
 def _links_sequential(model):
+    """The links from the order of plain containers: each one's chain of leaves, read through the plain
+    containers inside it (``StepWise(conv), LIF()``: the conv feeds the LIF)."""
+    def chain(mod):
+        for child in mod.children():
+            if is_plain_container(child):
+                yield from chain(child)
+            else:
+                yield child
+
     feeders, fed_by_spikes = {}, set()
     for mod in model.modules():
         if not isinstance(mod, nn.Sequential):
             continue
-        prev = None
-        for child in mod.children():
+        prev, spikes = None, False  # the previous leaf; whether the current value is spikes
+        for child in chain(mod):
             if isinstance(child, _SHAPE_MODULES):
+                continue
+            if _is_spike_max_pool(child):
+                prev = child  # spikes stay spikes (their OR); a current does not reach a neuron through it
                 continue
             if isinstance(child, QLIF) and isinstance(prev, _QLayer):
                 feeders[child] = prev
-            if isinstance(child, _QLayer) and (isinstance(prev, (QLIF, BaseNeuron)) or getattr(prev, "emits_spikes", False)):
+            if isinstance(child, _QLayer) and spikes:
                 fed_by_spikes.add(child)
-            prev = child
+            prev, spikes = child, _emits(child)
     return feeders, fed_by_spikes
 
 
@@ -315,11 +339,33 @@ _Prepared = PreparedModel
 
 def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwargs) -> "PreparedModel":
     """A :class:`PreparedModel` from a float model (a copy; the original is untouched): Conv2d-BatchNorm2d and
-    Linear-BatchNorm1d pairs are folded, nn.Linear / SpikeLinear / nn.Conv2d become QLinear / QConv2d,
-    and IF / LIF / PLIF / ExtendedLIF become QLIF. A family-A neuron maps to family B exactly
-    (leak ``alpha = 1 - 1/tau``, ``beta = v_reset / tau``, and with decay_input the factor 1/tau
-    folded into the weights and bias of the layer feeding it), except that the chip's threshold is
-    strict (``v' > vth`` where LIF fires at ``H >= V_th``: different only when H equals V_th exactly).
+    Linear-BatchNorm1d pairs are folded (next to each other in a Sequential or StepWise, or as
+    ``StepWise(conv), StepWise(bn)``: see :func:`spiketriton.ann2snn.fold_batchnorms`), nn.Linear / SpikeLinear /
+    nn.Conv2d / SpikeConv2d become QLinear / QConv2d, and IF / LIF / PLIF / ExtendedLIF become QLIF. A
+    family-A neuron maps to family B exactly (leak ``alpha = 1 - 1/tau``, ``beta = v_reset / tau``, and
+    with decay_input the factor 1/tau folded into the weights and bias of the layer feeding it), except
+    that the chip's threshold is strict (``v' > vth`` where LIF fires at ``H >= V_th``: different only
+    when H equals V_th exactly).
+
+    A converted conv SNN (:func:`spiketriton.convert`) is taken as it is: the spike pooling modules stay
+    (they compute on the QLIF's float spikes as before), a layer after a max pooling of spikes reads spikes
+    (an OR of spikes: no int8 input scale), a layer after a sum or average pooling is an encoding layer
+    (counts or fractions, int8). QLIF hands over float 0/1 spikes (a neuron's ``packed_output`` is not
+    carried; QLinear / QConv2d read a SpikeTensor / SpikeImage as its 0/1 values all the same). A model in
+    single-step mode (any module with ``step_mode='s'``) is a ValueError: the quantized model runs
+    sequences ``[T, B, ...]``.
+
+    >>> import torch, spiketriton as st
+    >>> from torch import nn
+    >>> from spiketriton import quant
+    >>> net = st.convert(nn.Sequential(                   # for input [T, B, 2, 4, 4]
+    ...     st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(), st.StepWise(nn.MaxPool2d(2)),
+    ...     st.StepWise(nn.Conv2d(4, 4, 3, padding=1)), st.LIF(), nn.Flatten(2), nn.Linear(4 * 2 * 2, 3), st.LIF()))
+    >>> q = quant.prepare(net)
+    >>> [type(m).__name__ for m in (q.net[0][0], q.net[2][0], q.net[3][0], q.net[6])]
+    ['QConv2d', 'SpikeMaxPool2d', 'QConv2d', 'QLinear']
+    >>> q.net[3][0].is_encoder                # after a max pooling of spikes: it reads spikes
+    False
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare: model must be a torch.nn.Module (the float network to quantize), got "
@@ -337,6 +383,12 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
             raise TypeError(f"prepare: give either config= or the options {sorted(config_kwargs)}, not both (the "
                             f"options would be ignored)")
     config = config or QuantConfig(**config_kwargs)
+    single = [(name, m) for name, m in model.named_modules() if getattr(m, "step_mode", "m") == "s"]
+    if single:
+        name, m = single[0]
+        raise ValueError(f"prepare: {name or 'the model'} ({type(m).__name__}) runs single-step (step_mode='s'), but "
+                         f"the quantized model runs sequences [T, B, ...] (QLIF and the chip are multi-step): prepare "
+                         f"the model after spiketriton.set_step_mode(model, 'm') (the weights are the same)")
     # the neurons' carried state may hold an autograd graph, which deepcopy refuses: copy without it
     stash = {}
     for m in model.modules():
@@ -348,7 +400,7 @@ def prepare(model: nn.Module, config: Optional[QuantConfig] = None, **config_kwa
     finally:
         for m, state in stash.items():
             m.__dict__.update(state)
-    _fold_batchnorm(net)
+    _fold_in(net)  # every BatchNorm right after a Conv2d/SpikeConv2d/Linear/SpikeLinear, in a StepWise or next to it
     feeders_of = {}
     _swap(net, config, feeders_of, "")
     q = PreparedModel(net)
@@ -384,7 +436,7 @@ def _converted(child, config, decay_input_neurons):
             warnings.warn("prepare: SpikeLinear's input_dropout is not carried into the QLinear (no dropout "
                           "during quantization-aware training)")
         new = QLinear.from_float(child, config)
-    elif type(child) is nn.Conv2d:
+    elif type(child) in (nn.Conv2d, SpikeConv2d):
         new = QConv2d.from_float(child, config)
     elif isinstance(child, (IF, LIF, PLIF)):
         if isinstance(child, PLIF):
@@ -425,29 +477,6 @@ def _qlif_from_extended(n):
                 v_l=None if s.v_l == -math.inf else s.v_l, dv=s.dv, ref_len=s.ref_len, reset_mode=s.reset_mode,
                 v_th_alpha=s.v_th_alpha, v_th_beta=s.v_th_beta, v_th_incre=s.v_th_incre,
                 surrogate=s.surrogate, detach_reset=s.detach_reset, backend=n.backend)
-
-
-def _fold_batchnorm(module: nn.Module):
-    """Fold BatchNorm (running statistics) into the Conv2d / Linear right before it in a Sequential."""
-    for child in module.children():
-        _fold_batchnorm(child)
-    if not isinstance(module, nn.Sequential):
-        return
-    names = list(module._modules)
-    for a, b in zip(names, names[1:]):
-        layer, bn = module._modules[a], module._modules[b]
-        pair = (isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)) or \
-               (isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d))
-        if not pair or bn.running_mean is None:
-            continue
-        with torch.no_grad():
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-            shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
-            layer.weight.mul_(scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1)))
-            if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros_like(shift))
-            layer.bias.mul_(scale).add_(shift)
-        module._modules[b] = nn.Identity()
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import surrogate as sg
 from ..functional.neuron import extended_lif_spec, run_neuron
+from ..functional.images import SpikeImage, conv_padding
 from ..functional.spikes import SpikeTensor
 from ..neuron import BaseNeuron
 from ..functional._backend import use_triton
@@ -214,7 +215,7 @@ class _QLayer:
 
     # -- forward ---------------------------------------------------------------------------------
     def _qforward(self, x):
-        if isinstance(x, SpikeTensor):
+        if isinstance(x, (SpikeTensor, SpikeImage)):  # packed spikes: their 0/1 values (with the gradient)
             x = x.to_dense(self.weight.dtype)
         self._check_input(x)
         if self.mode == FLOAT:
@@ -255,7 +256,8 @@ class _QLayer:
     def _check_input(self, x):
         """Python-level checks of the input (no device sync): a real tensor of the layer's shape."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self.who()}: expected a torch.Tensor (or a SpikeTensor), got {type(x).__name__}")
+            raise TypeError(f"{self.who()}: expected a torch.Tensor (or a SpikeTensor / SpikeImage), got "
+                            f"{type(x).__name__}")
         if x.is_complex():
             raise TypeError(f"{self.who()}: the input must hold real numbers (a floating, integer or bool dtype), "
                             f"got {x.dtype}")
@@ -363,7 +365,8 @@ class QLinear(_QLayer, nn.Linear):
 
 class QConv2d(_QLayer, nn.Conv2d):
     """nn.Conv2d with quantization modes. Takes ``[N, C, H, W]`` or a sequence ``[T, B, C, H, W]``
-    (time folded into the batch)."""
+    (time folded into the batch), as a tensor or as packed spikes (a
+    :class:`~spiketriton.functional.images.SpikeImage`, read as its 0/1 values)."""
 
     def __init__(self, *args, config: Optional[QuantConfig] = None, backend: str = "auto", **kwargs):
         nn.Conv2d.__init__(self, *args, **kwargs)
@@ -371,10 +374,19 @@ class QConv2d(_QLayer, nn.Conv2d):
 
     @classmethod
     def from_float(cls, m: nn.Conv2d, config: Optional[QuantConfig] = None) -> "QConv2d":
+        """The QConv2d of an ``nn.Conv2d`` (a :class:`~spiketriton.SpikeConv2d` too): its weight, bias and
+        geometry. A padding given as ``'valid'`` or ``'same'`` becomes the numbers it stands for where they
+        are the same on both sides (the chip format takes numbers); an asymmetric ``'same'`` (an even
+        kernel) stays a string."""
         if not isinstance(m, nn.Conv2d):
             raise TypeError(f"QConv2d.from_float: expected an nn.Conv2d, got {type(m).__name__}")
+        padding = m.padding
+        if isinstance(padding, str):
+            top, bottom, left, right = conv_padding(padding, m.kernel_size, m.stride, m.dilation, "QConv2d.from_float")
+            if top == bottom and left == right:
+                padding = (top, left)
         with _own_rng(m.weight.device):
-            q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+            q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=padding,
                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
                     device=m.weight.device, dtype=m.weight.dtype, config=config)
         q.load_state_dict(m.state_dict(), strict=False)
