@@ -52,6 +52,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .functional.images import SpikeImage, unpack_image
 from .functional.spikes import SpikeTensor, unpack_spikes
 from .neuron import BaseNeuron
 
@@ -96,7 +97,7 @@ class _Record:
     """One quantity of one module: per-call chunks ``[t, B, ...]`` (time first), trimmed to ``max_steps``.
 
     A chunk is ``(tensor, k, dtype)``: spikes as bool (``k`` None) or packed bytes (``k`` = the logical
-    last dimension), ``dtype`` the output's dtype; H and V as fp32 tensors (``k`` and ``dtype`` None).
+    last dimension, or ``("image", C)`` for a SpikeImage's channels-last bytes), ``dtype`` the output's dtype; H and V as fp32 tensors (``k`` and ``dtype`` None).
     Appending costs the chunk only: trimming drops whole chunks from the left and slices at most one.
     """
 
@@ -121,7 +122,9 @@ class _Record:
     def dense(self) -> List[torch.Tensor]:
         out = []
         for t, k, dtype in self.chunks:
-            if k is not None:
+            if isinstance(k, tuple):  # ("image", C): a SpikeImage's channels-last bytes
+                t = unpack_image(SpikeImage(t, k[1]), dtype, backend="auto" if t.is_cuda else "torch")
+            elif k is not None:
                 t = unpack_spikes(SpikeTensor(t, k), dtype, backend="auto" if t.is_cuda else "torch")
             elif dtype is not None:
                 t = t.to(dtype)
@@ -279,10 +282,11 @@ class Monitor:
         single = getattr(module, "step_mode", "m") == "s"
         records = self._records[name]
         if "spikes" in records:
-            if isinstance(output, SpikeTensor):
+            if isinstance(output, (SpikeTensor, SpikeImage)):  # kept packed: 1 bit per spike
                 data = output.data.detach()
                 data = data.unsqueeze(0) if single else data
-                chunk = (data.to(self.device or data.device, copy=True), output.k, torch.float32)
+                k = output.k if isinstance(output, SpikeTensor) else ("image", output.c)
+                chunk = (data.to(self.device or data.device, copy=True), k, torch.float32)
             elif isinstance(output, torch.Tensor):
                 data = output.detach()
                 data = data.unsqueeze(0) if single else data

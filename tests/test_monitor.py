@@ -370,3 +370,28 @@ def test_plot_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"plotting needs matplotlib, which is not installed: pip install matplotlib"):
         mon.figure(tmp_path / "x.png")
+
+
+def test_packed_image_spikes_are_recorded_packed_and_read_back_in_the_logical_shape():
+    """A neuron handing a SpikeImage to a SpikeConv2d (packed_output='image') is recorded from its
+    channels-last bytes (1 bit per spike) and read back as [T, B, C, H, W], in both step modes and
+    across the max_steps trim."""
+    g = torch.Generator().manual_seed(0)
+    lif = st.LIF(backend="torch", packed_output="image")
+    net = nn.Sequential(lif, st.SpikeConv2d(11, 4, 3, padding=1, backend="torch"))
+    mon, last = Monitor(net, record="spikes"), Monitor(net, record="spikes", max_steps=4)
+    xs = [torch.rand(3, 2, 11, 5, 6, generator=g) * 2 for _ in range(2)]
+    want = []
+    ref = st.LIF(backend="torch")
+    for x in xs:
+        net(x)
+        want.append(ref(x))
+    want = torch.cat(want)
+    assert torch.equal(mon.spikes("0"), want) and torch.equal(last.spikes("0"), want[-4:])
+    chunk = mon._records["0"]["spikes"].chunks[0][0]
+    assert chunk.dtype == torch.uint8 and chunk.shape == (3, 2, 5, 6, 2)  # [T, B, H, W, ceil(C/8)]
+    st.set_step_mode(net, "s")  # (resets the neurons' state)
+    st.reset(ref)
+    x1 = torch.rand(2, 11, 5, 6, generator=g) * 2
+    net(x1)
+    assert torch.equal(mon.spikes("0")[-1], ref(x1.unsqueeze(0))[0])
