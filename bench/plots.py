@@ -293,6 +293,17 @@ def plot_event_matmul(result: Dict, path: Path) -> Optional[str]:
 
 
 #: benchmark name (the result JSON's "benchmark") -> (plot function, PNG name)
+def _plot_from(module: str):
+    """The ``plot(result, path)`` of a suite script that draws its own figure (imported when used:
+    those scripts import torch and spiketriton)."""
+    def run(result: Dict, path: Path):
+        import importlib
+
+        return importlib.import_module(module).plot(result, path)
+
+    return run
+
+
 PLOTTERS = {
     "neuron_cpu": (plot_neuron, "neuron.png"),
     "neuron_gpu": (plot_neuron, "neuron.png"),
@@ -303,6 +314,9 @@ PLOTTERS = {
     "open_neuromorphic": (plot_open_neuromorphic, "open_neuromorphic.png"),
     "event_matmul_cpu": (plot_event_matmul, "event_matmul.png"),
     "event_matmul_gpu": (plot_event_matmul, "event_matmul.png"),
+    "stdp_cpu": (_plot_from("stdp"), "stdp_cpu.png"),
+    "stdp_gpu": (_plot_from("stdp"), "stdp_gpu.png"),
+    "conv_snn": (_plot_from("conv_snn"), "conv_snn.png"),
 }
 
 

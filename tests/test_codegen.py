@@ -4,7 +4,8 @@ and sm_80 exactly as a launch at the stated shapes would be, then read from its 
 What the kernels promise, checked on every commit:
 - no spills (no local-memory loads/stores, no stack) in any kernel on either target;
 - tensor-core instructions (wgmma on sm_90: HGMMA/IGMMA; mma on sm_80: HMMA/IMMA) in every matmul
-  path: fp32 (as three bf16 products), bf16, fp16 and int8, forward and dW;
+  path: fp32 (as three bf16 products), bf16, fp16 and int8, forward and dW, and in the spike convolution's
+  implicit GEMMs and the STDP update;
 - 128-bit global accesses of the float data in the neuron and pack kernels for aligned shapes, and at
   least 64-bit when the last dimension is a multiple of 8;
 - the committed report (bench/results/codegen/codegen.json) is the one this code compiles to, so a
@@ -51,7 +52,9 @@ def _ids(records, pred):
 def test_every_kernel_family_is_covered(report):
     kernels = {r["kernel"] for r in report}
     for k in ("_neuron_fwd_kernel", "_neuron_bwd_kernel", "_neuron_int_kernel", "_pack_kernel", "_unpack_kernel",
-              "_spike_matmul_fwd_kernel", "_spike_matmul_dw_kernel", "_fallback_fwd_kernel", "_fallback_dw_kernel"):
+              "_spike_matmul_fwd_kernel", "_spike_matmul_dw_kernel", "_fallback_fwd_kernel", "_fallback_dw_kernel",
+              "_event_matmul_kernel", "_spike_conv_fwd_kernel", "_spike_conv_dw_kernel", "_fallback_conv_fwd_kernel",
+              "_fallback_conv_dw_kernel", "_stdp_kernel", "_or_pool_kernel"):
         assert k in kernels, k
     assert {r["arch"] for r in report} == set(ARCHS)
 
@@ -66,7 +69,8 @@ def test_no_spills(report):
 def test_tensor_cores_in_every_matmul_path(report, arch):
     paths = set()
     for r in report:
-        if r["arch"] != arch or r["kernel"] not in ("_spike_matmul_fwd_kernel", "_spike_matmul_dw_kernel"):
+        if r["arch"] != arch or r["kernel"] not in ("_spike_matmul_fwd_kernel", "_spike_matmul_dw_kernel",
+                                                    "_spike_conv_fwd_kernel", "_spike_conv_dw_kernel", "_stdp_kernel"):
             continue
         ops = {op.split(".")[0] for op in r["tensor_core_ops"]}
         assert r["tensor_core"] > 0 and ops <= set(WGMMA[arch]), (r["case"], r["tensor_core_ops"])
