@@ -65,7 +65,7 @@ import torch
 
 import spiketriton as st
 from spiketriton._files import write_atomic
-from spiketriton.demo import load_data
+from spiketriton.demo import load_data, set_threads
 from spiketriton.learning import STDPLearner
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "results", "cpu")
@@ -178,13 +178,15 @@ def parse_args(argv=None):
     p.add_argument("--eval-theta", default="reset", choices=("reset", "keep"),
                    help="labelling and test start from the base threshold, or from the learned ones")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"))
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (restored at the end)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1 on the CPU, where torch's default of one per core stalls "
+                        "on a shared machine; 0: torch's default); restored at the end")
     p.add_argument("--out", default=DEFAULT_OUT, help="directory for stdp_digits.json and stdp_digits.png")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
-    for name in ("neurons", "epochs", "T", "T_eval", "batch", "threads"):
-        if getattr(args, name) < (0 if name == "epochs" else 1):
-            p.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'epochs' else 1}, got {getattr(args, name)}")
+    for name, least in (("neurons", 1), ("epochs", 0), ("T", 1), ("T_eval", 1), ("batch", 1), ("threads", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
     if not 0.0 < args.rate <= 1.0:
         p.error(f"--rate must be in (0, 1], got {args.rate}")
     for name in ("lr", "w_norm", "w_max", "tau_theta"):
@@ -196,7 +198,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
     try:
         return _main(args, argv)
     finally:

@@ -63,7 +63,8 @@ def test_help_and_bad_arguments(example, capsys):
     with pytest.raises(SystemExit) as e:
         example.parse_args(["--help"])
     assert e.value.code == 0 and "--neurons" in capsys.readouterr().out
-    for bad in (["--neurons", "0"], ["--rate", "1.5"], ["--lr", "0"], ["--eval-theta", "sometimes"]):
+    for bad in (["--neurons", "0"], ["--rate", "1.5"], ["--lr", "0"], ["--eval-theta", "sometimes"],
+                ["--threads", "-1"], ["--epochs", "-1"]):
         with pytest.raises(SystemExit) as e:
             example.parse_args(bad)
         assert e.value.code == 2, bad
@@ -76,7 +77,7 @@ def test_committed_results_meet_the_goal_with_the_default_settings(example):
     defaults = {k: v for k, v in vars(example.parse_args([])).items() if k not in ("out", "no_plot")}
     assert saved["config"] == defaults
     assert saved["accuracy"] >= 0.85 and saved["runtime_s"] <= 60 and saved["goal_85_within_60_s"] is True
-    assert saved["machine"]["torch_num_threads"] == defaults["threads"]
+    assert defaults["threads"] is None and saved["machine"]["torch_num_threads"] == 1  # the CPU default
     assert saved["network"]["test_images"] == 360 and saved["network"]["train_images"] == 1437
     assert (COMMITTED.parent / "stdp_digits.png").stat().st_size > 10_000
 
