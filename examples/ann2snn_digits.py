@@ -27,7 +27,7 @@ from torch import nn
 
 import spiketriton as st
 from spiketriton.ann2snn import activation_scales, convert_ann, relu_to_qcfs
-from spiketriton.demo import load_data
+from spiketriton.demo import load_data, set_threads
 from spiketriton._files import write_atomic
 
 T_LIST = (8, 16, 32, 64)
@@ -80,7 +80,19 @@ def main(argv=None) -> dict:
                                                   "cpu"))
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="the IF neurons' backend")
+    p.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default 1 on the CPU, where torch's default of one per core stalls "
+                         "on a shared machine; 0: torch's default)")
     args = p.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, argv) -> dict:
     t_start = time.perf_counter()
     x_tr, y_tr, x_te, y_te = load_data(args.seed)
     x_tr, x_te = x_tr.reshape(-1, 1, 8, 8), x_te.reshape(-1, 1, 8, 8)

@@ -20,6 +20,7 @@ from torch import nn
 
 import spiketriton as st
 from spiketriton import hybrid, quant
+from spiketriton.demo import set_threads
 
 
 class HybridNet(nn.Module):
@@ -75,7 +76,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--T", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="auto", choices=("auto", "triton", "torch"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default 1 on the CPU, where torch's default of one per core stalls "
+                         "on a shared machine; 0: torch's default)")
     args = ap.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args) -> dict:
     start = time.perf_counter()
     xtr, ytr, xte, yte = load(args.seed)
     with torch.random.fork_rng(devices=[]):
