@@ -2,7 +2,7 @@
 
 Neurons are multi-step (``x_seq [T, B, *features]``), keep their state between calls until
 ``reset``, and run on Triton for CUDA tensors (or under TRITON_INTERPRET=1) and on the PyTorch
-reference otherwise. See README.md and DESIGN.md.
+reference otherwise. See README.md and docs/ (docs/spec/ holds the specification).
 """
 
 from . import ann2snn, encoding, functional, learning, monitor, surrogate

@@ -206,7 +206,7 @@ class IF(BaseNeuron):
 
 
 class LIF(BaseNeuron):
-    """Leaky integrate-and-fire with SpikingJelly semantics (DESIGN.md family A).
+    """Leaky integrate-and-fire with SpikingJelly semantics (family A of docs/spec/neurons.md).
 
     ``decay_input=True``: ``H = V + (X - (V - V_reset)) / tau``; else ``H = V - (V - V_reset)/tau + X``.
     ``v_reset=None`` selects the soft (subtractive) reset.
@@ -255,7 +255,7 @@ class PLIF(BaseNeuron):
 
 
 class ExtendedLIF(BaseNeuron):
-    """The HNN Extended LIF (DESIGN.md family B): integrate (gated while refractory), fire at
+    """The HNN Extended LIF (family B of docs/spec/neurons.md): integrate (gated while refractory), fire at
     ``v' > vth`` (strict), reset (HARD / SOFT / SOFT_CONSTANT), leak ``alpha*v + beta``, floor ``v_l``,
     adaptive threshold ``a = v_th_alpha*a + v_th_beta + s*v_th_incre`` and a refractory counter.
 

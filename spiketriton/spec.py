@@ -1,7 +1,7 @@
 """The neuron specification shared by the kernels, the reference and the modules.
 
 One frozen, hashable :class:`NeuronSpec` describes every option of the multi-step neuron of both
-families of DESIGN.md. Values that change what is computed (family, reset mode, surrogate, which
+families of docs/spec/neurons.md. Values that change what is computed (family, reset mode, surrogate, which
 features are on) become constexprs of the kernels; plain constants (thresholds, v_reset, ...) are
 runtime scalars; learnable scalars travel in a small fp32 tensor ``params`` so that they need no
 host synchronisation and get gradients:
@@ -86,7 +86,7 @@ INT28_MAX = (1 << 27) - 1
 
 @dataclasses.dataclass(frozen=True)
 class IntNeuronSpec:
-    """The quantized form of family B (DESIGN.md): every quantity an integer, state in int32 with
+    """The quantized form of family B (docs/spec/neurons.md, "The quantized neuron"): every quantity an integer, state in int32 with
     saturation to int28 after every update, leaks as ``floor(x * q / 256)`` with ``q`` in [0, 256]."""
 
     v_th0: int

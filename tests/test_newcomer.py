@@ -384,3 +384,16 @@ def test_spikingjelly_names_on_the_package_and_layers_name_stepwise():
         with pytest.raises(AttributeError, match="StepWise"):
             mod.SeqToANNContainer
     assert not hasattr(st, "no_such_name")
+
+
+def test_no_source_cites_design_notes_outside_the_repository():
+    """The specification lives in docs/spec/; docstrings, benchmarks and examples cite it, not notes a
+    user of the repository does not have (help(st.LIF) once said "DESIGN.md family A")."""
+    root = Path(__file__).resolve().parents[1]
+    name = "DESIGN" + ".md"
+    files = [p for d in ("spiketriton", "bench", "examples", "tests", "docs") for p in (root / d).rglob("*")
+             if p.suffix in (".py", ".md", ".rst") and not {"results", "generated", "_build"} & set(p.parts)]
+    files += [root / "README.md", root / "pyproject.toml"]
+    cited = [str(p.relative_to(root)) for p in files if name in p.read_text(errors="replace")
+             and p.name not in ("test_newcomer.py", "test_readme.py", "test_docs.py")]
+    assert not cited, cited

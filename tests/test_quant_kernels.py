@@ -20,7 +20,7 @@ LO, HI = -(2**27), 2**27 - 1
 
 
 def plain_neuron(u_seq, spec: IntNeuronSpec, v=None, a=0, ref=0):
-    """One neuron, Python ints: the DESIGN.md quantized family-B step, written out."""
+    """One neuron, Python ints: the quantized family-B step of docs/spec/neurons.md, written out."""
     sat = lambda x: max(LO, min(HI, x))  # noqa: E731
     fl = lambda x, q: (x * q) // 256  # noqa: E731  floor division, also for negatives
     v = spec.v_init if v is None else v

@@ -1,4 +1,4 @@
-"""Backend choice shared by every functional op (DESIGN.md: "auto" | "triton" | "torch")."""
+"""Backend choice shared by every functional op (docs/spec/neurons.md, "Execution paths": "auto" | "triton" | "torch")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stateless multi-step neurons: ``spikes, v_last = lif(x_seq, v)``.
 
-Dispatch (DESIGN.md): ``backend="auto"`` runs the fused Triton kernels for CUDA tensors (or CPU
+Dispatch (docs/spec/neurons.md, "Execution paths"): ``backend="auto"`` runs the fused Triton kernels for CUDA tensors (or CPU
 tensors under TRITON_INTERPRET=1) in fp32/fp16/bf16, and the PyTorch path otherwise: the same fused
 algorithm written with torch ops (``kernels/neuron_torch.py``: same saved tensors, hand-written
 backward). float64 input always takes the PyTorch path, which then computes in float64.
@@ -376,7 +376,7 @@ def extended_lif(
     detach_reset: bool = False,
     backend: str = "auto",
 ):
-    """The HNN Extended LIF (family B of DESIGN.md). Returns ``(spikes, ExtendedLIFState)``.
+    """The HNN Extended LIF (family B of docs/spec/neurons.md). Returns ``(spikes, ExtendedLIFState)``.
 
     ``v_leaky_alpha``/``v_leaky_beta`` may be tensors that require grad (learnable leak).
     ``state`` is an :class:`ExtendedLIFState` (or None for the initial state).

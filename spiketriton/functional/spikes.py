@@ -1,6 +1,6 @@
 """Packed spikes and the add-only spike matmul.
 
-``SpikeTensor`` holds spikes packed 8 per byte along the last dimension (DESIGN.md layout) and their
+``SpikeTensor`` holds spikes packed 8 per byte along the last dimension (the layout of docs/spec/packed-spikes.md) and their
 logical size ``k``. It may also hold an ``anchor``: a tensor of the spikes' shape through which the
 gradient of the spikes flows back to whatever produced them (the float spikes themselves when they
 were packed by :func:`pack_spikes`, or a one-element stand-in expanded to the spikes' shape when a

@@ -1,4 +1,4 @@
-"""Fused multi-step neuron kernels (forward and backward) for both neuron families of DESIGN.md.
+"""Fused multi-step neuron kernels (forward and backward) for both neuron families of docs/spec/neurons.md.
 
 Layout: a sequence ``[T, B, *features]`` is viewed as ``[T, R, L]`` with ``L`` its last dimension and
 ``R`` everything between T and L. Each program owns a ``[BLOCK_R, BLOCK_L]`` tile of neurons and walks

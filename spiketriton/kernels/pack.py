@@ -1,6 +1,6 @@
 """Pack 0/1 spikes 8 per byte along the last dimension (LSB first, zero-padded) and back.
 
-Layout (DESIGN.md): element ``8*k + i`` of a row is bit ``i`` of byte ``k``; ``[M, K]`` spikes become
+Layout (docs/spec/packed-spikes.md): element ``8*k + i`` of a row is bit ``i`` of byte ``k``; ``[M, K]`` spikes become
 ``[M, ceil(K/8)]`` uint8. Each program owns a ``[BLOCK_M, BLOCK_K]`` tile of spikes, i.e. whole bytes.
 When K is a multiple of 8 the rows' bytes are a flat bitstream and the launchers view ``[M, K]`` as
 ``[1, M * K]`` (see ``kernels/neuron._plan``, shared with the neuron kernels, as are the bit helpers

@@ -1,5 +1,5 @@
 """Bit packing with PyTorch ops for the CPU path: 8 spikes per byte along the last dimension,
-LSB first (DESIGN.md). Whole 64-bit words are packed with one multiply: for a little-endian word
+LSB first (docs/spec/packed-spikes.md). Whole 64-bit words are packed with one multiply: for a little-endian word
 holding eight 0/1 bytes, ``(w * 0x0102040810204080) >> 56`` is the packed byte (checked for all 256
 patterns in tests/test_pack_torch.py). On a 2-core CPU this is ~6x faster than the shift-and-sum of
 ``reference/pack.py`` ([16, 32, 4096] spikes: 0.36 ms vs 3.3 ms).

@@ -1,4 +1,4 @@
-"""Quantizer primitives for spiketriton.quant (DESIGN.md, HNN-style).
+"""Quantizer primitives for spiketriton.quant (docs/guides/quantization.md, HNN-style).
 
 Convention (the HNN framework's): a *scale* is the multiplier that maps real values to integers,
 ``w_int = round(w * scale)``, so real = int / scale. Symmetric ``bits``-bit integers span

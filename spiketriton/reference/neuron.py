@@ -1,5 +1,5 @@
 """Reference multi-step neuron: plain, autograd-able PyTorch in fp32, one line per equation of
-DESIGN.md. The Triton kernels must agree with it (spikes exactly, everything else within float
+the specification (docs/spec/neurons.md). The Triton kernels must agree with it (spikes exactly, everything else within float
 rounding), including every gradient autograd derives from it.
 """
 

@@ -1,4 +1,4 @@
-"""Reference bit packing (DESIGN.md layout): bits along the last dimension, LSB first; element
+"""Reference bit packing (the layout of docs/spec/packed-spikes.md): bits along the last dimension, LSB first; element
 ``8*k + i`` is bit ``i`` of byte ``k``; the last dimension is zero-padded to a multiple of 8."""
 
 from __future__ import annotations
