@@ -86,12 +86,20 @@ def test_prepare_takes_a_converted_spiking_vgg():
     assert 0 < float(want.mean()) < 1
     assert (got != want).float().mean() <= 0.01
     assert torch.equal(run_fresh(_vgg(convert=False), x), want)  # (convert keeps the outputs)
+    # quantized before or after convert: the same integers and spikes (nn.MaxPool2d is read as the OR too)
+    before = calibrated(_vgg(convert=False), x, backend="torch").quantize()
+    after = calibrated(net, x, backend="torch").quantize()
+    for name in ("net.0.0", "net.3.0", "net.7"):
+        a, b = before.get_submodule(name), after.get_submodule(name)
+        assert not a.is_encoder or name == "net.0.0"
+        assert torch.equal(a.weight_int, b.weight_int) and torch.equal(a.bias_int, b.bias_int), name
+    assert torch.equal(run_fresh(before, x), run_fresh(after, x))
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_spiking_vgg_on_the_chip_is_bit_exact(tmp_path, per_channel, backend):
-    net, x = _vgg(), _x()
+def test_spiking_vgg_on_the_chip_is_bit_exact(tmp_path, per_channel, backend, device):
+    net, x = _vgg().to(device), _x().to(device)
     q = calibrated(net, x, backend=backend, per_channel=per_channel).quantize()
     manifest = save_chip(q, tmp_path / "vgg.chip", x)
     layers = manifest["layers"]
@@ -102,18 +110,18 @@ def test_spiking_vgg_on_the_chip_is_bit_exact(tmp_path, per_channel, backend):
     q.reset()
     with torch.no_grad():
         want = [q(x), q(x)]  # the second call continues from the carried state
-    got = [program.run(x), program.run(x)]
+    got = [program.run(x.cpu()), program.run(x.cpu())]
     for g, w in zip(got, want):
         assert 0.0 < float(w.mean()) < 1.0
-        assert np.array_equal(g, w.numpy())
+        assert np.array_equal(g, w.cpu().numpy())
     if backend == "triton":  # the integer kernels (QLIF per tensor, QLinear on spikes) give the torch path's spikes
         ref = calibrated(net, x, backend="torch", per_channel=per_channel).quantize()
         mine, theirs = _qlif_spikes(q, x), _qlif_spikes(ref, x)
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
-def test_aware_equals_quantized_and_one_qat_step_trains():
-    net, x = _vgg(), _x()
+def test_aware_equals_quantized_and_one_qat_step_trains(device):
+    net, x = _vgg().to(device), _x().to(device)
     q = calibrated(net, x, backend="torch").quantize()
     want = _qlif_spikes(q, x)
     q.aware()
