@@ -421,9 +421,9 @@ def conv_cases() -> List[Case]:
     from spiketriton.kernels import spike_conv as KC
 
     out = []
-    for label, N, C, CO, HW, dts in [("N128x64x32x32->128", 128, 64, 128, 32, (torch.float32, torch.bfloat16,
+    for label, N, C, CO, HW, dts in [("N128x64x32x32-to128", 128, 64, 128, 32, (torch.float32, torch.bfloat16,
                                                                                  torch.float16)),
-                                     ("N128x256x8x8->256", 128, 256, 256, 8, (torch.float32,))]:
+                                     ("N128x256x8x8-to256", 128, 256, 256, 8, (torch.float32,))]:
         for dt in dts:
             dn = str(dt).replace("torch.", "")
 
