@@ -11,7 +11,9 @@
 
 The forward stays the float one: the scales travel from each layer to the neuron it feeds through
 the links that ``collect_q_params`` finds (torch.fx; where fx cannot trace, the order of plain
-``nn.Sequential`` containers, never that of a Sequential subclass with its own forward).
+``nn.Sequential`` containers, read through the plain containers and StepWise inside them, never that of a
+Sequential subclass with its own forward). A layer reads spikes when a neuron's output reaches it through
+reshapes and max poolings (an OR of spikes); otherwise it is an encoding layer (int8 input).
 
 Calibration refuses, at ``calculate_q_params``, an encoding layer that saw no data, NaN or +-inf
 (they stick in the running maximum, so the calibration forwards stay free of host syncs), only zeros,
