@@ -183,7 +183,7 @@ def test_padding_strings_and_what_the_chip_refuses(tmp_path):
     net = st.convert(net, backend="torch")
     x = torch.rand(2, 1, 1, 4, 4)
     q = calibrated(net, x, backend="torch").quantize()
-    with pytest.raises(ExportError, match=r"save_chip: (net\.)?2\.0: Conv2d padding='same'; give the padding as numbers"):
+    with pytest.raises(ExportError, match=r"save_chip: (net\.)?2\.0: Conv2d padding='same'; an even kernel pads one side more"):
         save_chip(q, tmp_path / "bad.chip", x)
     averaged = nn.Sequential(st.StepWise(nn.Conv2d(1, 2, 3, padding=1)), st.LIF(), st.StepWise(nn.AvgPool2d(2)),
                              st.StepWise(nn.Conv2d(2, 2, 3)), st.LIF())

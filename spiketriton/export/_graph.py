@@ -234,7 +234,11 @@ def _module_kind(m: nn.Module, name: str, what: str) -> Optional[str]:
         if m.padding_mode != "zeros":
             raise ExportError(f"{what}: {name}: Conv2d padding_mode={m.padding_mode!r} cannot be exported (zeros only)")
         if isinstance(m.padding, str):
-            raise ExportError(f"{what}: {name}: Conv2d padding={m.padding!r}; give the padding as numbers")
+            k = _pair(m.kernel_size)
+            why = ("an even kernel pads one side more than the other with 'same', which the formats (one padding "
+                   "per side pair) cannot express: use an odd kernel or numbers" if m.padding == "same" and any(
+                       (d * (kk - 1)) % 2 for d, kk in zip(_pair(m.dilation), k)) else "give the padding as numbers")
+            raise ExportError(f"{what}: {name}: Conv2d padding={m.padding!r}; {why}")
         return "conv2d"
     if isinstance(m, nn.Flatten):
         return "flatten"
