@@ -51,6 +51,8 @@ def load_results(folder: Path) -> Dict[str, dict]:
         except ValueError:
             continue
         if isinstance(r, dict) and "benchmark" in r:
+            if isinstance(r.get("device"), str):  # an example's record names its device in a word ("cpu")
+                r["device"] = {"kind": r["device"], "name": r["device"]}
             out[f.stem] = r
     return out
 
