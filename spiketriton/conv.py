@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .functional._backend import use_triton
-from .functional._checks import check_backend, check_bool
+from .functional._checks import check_backend, check_bool, finite
 from .functional.images import SpikeImage, spike_conv2d
 from .functional.spikes import _KERNEL_DTYPES, is_binary
 from .kernels import spike_conv as KSC
@@ -41,6 +41,11 @@ class SpikeConv2d(nn.Conv2d):
     - ``check_binary=True``: a float input with values other than 0 and 1 is a ValueError (one read
       of the input and a device sync; switch it off when the input is known to be spikes).
     - ``backend``: ``"auto"``, ``"triton"`` or ``"torch"``.
+    - ``input_dropout``: ``nn.Dropout(p)`` of the input spikes folded into the layer (``convert`` sets it
+      for a Dropout between a neuron and the convolution): in training, spikes are dropped with the same
+      random draws as ``nn.Dropout(p)``, the convolution reads the remaining 0/1 spikes and its sum is
+      scaled by ``1/(1-p)`` before the bias, which equals ``nn.Conv2d(nn.Dropout(p)(s))``; in eval it
+      does nothing.
 
     >>> import torch, spiketriton as st
     >>> conv = st.SpikeConv2d(3, 8, 3, padding=1)
@@ -54,10 +59,12 @@ class SpikeConv2d(nn.Conv2d):
     """
 
     step_mode = "m"
+    input_dropout = 0.0  # (class default: a SpikeConv2d pickled before the option existed)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
-                 check_binary: bool = True, backend: str = "auto", step_mode: str = "m"):
+                 check_binary: bool = True, backend: str = "auto", step_mode: str = "m",
+                 input_dropout: float = 0.0):
         if padding_mode != "zeros":
             raise ValueError(f"SpikeConv2d: padding_mode must be 'zeros' (a zero byte is no spike), got "
                              f"{padding_mode!r}; pad the spikes yourself or keep an nn.Conv2d for that layer")
@@ -67,9 +74,12 @@ class SpikeConv2d(nn.Conv2d):
         step_mode = _check_step_mode(step_mode)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+        if not 0.0 <= finite(input_dropout, "input_dropout", "SpikeConv2d") < 1.0:
+            raise ValueError(f"SpikeConv2d: input_dropout must be in [0, 1), got {input_dropout}")
         self.check_binary = check_binary
         self.backend = backend
         self.step_mode = step_mode
+        self.input_dropout = float(input_dropout)
         self.__dict__["_wr_cache"] = None  # (key, reordered weight): not a buffer, not in state_dict
 
     def _weight_r(self):
@@ -90,7 +100,7 @@ class SpikeConv2d(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "SpikeConv2d":
         """A SpikeConv2d holding (sharing) ``conv``'s weight and bias; ``kwargs``: check_binary,
-        backend, step_mode."""
+        backend, step_mode, input_dropout."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"SpikeConv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
@@ -150,6 +160,20 @@ class SpikeConv2d(nn.Conv2d):
         if self.weight.is_meta:
             y = spike_conv2d(torch.empty(flat.shape, device="meta"), self.weight, self.bias, self.stride,
                              self.padding, self.dilation, self.groups)
+        elif self.input_dropout > 0.0 and self.training:
+            # nn.Dropout(p) folded in (convert does it for Dropout -> Conv2d on spikes): the same Bernoulli
+            # draws as nn.Dropout(p)(s), the dropped input kept binary, the 1/(1-p) after the convolution
+            p = self.input_dropout
+            if isinstance(flat, SpikeImage):
+                flat = flat.to_dense(self.weight.dtype, backend=self.backend)
+            # drawn in the logical [N, C, H, W] order, as nn.Dropout draws for contiguous spikes, whatever
+            # the memory format of the input
+            keep = torch.nn.functional.dropout(torch.ones(flat.shape, dtype=flat.dtype, device=flat.device), p,
+                                               True) != 0
+            y = spike_conv2d(flat * keep, self.weight, None, self.stride, self.padding, self.dilation, self.groups,
+                             backend=self.backend, weight_r=self._weight_r()) / (1.0 - p)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         else:
             y = spike_conv2d(flat, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                              backend=self.backend, weight_r=self._weight_r())
@@ -157,4 +181,6 @@ class SpikeConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         extra = ", step_mode='s'" if self.step_mode == "s" else ""
+        if getattr(self, "input_dropout", 0.0):
+            extra += f", input_dropout={self.input_dropout}"
         return super().extra_repr() + f", check_binary={self.check_binary}{extra}"

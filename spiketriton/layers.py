@@ -279,14 +279,16 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     spikes becomes a :class:`~spiketriton.SpikeConv2d` in the StepWise's step mode (the StepWise then
     hands it the sequence), and ``nn.MaxPool2d`` / ``nn.AvgPool2d`` on spikes become
     :class:`~spiketriton.SpikeMaxPool2d` / :class:`~spiketriton.SpikeAvgPool2d` (the same values); max
-    pooling passes spikes on. A Conv2d after an ``nn.AvgPool2d`` or an ``nn.Dropout`` (not 0/1 values),
-    or outside a StepWise (its step mode is not proven), stays.
+    pooling passes spikes on. One ``nn.Dropout`` between the spikes and the Conv2d is folded into the
+    SpikeConv2d (``input_dropout``: the same random draws, as for a Linear). A Conv2d after an
+    ``nn.AvgPool2d`` (firing fractions, not 0/1 values), or outside a StepWise (its step mode is not
+    proven), stays.
 
     The data flow is read with ``torch.fx`` (neurons, spike layers and torch modules as leaves), never
     guessed. An input is spikes when it comes from a spiketriton neuron or spike-emitting hybrid unit
     (a subclass with its own ``forward`` is not taken as one), directly or through exact
     ``nn.Flatten``/``nn.Unflatten``/``nn.Identity`` modules, view/reshape-like ops, max pooling, or one
-    ``nn.Dropout`` (folded into a new SpikeLinear: the same random draws), and no in-place op touches it.
+    ``nn.Dropout`` (folded into the new SpikeLinear / SpikeConv2d: the same random draws), and no in-place op touches it.
     A Linear called several times is converted only when every call reads spikes. A forward hook on
     the chain (on the neuron or a module in between; a pre-hook there or on the Linear) may replace the
     value: with ``check_binary=True`` the layer is converted all the same (its check refuses a
@@ -325,15 +327,15 @@ def convert(model: nn.Module, check_binary: bool = True, packed: bool = True, ba
     swaps = []
     for name, dropout_name in targets.items():
         linear = model.get_submodule(name)
+        p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
         if type(linear) is nn.Conv2d:  # in a StepWise, which hands it the sequence in its step mode
             new = SpikeConv2d.from_conv(linear, check_binary=check_binary, backend=backend,
-                                        step_mode=_stepwise_mode(model, name))
+                                        step_mode=_stepwise_mode(model, name), input_dropout=p)
         elif type(linear) is nn.MaxPool2d:
             new = SpikeMaxPool2d.from_pool(linear, backend=backend)
         elif type(linear) is nn.AvgPool2d:
             new = SpikeAvgPool2d.from_pool(linear, backend=backend)
         else:
-            p = model.get_submodule(dropout_name).p if dropout_name is not None else 0.0
             new = SpikeLinear.from_linear(linear, check_binary=check_binary, input_dropout=p, backend=backend)
         _move_hooks(linear, new)
         swaps.append((linear, new, model.get_submodule(dropout_name) if dropout_name is not None else None))
@@ -509,7 +511,7 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
             if type(mod) in _SHAPE_MODULES:
                 passes = True
             elif type(mod) is nn.Dropout and src is not None and spiking.get(src) and via_dropout.get(src) is None \
-                    and len(node.users) == 1 and _calls(graph, node.target) == 1 \
+                    and len(_value_users(node)) == 1 and _calls(graph, node.target) == 1 \
                     and not _value_hooks(mod, output=True, input=True):  # a shared or hooked Dropout stays
                 spiking[node], roots[node], via_dropout[node] = True, roots[src], node.target
                 continue
@@ -544,11 +546,13 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
                 direct.setdefault(node.target, []).append(src.target)
         elif _is_plain_conv(mod) or type(mod) in (nn.MaxPool2d, nn.AvgPool2d):
             # a convolution converts inside a StepWise (which then hands it the sequence), a pooling anywhere
-            # (the spike pools take any leading dimensions); never after a Dropout (not 0/1 any more)
-            ok = reads_spikes and via_dropout.get(src) is None and unhooked(mod, input=True) \
+            # (the spike pools take any leading dimensions); after a Dropout (not 0/1 any more) only a
+            # convolution, which folds it (SpikeConv2d's input_dropout: the same draws)
+            drop = via_dropout.get(src) if reads_spikes else None
+            ok = reads_spikes and (drop is None or _is_plain_conv(mod)) and unhooked(mod, input=True) \
                 and (not _is_plain_conv(mod) or _stepwise_mode(model, node.target) is not None) \
                 and not getattr(mod, "return_indices", False)
-            uses.setdefault(node.target, []).append((ok, None))
+            uses.setdefault(node.target, []).append((ok, drop if ok else None))
     # a layer called several times is converted only if every call sees spikes (and no dropout folds)
     out, feeders = {}, []
     for name, calls in uses.items():
@@ -561,6 +565,21 @@ def _targets_graph(model: nn.Module, graph, check_binary: bool):
                 if len(neurons) == len(calls) and all(_calls(graph, n) == 1 for n in neurons):
                     feeders.extend((n, name) for n in neurons)
     return out, feeders
+
+
+def _value_users(node) -> list:
+    """The users of an fx node that read its values: reading ``x.shape`` / ``x.size()`` / ``x.dim()`` (a
+    StepWise does, to unfold time) does not."""
+    import operator
+
+    def meta(u):
+        if u.op == "call_function" and u.target is getattr and len(u.args) > 1:
+            return u.args[1] in ("shape", "dtype", "device", "ndim")
+        if u.op == "call_function" and u.target is operator.getitem:
+            return False
+        return u.op == "call_method" and u.target in ("size", "dim")
+
+    return [u for u in node.users if not meta(u)]
 
 
 def _is_plain_conv(m) -> bool:

@@ -206,14 +206,12 @@ class _ManualFold(nn.Module):
         return self.conv(s.flatten(0, 1)).unflatten(0, (x.shape[0], x.shape[1]))
 
 
-@pytest.mark.parametrize("case", ["after-avgpool", "after-dropout", "own-forward", "reflect", "shared-on-input",
-                                  "inplace", "first-layer"])
+@pytest.mark.parametrize("case", ["after-avgpool", "own-forward", "reflect", "shared-on-input", "inplace",
+                                  "first-layer"])
 def test_convert_leaves_convs_that_do_not_read_spikes(case):
     conv = nn.Conv2d(2, 3, 3, padding=1)
     if case == "after-avgpool":  # averages of spikes are fractions, not spikes
         net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.AvgPool2d(2), conv))
-    elif case == "after-dropout":  # 0 or 1/(1-p): not 0/1
-        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.Dropout(0.5), conv))
     elif case == "own-forward":
         net = _ManualFold()
         conv = net.conv
@@ -334,3 +332,51 @@ def test_convert_an_ann2snn_conv_net():
     kinds = [type(m).__name__ for m in snn.modules()]
     assert "SpikeConv2d" in kinds and "SpikeMaxPool2d" in kinds and "SpikeLinear" not in kinds  # after AvgPool
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_convert_folds_a_dropout_before_a_conv_with_the_same_draws(where, backend):
+    """LIF -> Dropout(p) -> Conv2d: the Dropout goes into the SpikeConv2d (input_dropout = p), which
+    drops spikes with nn.Dropout's draws and scales the sum: the same outputs and gradients in training
+    (same seed), the same outputs in eval."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 4, 3, padding=1)
+    if where == "inside":
+        net = nn.Sequential(st.LIF(backend="torch"), st.StepWise(nn.Dropout(0.3), conv), st.LIF(backend="torch"))
+    else:
+        net = nn.Sequential(st.LIF(backend="torch"), nn.Dropout(0.3), st.StepWise(conv), st.LIF(backend="torch"))
+    ref = copy.deepcopy(net)
+    st.convert(net, backend=backend)
+    new = [m for m in net.modules() if isinstance(m, st.SpikeConv2d)]
+    assert len(new) == 1 and new[0].input_dropout == 0.3 and not any(isinstance(m, nn.Dropout) for m in net.modules())
+    assert "input_dropout=0.3" in repr(new[0])
+    x = torch.rand(3, 2, 5, 6, 6) * 2
+    for mode in ("train", "eval"):
+        getattr(net, mode)(), getattr(ref, mode)()
+        outs = []
+        for m in (ref, net):
+            st.reset(m)
+            xi = x.clone().requires_grad_(True)
+            torch.manual_seed(1)
+            y = m(xi)
+            (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+            outs.append((y.detach(), xi.grad, [p.grad.clone() for p in m.parameters()]))
+            m.zero_grad()
+        (y0, gx0, gp0), (y1, gx1, gp1) = outs
+        assert torch.equal(y0, y1), mode
+        assert torch.allclose(gx0, gx1, atol=1e-5), mode
+        for a, b in zip(gp0, gp1):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), mode
+
+
+def test_spike_conv_input_dropout_checks_and_eval():
+    with pytest.raises(ValueError, match="input_dropout"):
+        st.SpikeConv2d(2, 2, 3, input_dropout=1.0)
+    with pytest.raises(ValueError, match="input_dropout"):
+        st.SpikeConv2d(2, 2, 3, input_dropout=float("nan"))
+    conv = st.SpikeConv2d(2, 3, 3, input_dropout=0.5, backend="torch").eval()
+    s = (torch.rand(2, 2, 2, 5, 5) < 0.5).float()
+    plain = st.SpikeConv2d(2, 3, 3, backend="torch")
+    plain.load_state_dict(conv.state_dict())
+    assert torch.equal(conv(s), plain(s))  # no dropout in eval

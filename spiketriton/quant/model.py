@@ -439,6 +439,9 @@ def _converted(child, config, decay_input_neurons):
                           "during quantization-aware training)")
         new = QLinear.from_float(child, config)
     elif type(child) in (nn.Conv2d, SpikeConv2d):
+        if getattr(child, "input_dropout", 0.0):
+            warnings.warn("prepare: SpikeConv2d's input_dropout is not carried into the QConv2d (no dropout "
+                          "during quantization-aware training)")
         new = QConv2d.from_float(child, config)
     elif isinstance(child, (IF, LIF, PLIF)):
         if isinstance(child, PLIF):
