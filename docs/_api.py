@@ -31,7 +31,6 @@ KNOWN_BROKEN_REFERENCES: list[tuple[str, str]] = [
     ("py:func", "latency_thresholds"),
     ("py:func", "is_binary"),
     ("py:meth", "Surrogate.derivative"),
-    ("py:data", "DEFAULT_CPU_THREADS"),         # spiketriton.demo.set_threads (a constant outside __all__)
 ]
 
 # Docstrings (by documented object) that are not valid reStructuredText yet: docutils' formatting
