@@ -224,6 +224,15 @@ def selected_tests(c: Ctx) -> List[str]:
 # --------------------------------------------------------------------------------------------- #
 
 
+def _stage_signals() -> None:
+    """In a stage's process before it starts: its own process group (the signals reach what it starts), and
+    SIGINT at its default. A session started in the background of a non-interactive shell (``cmd &``)
+    inherits SIGINT ignored, and so would every stage: the time box's SIGINT would do nothing, and the stage
+    would be killed at the box without writing what it had measured."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_stage(argv: List[str], box: float, log, grace: float = GRACE_S, env=None) -> Dict[str, object]:
     """Run ``argv`` (its own process group, so that the signals reach what it started; output to stdout and
     ``log``) for at most ``box`` seconds: SIGINT at ``box - grace`` (the scripts keep what they wrote and stop;
@@ -232,8 +241,7 @@ def run_stage(argv: List[str], box: float, log, grace: float = GRACE_S, env=None
     t0 = time.monotonic()
     tail: List[str] = []
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, errors="replace", bufsize=1,
-                            **({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}))
+                            text=True, errors="replace", bufsize=1, preexec_fn=_stage_signals)
 
     def pump():
         for line in proc.stdout:

@@ -43,6 +43,7 @@ import argparse
 import importlib
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -161,6 +162,10 @@ def plan(args, kind: str) -> List[dict]:
 
 
 def main(argv=None) -> int:
+    # a SIGINT is a time box (the GPU runbook's stages): honour it even when started from the background of a
+    # non-interactive shell (``python -m bench ... &``), which starts Python with SIGINT ignored
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     # TRITON_INTERPRET=1 (e.g. inherited from the test suite) would time Triton's interpreter on the CPU:
     # the benchmarks measure the real paths, so it is dropped before spiketriton is imported
