@@ -8,7 +8,7 @@ from torch import nn
 from .functional._backend import use_triton
 from .functional._checks import check_backend, check_bool, finite
 from .functional.images import SpikeImage, spike_conv2d
-from .functional.spikes import _KERNEL_DTYPES, is_binary
+from .functional.spikes import _KERNEL_DTYPES, require_binary
 from .kernels import spike_conv as KSC
 
 __all__ = ["SpikeConv2d"]
@@ -144,11 +144,8 @@ class SpikeConv2d(nn.Conv2d):
             if s.shape[lead] != C:
                 raise ValueError(f"SpikeConv2d: input has {s.shape[lead]} channels (shape {tuple(s.shape)}), "
                                  f"expected in_channels = {C}")
-            if self.check_binary and not s.is_meta:
-                if torch.compiler.is_compiling():
-                    torch._assert_async(((s == 0) | (s == 1)).all(), _NOT_BINARY)
-                elif not is_binary(s):
-                    raise ValueError(_NOT_BINARY)
+            if self.check_binary:
+                require_binary(s, _NOT_BINARY)
             if s.dtype == torch.bool:
                 s = s.to(self.weight.dtype)
         else:

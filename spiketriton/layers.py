@@ -10,7 +10,7 @@ from torch import nn
 from .conv import SpikeConv2d
 from .functional._checks import check_backend, check_bool, finite
 from .functional.images import SpikeImage
-from .functional.spikes import SpikeTensor, is_binary, spike_matmul
+from .functional.spikes import SpikeTensor, require_binary, spike_matmul
 from .neuron import BaseNeuron
 from .pooling import SpikeAvgPool2d, SpikeMaxPool2d, SpikeSumPool2d
 
@@ -132,13 +132,8 @@ class SpikeLinear(nn.Linear):
                 raise TypeError(f"SpikeLinear: spikes must be float/bool 0/1 or a SpikeTensor, got {s.dtype}")
             if s.dim() < 1 or s.shape[-1] != K:
                 raise ValueError(f"SpikeLinear: input [..., {K}] expected, got shape {tuple(s.shape)}")
-            if self.check_binary and not s.is_meta:
-                if torch.compiler.is_compiling():
-                    # a data-dependent Python branch would break the graph: a traced device-side assert
-                    # (a RuntimeError with the same message when the compiled code runs)
-                    torch._assert_async(((s == 0) | (s == 1)).all(), _NOT_BINARY)
-                elif not is_binary(s):
-                    raise ValueError(_NOT_BINARY)
+            if self.check_binary:
+                require_binary(s, _NOT_BINARY)
             if s.dtype == torch.bool:
                 s = s.to(self.weight.dtype)
         else:

@@ -108,6 +108,18 @@ def is_binary(x: torch.Tensor) -> bool:
     return not bool(((x != 0) & (x != 1)).any())
 
 
+def require_binary(x: torch.Tensor, message: str) -> None:
+    """A layer's ``check_binary``: ``ValueError(message)`` unless every element of ``x`` is 0 or 1 (one
+    pass and a host sync); under ``torch.compile`` a traced device-side assert with the same message (a
+    data-dependent Python branch would break the graph). Meta tensors have no values to check."""
+    if x.is_meta:
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(((x == 0) | (x == 1)).all(), message)
+    elif not is_binary(x):
+        raise ValueError(message)
+
+
 def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> SpikeTensor:
     """Pack a 0/1 tensor ``[..., K]`` (float, bool or uint8) into a :class:`SpikeTensor`.
 
