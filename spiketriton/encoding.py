@@ -6,19 +6,15 @@ Encoders take values ``x [B, *features]`` (the delta encoder takes a sequence ``
 and return ``[T, B, *features]`` spikes in ``x``'s dtype, or a packed :class:`~spiketriton.SpikeTensor`
 with ``packed=True`` (what :class:`~spiketriton.SpikeLinear` reads fastest):
 
-==================  ==========================================================  ===================
-encoder             spikes                                                      gradient to ``x``
-==================  ==========================================================  ===================
-``PoissonEncoder``  ``s[t] ~ Bernoulli(x)``, independent per step and element    straight-through, 1
-``RateEncoder``     ``floor(x T)`` spikes spread evenly (a counter, no noise)     straight-through, 1
-``LatencyEncoder``  one spike at the first step whose threshold ``x`` reaches     surrogate of each
-                    (``"linear"``: thresholds ``1 - t/(T-1)``; ``"log"``:         threshold crossing
-                    ``(e^(T-1-t) - 1) / (e^(T-1) - 1)``, finer for small ``x``)
-``DirectEncoder``   no spikes: the value repeated as a constant current          identity (summed)
-``DeltaEncoder``    a spike when the input moved by ``threshold`` since the       none
-                    last spike of that element (send-on-delta); ``on_off=True``
-                    adds the falling edges as a second block of features
-==================  ==========================================================  ===================
+- ``PoissonEncoder``: ``s[t] ~ Bernoulli(x)``, independent per step and element; gradient to ``x``:
+  straight-through (1).
+- ``RateEncoder``: ``floor(x T)`` spikes spread evenly (a counter, no noise); straight-through (1).
+- ``LatencyEncoder``: one spike at the first step whose threshold ``x`` reaches (``"linear"``: thresholds
+  ``1 - t/(T-1)``; ``"log"``: ``(e^(T-1-t) - 1) / (e^(T-1) - 1)``, finer for small ``x``); gradient: a
+  surrogate of each threshold crossing.
+- ``DirectEncoder``: no spikes, the value repeated as a constant current; gradient: identity (summed).
+- ``DeltaEncoder``: a spike when the input moved by ``threshold`` since the last spike of that element
+  (send-on-delta); ``on_off=True`` adds the falling edges as a second block of features; no gradient.
 
 The rate-type encoders (Poisson, rate, latency) read ``x`` as a probability or intensity and refuse
 values outside [0, 1] and NaN with a clear error (one device sync per call, as for every check of
@@ -217,7 +213,7 @@ def _default_latency_surrogate(T: int) -> sg.Surrogate:
 def latency(x: torch.Tensor, T: int, mode: str = "linear", surrogate: Optional[sg.Surrogate] = None,
             packed: bool = False):
     """Time-to-first-spike: one spike per element, at the first step ``t`` with ``x >= thr[t]``
-    (:func:`latency_thresholds`): ``x = 1`` fires at t = 0, ``x = 0`` at the last step. A value within one
+    (``latency_thresholds``): ``x = 1`` fires at t = 0, ``x = 0`` at the last step. A value within one
     unit of its dtype's rounding of a threshold counts as on it. Gradient: the surrogate derivative of
     each threshold crossing (default ``Sigmoid(alpha = 4 (T - 1))``)."""
     return _latency(x, T, mode, surrogate, packed, "latency")

@@ -136,16 +136,17 @@ class Monitor:
     """Record the spikes, H and V of neuron modules of ``net`` at every time step.
 
     Args:
-        net: the model (an ``nn.Module``); a neuron module itself is fine.
-        modules: which neurons to watch: ``None`` (every :class:`~spiketriton.BaseNeuron` in ``net``), a
-            name as in ``net.named_modules()`` (``"1"``, ``"block.lif"``), a module object of ``net``, or a
-            list of these. A neuron that is ``net`` itself is named by its class (``"LIF"``).
-        record: which quantities: any of ``"spikes"``, ``"h"`` (potential before the reset) and ``"v"``
-            (after the reset), as a tuple or one string. ``"h"`` or ``"v"`` sets ``store_v_seq=True`` on
-            the watched neurons until :meth:`detach`.
-        max_steps: keep only the last ``max_steps`` time steps per module (``None``: keep all).
-        device: where records are stored: ``"cpu"`` (default: a copy, no GPU memory held), another
-            device, or ``None`` (where the network computes them, no copy).
+
+    - ``net``: the model (an ``nn.Module``); a neuron module itself is fine.
+    - ``modules``: which neurons to watch: ``None`` (every :class:`~spiketriton.BaseNeuron` in ``net``), a
+      name as in ``net.named_modules()`` (``"1"``, ``"block.lif"``), a module object of ``net``, or a
+      list of these. A neuron that is ``net`` itself is named by its class (``"LIF"``).
+    - ``record``: which quantities: any of ``"spikes"``, ``"h"`` (potential before the reset) and ``"v"``
+      (after the reset), as a tuple or one string. ``"h"`` or ``"v"`` sets ``store_v_seq=True`` on
+      the watched neurons until :meth:`detach`.
+    - ``max_steps``: keep only the last ``max_steps`` time steps per module (``None``: keep all).
+    - ``device``: where records are stored: ``"cpu"`` (default: a copy, no GPU memory held), another
+      device, or ``None`` (where the network computes them, no copy).
 
     Read the records with :meth:`spikes`, :meth:`h`, :meth:`v` (``[T_recorded, B, *features]``),
     ``mon[name]`` (a dict kind -> tensor) and :meth:`firing_rates`; plot them with

@@ -3,7 +3,7 @@
 A spike is a Heaviside step of ``x = H - V_th``; its derivative is zero almost everywhere, so
 training replaces it by the derivative of a smooth function. Each surrogate here carries an integer
 ``id`` and one float ``alpha`` so that the Triton kernels can select it with a constexpr and evaluate
-the same closed form as :meth:`Surrogate.derivative` (the reference and test oracle).
+the same closed form as ``Surrogate.derivative`` (the reference and test oracle).
 
 Defaults follow SpikingJelly; ``Rect`` is the rectangular window of the HNN framework.
 """

@@ -1,4 +1,4 @@
-"""``python -m spiketriton export``: a saved quantized model to a chip file or to NIR.
+"""``python -m spiketriton export``: a saved quantized model to a chip file or to NIR. ::
 
     python -m spiketriton demo --quick --export-dir out      # writes out/qnet.safetensors
     python -m spiketriton export --chip out/net.chip --model spiketriton.demo:build_net \\

@@ -165,7 +165,7 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, dt: float = DEFAULT_DT)
 def save_nir(model: nn.Module, path: Union[str, os.PathLike], sample_input: torch.Tensor,
              dt: float = DEFAULT_DT) -> None:
     """Write :func:`to_nir`'s graph to ``path`` (HDF5, as ``nir.write`` writes it), atomically: the
-    HDF5 image is built in memory and written with plain Python I/O by :func:`write_atomic`, so a
+    HDF5 image is built in memory and written with plain Python I/O by ``spiketriton._files.write_atomic``, so a
     failed write (a full disk, a file-size limit, a read-only directory) is an ``OSError`` naming the
     path, leaves no partial or temporary file, and leaves an existing file untouched."""
     nir = _nir()
@@ -373,7 +373,7 @@ def from_nir(graph_or_path, dt: Optional[float] = None, backend: str = "auto") -
     The model takes ``[T, B, *features]`` like every spiketriton model; conv and pooling layers are
     wrapped in :class:`~spiketriton.StepWise`.
 
-    A file is read as untrusted input: only a regular file of at most :data:`NIR_MAX_FILE_BYTES`, parsed
+    A file is read as untrusted input: only a regular file of at most ``NIR_MAX_FILE_BYTES``, parsed
     in a child process (no torch in it) under a time limit and a memory limit, which returns plain
     arrays and strings (no pickle); a crash, a hang or a malformed structure there is a
     :class:`NIRFormatError`, as is every graph, read or passed in, whose nodes do not hold the fields,

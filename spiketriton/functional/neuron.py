@@ -138,10 +138,10 @@ def run_neuron(
     ``x_seq``, and of its gradient in backward). States and spikes come back in the logical shapes
     (float spikes and states then channels-last in memory).
 
-    ``record=True`` appends a :class:`StateRecord` (``.h``, ``.v``; unpacks as ``(h_seq, v_seq)``), the potential before the reset (``H``, what is compared
+    ``record=True`` appends a ``StateRecord`` (``.h``, ``.v``; unpacks as ``(h_seq, v_seq)``), the potential before the reset (``H``, what is compared
     with the threshold) and after it (``V``, the state carried to the next step; for ExtendedLIF after
     the leak and the floor), ``[T, *S]`` fp32 without gradient: the kernels write H (as for training,
-    in fp32) and V follows from it with the kernels' reset rule (:func:`v_sequence`).
+    in fp32) and V follows from it with the kernels' reset rule (``v_sequence``).
     """
     check_sequence(x_seq, op)
     if not (isinstance(packed, bool) or (isinstance(packed, str) and packed == "image")):
@@ -211,7 +211,7 @@ def run_neuron(
 class StateRecord:
     """What ``run_neuron(..., record=True)`` recorded: ``h`` (``[T, *S]`` fp32, the potential compared
     with the threshold) and ``v`` (after the reset, leak and floor), computed from ``h`` by
-    :func:`v_sequence` when first read (a monitor that wants only H does not pay for V). Iterates as
+    ``v_sequence`` when first read (a monitor that wants only H does not pay for V). Iterates as
     ``(h, v)``."""
 
     __slots__ = ("h", "_v", "_args")

@@ -168,7 +168,7 @@ def spike_matmul(
     ``weight [N, K]`` and ``bias [N]`` in fp32, fp16 or bf16; the result ``[..., N]`` is in the weight's
     dtype, or in the autocast dtype when autocast is on, and is accumulated in fp32 by the kernels.
     A float ``s`` is read as spikes on every backend: any nonzero value (NaN included) is a 1, as
-    :func:`pack_spikes` packs it (use :func:`is_binary` or SpikeLinear's check to refuse such input).
+    :func:`pack_spikes` packs it (use ``spiketriton.functional.spikes.is_binary`` or SpikeLinear's check to refuse such input).
     Gradients: weight, bias, and the spikes (dense ``dY @ W``) when they require grad.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():

@@ -132,7 +132,7 @@ def neuron_int_forward(
     write_bits: bool = False,
 ):
     """``u_seq [T, *S]`` int32 -> ``(spikes uint8 [T, *S] or None, bits [T, *S[:-1], LB] or None,
-    v, a, ref)`` (int32 states [*S])."""
+    v, a, ref)`` (int32 states ``[*S]``)."""
     T, S = u_seq.shape[0], u_seq.shape[1:]
     L = S[-1]
     R = math.prod(S[:-1])

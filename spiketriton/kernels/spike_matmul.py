@@ -436,7 +436,7 @@ def spike_matmul_fwd(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, c
 
 def spike_matmul_int(packed: torch.Tensor, K: int, weight: torch.Tensor, bias, config=None) -> torch.Tensor:
     """Integer mode: ``packed [M, KB]``, int8 ``weight [N, K]``, int32 ``bias [N]`` or None ->
-    int32 ``[M, N]`` (exact: |sum| <= K * 128 + |bias| must stay below 2^31)."""
+    int32 ``[M, N]`` (exact: ``|sum| <= K * 128 + |bias|`` must stay below 2^31)."""
     return _launch_fwd(packed, K, weight, bias, torch.int32, config)
 
 

@@ -62,7 +62,7 @@ class QModel(nn.Module):
     # -- the flow ----------------------------------------------------------------------------
     def collect_q_params(self) -> None:
         """Link every layer to the neuron it feeds, mark encoding layers, and start recording
-        calibration statistics (largest |input| of each encoding layer) during float forwards."""
+        calibration statistics (largest ``|input|`` of each encoding layer) during float forwards."""
         self._link()
         self._set_mode(FLOAT)
         for layer in self._layers():

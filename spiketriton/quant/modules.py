@@ -1,7 +1,7 @@
 """Quantizable layers and neurons: QLinear, QConv2d, QLIF, with three modes.
 
 - ``float``: ordinary float layers; encoding layers (the ones fed by non-spike input) record the
-  largest |input| while collecting calibration statistics.
+  largest ``|input|`` while collecting calibration statistics.
 - ``quantized``: integer inference. A layer turns its input into integers (spikes are 0/1; an
   encoding layer rounds ``x * input_scale`` to int8), multiplies by int8 weights ``round(W * s_w)``
   and adds the int32 bias ``round(b * S)``, ``S = s_w * input_scale``: an exact integer current in
