@@ -27,7 +27,7 @@ from torch import nn
 
 import spiketriton as st
 from spiketriton.ann2snn import activation_scales, convert_ann, relu_to_qcfs
-from spiketriton.demo import load_data, set_threads
+from spiketriton.demo import load_data, threads_for
 from spiketriton._files import write_atomic
 
 T_LIST = (8, 16, 32, 64)
@@ -84,12 +84,9 @@ def main(argv=None) -> dict:
                     help="torch CPU threads (default 1 on the CPU, where torch's default of one per core stalls "
                          "on a shared machine; 0: torch's default)")
     args = p.parse_args(argv)
-    threads_before = torch.get_num_threads()
-    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
-    try:
+    with threads_for(args.threads, torch.device('cpu')) as threads:
+        print(f"torch threads: {threads}")
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run(args, argv) -> dict:

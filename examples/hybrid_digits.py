@@ -20,7 +20,7 @@ from torch import nn
 
 import spiketriton as st
 from spiketriton import hybrid, quant
-from spiketriton.demo import set_threads
+from spiketriton.demo import threads_for
 
 
 class HybridNet(nn.Module):
@@ -80,12 +80,9 @@ def main(argv=None) -> dict:
                     help="torch CPU threads (default 1 on the CPU, where torch's default of one per core stalls "
                          "on a shared machine; 0: torch's default)")
     args = ap.parse_args(argv)
-    threads_before = torch.get_num_threads()
-    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
-    try:
+    with threads_for(args.threads, torch.device('cpu')) as threads:
+        print(f"torch threads: {threads}")
         return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run(args) -> dict:

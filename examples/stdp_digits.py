@@ -65,7 +65,7 @@ import torch
 
 import spiketriton as st
 from spiketriton._files import write_atomic
-from spiketriton.demo import load_data, set_threads
+from spiketriton.demo import load_data, threads_for
 from spiketriton.learning import STDPLearner
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "results", "cpu")
@@ -197,12 +197,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    print(f"torch threads: {set_threads(args.threads, torch.device('cpu'))}")
-    try:
+    with threads_for(args.threads, torch.device('cpu')) as threads:
+        print(f"torch threads: {threads}")
         return _main(args, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _main(args, argv) -> dict:

@@ -55,6 +55,7 @@ can drive the demo without parsing its output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -77,7 +78,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     tqdm = None
 
 __all__ = ["load_data", "encode", "make_neuron", "build_net", "firing_rate", "describe_backend", "train_epoch",
-           "evaluate", "monitor_step", "build_parser", "main", "set_threads"]
+           "evaluate", "monitor_step", "build_parser", "main", "set_threads", "threads_for"]
 
 NUM_INPUTS = 64   # 8x8 pixels
 NUM_CLASSES = 10  # digits 0-9
@@ -503,12 +504,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m spiketrito
         backend_text = describe_backend(args.backend, device)
     except RuntimeError as e:  # e.g. --backend triton on a CPU without TRITON_INTERPRET=1
         parser.error(str(e))
-    threads_before = torch.get_num_threads()
-    try:
-        threads_text = set_threads(args.threads, device)
+    with threads_for(args.threads, device) as threads_text:  # a caller's process keeps its own setting after
         return _run(args, device, backend_text, threads_text)
+
+
+@contextlib.contextmanager
+def threads_for(threads: Optional[int], device: torch.device):
+    """:func:`set_threads` for the length of a ``with`` block, which gets its text; torch's earlier thread
+    count is restored after it (a caller's process, a test or a notebook, keeps its own setting)."""
+    before = torch.get_num_threads()
+    try:
+        yield set_threads(threads, device)
     finally:
-        torch.set_num_threads(threads_before)  # a caller's process (tests, a notebook) keeps its own setting
+        torch.set_num_threads(before)
 
 
 def set_threads(threads: Optional[int], device: torch.device) -> str:
