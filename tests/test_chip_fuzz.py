@@ -51,8 +51,9 @@ def _driven(net, gain):
 
 
 def _bases(d):
-    """Two valid chip files and a fixed input for each: a per-tensor MLP with biases (constants in the
-    manifest) and a per-channel conv network (constant tensors, sum pooling, flatten)."""
+    """Three valid chip files and a fixed input for each: a per-tensor MLP with biases (constants in the
+    manifest), a per-channel conv network (constant tensors, sum pooling, flatten) and a conv network with
+    padded max pooling of spikes (the maxpool2d layer)."""
     torch.manual_seed(8)
     x = torch.rand(3, 2, 6)
     mlp = _driven(nn.Sequential(nn.Linear(6, 10), st.LIF(), nn.Linear(10, 4), st.LIF()), 1.5)
@@ -62,9 +63,15 @@ def _bases(d):
         st.StepWise(nn.Conv2d(2, 4, 3, padding=1)), st.LIF(tau=2.0), st.StepWise(nn.AvgPool2d(2, divisor_override=1)),
         nn.Flatten(2), nn.Linear(4 * 3 * 3, 6), st.LIF(tau=2.0, v_reset=None)), 4.0)
     save_chip(calibrated(conv, xc, per_channel=True).quantize(), d / "conv.chip", xc)
+    # max pooling of spikes: the chip's maxpool2d layer (an OR of each window), padded
+    pool = _driven(nn.Sequential(
+        st.StepWise(nn.Conv2d(2, 3, 3, padding=1)), st.LIF(tau=2.0), st.StepWise(nn.MaxPool2d(2, padding=1)),
+        nn.Flatten(2), nn.Linear(3 * 4 * 4, 5), st.LIF(tau=2.0)), 4.0)
+    save_chip(calibrated(pool, xc).quantize(), d / "pool.chip", xc)
     np.save(d / "mlp.npy", x.numpy())
     np.save(d / "conv.npy", xc.numpy())
-    return {"mlp": (d / "mlp.chip").read_bytes(), "conv": (d / "conv.chip").read_bytes()}
+    np.save(d / "pool.npy", xc.numpy())
+    return {name: (d / f"{name}.chip").read_bytes() for name in ("mlp", "conv", "pool")}
 
 
 def _split(data):
@@ -253,7 +260,7 @@ CHILD = textwrap.dedent("""
 
     d = sys.argv[1]
     index = json.load(open(f"{d}/index.json"))
-    inputs = {name: np.load(f"{d}/{name}.npy") for name in ("mlp", "conv")}
+    inputs = {name: np.load(f"{d}/{name}.npy") for name in ("mlp", "conv", "pool")}
     reference = {}
 
     def alarm(signum, frame):
