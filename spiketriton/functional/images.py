@@ -31,7 +31,7 @@ from ..kernels import spike_conv as KSC
 from . import ops
 from ._backend import use_triton
 from ._checks import check_bool, check_dtype
-from .spikes import _KERNEL_DTYPES, is_binary
+from .spikes import _KERNEL_DTYPES, _PackedSpikes, is_binary
 
 __all__ = ["SpikeImage", "pack_image", "unpack_image", "spike_conv2d", "conv_padding"]
 
@@ -40,7 +40,7 @@ def _shape_str(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, (Tensor, SpikeImage)) else type(t).__name__
 
 
-class SpikeImage:
+class SpikeImage(_PackedSpikes):
     """Spike images packed channels-last: ``data`` uint8 ``[*lead, H, W, ceil(c/8)]``, logical
     ``[*lead, c, H, W]``.
 
@@ -53,67 +53,22 @@ class SpikeImage:
     True
     """
 
-    __slots__ = ("data", "c", "anchor")
+    __slots__ = ("c",)
+    _n_name, _n_what, _bits = "c", "c (the channel count)", "channels"
+    _data_what, _min_dim = " [*lead, H, W, ceil(C/8)]", 3
+    _dims_what = "must be [*lead, H, W, ceil(C/8)] (at least 3 dimensions)"
+    _shape_what = "the logical shape"
 
     def __init__(self, data: Tensor, c: int, anchor: Optional[Tensor] = None):
-        if not isinstance(data, Tensor) or data.dtype != torch.uint8:
-            got = data.dtype if isinstance(data, Tensor) else type(data).__name__
-            raise TypeError(f"SpikeImage: packed data must be a torch.uint8 tensor [*lead, H, W, ceil(C/8)], got {got}")
-        if data.dim() < 3:
-            raise ValueError(f"SpikeImage: packed data must be [*lead, H, W, ceil(C/8)] (at least 3 dimensions), "
-                             f"got shape {tuple(data.shape)}")
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"SpikeImage: c (the channel count) must be an int >= 0, got {c!r}")
-        if data.shape[-1] != (c + 7) // 8:
-            raise ValueError(f"SpikeImage: c = {c} channels need ceil(c/8) = {(c + 7) // 8} bytes in the last "
-                             f"dimension, the data has {data.shape[-1]}")
-        logical = tuple(data.shape[:-3]) + (c,) + tuple(data.shape[-3:-1])
-        if anchor is not None and not isinstance(anchor, Tensor):
-            raise TypeError(f"SpikeImage: anchor must be a torch.Tensor of the logical shape {logical} or None, "
-                            f"got {type(anchor).__name__}")
-        if anchor is not None and tuple(anchor.shape) != logical:
-            raise ValueError(f"SpikeImage: anchor shape {tuple(anchor.shape)} is not the logical shape {logical}")
-        if anchor is not None and anchor.device != data.device:
-            raise ValueError(f"SpikeImage: anchor is on {anchor.device} but the packed data on {data.device}; "
-                             f"move them to one device")
-        self.data = data
-        self.c = c
-        self.anchor = anchor
+        super().__init__(data, c, anchor)
 
-    @property
-    def shape(self) -> torch.Size:
-        """The logical shape ``[*lead, C, H, W]``."""
-        d = self.data.shape
-        return torch.Size(tuple(d[:-3]) + (self.c,) + tuple(d[-3:-1]))
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    @property
-    def requires_grad(self) -> bool:
-        return self.anchor is not None and self.anchor.requires_grad
-
-    def dim(self) -> int:
-        return self.data.dim()
+    @staticmethod
+    def _logical(packed_shape, n: int) -> tuple:
+        return tuple(packed_shape[:-3]) + (n,) + tuple(packed_shape[-3:-1])
 
     def unpack(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> Tensor:
         """The 0/1 values ``[*lead, C, H, W]`` (contiguous), without gradient (see :meth:`to_dense`)."""
         return unpack_image(self, dtype, backend)
-
-    def to_dense(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> Tensor:
-        """The 0/1 values, differentiable: the gradient reaches whatever produced the spikes (through
-        the anchor, whose values never matter: ``anchor - anchor.detach()`` adds an exact 0)."""
-        dense = unpack_image(self, dtype, backend)
-        if self.anchor is not None and self.anchor.requires_grad:
-            dense = dense + (self.anchor - self.anchor.detach()).to(dtype)
-        return dense
-
-    def to(self, device) -> "SpikeImage":
-        return SpikeImage(self.data.to(device), self.c, self.anchor.to(device) if self.anchor is not None else None)
-
-    def detach(self) -> "SpikeImage":
-        return SpikeImage(self.data, self.c)
 
     def flatten_lead(self) -> "SpikeImage":
         """The same spikes with the leading dimensions folded into one: logical ``[N, C, H, W]``."""
@@ -129,9 +84,6 @@ class SpikeImage:
             raise TypeError(f"SpikeImage: only an int or a slice of the first leading dimension can index it "
                             f"(shape {tuple(self.shape)}), got {i!r}")
         return SpikeImage(self.data[i], self.c, self.anchor[i] if self.anchor is not None else None)
-
-    def __repr__(self) -> str:
-        return f"SpikeImage(shape={tuple(self.shape)}, packed={tuple(self.data.shape)}, device={self.device})"
 
 
 def pack_image(x: Tensor, check: bool = True, backend: str = "auto") -> SpikeImage:

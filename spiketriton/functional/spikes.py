@@ -17,7 +17,7 @@ passed into a compiled function).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union
 
 import torch
 
@@ -30,41 +30,63 @@ __all__ = ["SpikeTensor", "pack_spikes", "unpack_spikes", "spike_matmul", "is_bi
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+_P = TypeVar("_P", bound="_PackedSpikes")
 
-class SpikeTensor:
-    """Spikes packed along the last dimension: ``data`` uint8 ``[..., ceil(k/8)]``, logical ``[..., k]``."""
 
-    __slots__ = ("data", "k", "anchor")
+class _PackedSpikes:
+    """What :class:`SpikeTensor` and :class:`~spiketriton.functional.images.SpikeImage` share: uint8
+    ``data`` whose last dimension packs ``n`` bits 8 per byte, LSB first (``k`` spikes, ``c``
+    channels), and an optional ``anchor`` of the logical :attr:`shape` through which the spikes'
+    gradient flows back to whatever produced them.
 
-    def __init__(self, data: torch.Tensor, k: int, anchor: Optional[torch.Tensor] = None):
+    A subclass names the attribute that holds ``n`` and the words of its error messages, and says how
+    the packed shape maps to the logical one (``_logical``) and how to unpack (``unpack``). Neither
+    subclass is an instance of the other: layers dispatch on the two types."""
+
+    __slots__ = ("data", "anchor")
+
+    _n_name: str  # the attribute holding n: "k" or "c"
+    _n_what: str  # n in an error message, e.g. "k (the logical last-dimension size)"
+    _bits: str  # what the n bits are: "spikes" or "channels"
+    _data_what: str  # the packed layout after "a torch.uint8 tensor" ("" or " [*lead, H, W, ceil(C/8)]")
+    _min_dim: int  # the fewest dimensions of the packed data
+    _dims_what: str  # what the packed data's dimensions must be, e.g. "needs at least one dimension (...)"
+    _shape_what: str  # the logical shape in an error message: "the spikes' shape" or "the logical shape"
+
+    def __init__(self, data: torch.Tensor, n: int, anchor: Optional[torch.Tensor] = None):
+        name, nn = type(self).__name__, self._n_name
         if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
             got = data.dtype if isinstance(data, torch.Tensor) else type(data).__name__
-            raise TypeError(f"SpikeTensor: packed data must be a torch.uint8 tensor, got {got}")
-        if data.dim() < 1:
-            raise ValueError("SpikeTensor: packed data needs at least one dimension (the packed bytes)")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"SpikeTensor: k (the logical last-dimension size) must be an int >= 0, got {k!r}")
-        if data.shape[-1] != (k + 7) // 8:
-            raise ValueError(
-                f"SpikeTensor: k = {k} spikes need ceil(k/8) = {(k + 7) // 8} bytes in the last dimension, "
-                f"the data has {data.shape[-1]}"
-            )
+            raise TypeError(f"{name}: packed data must be a torch.uint8 tensor{self._data_what}, got {got}")
+        if data.dim() < self._min_dim:
+            raise ValueError(f"{name}: packed data {self._dims_what}, got shape {tuple(data.shape)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name}: {self._n_what} must be an int >= 0, got {n!r}")
+        if data.shape[-1] != (n + 7) // 8:
+            raise ValueError(f"{name}: {nn} = {n} {self._bits} need ceil({nn}/8) = {(n + 7) // 8} bytes in the "
+                             f"last dimension, the data has {data.shape[-1]}")
+        logical = self._logical(data.shape, n)
         if anchor is not None and not isinstance(anchor, torch.Tensor):
-            raise TypeError(f"SpikeTensor: anchor must be a torch.Tensor of the spikes' shape "
-                            f"{tuple(data.shape[:-1]) + (k,)} or None, got {type(anchor).__name__}")
-        if anchor is not None and tuple(anchor.shape) != tuple(data.shape[:-1]) + (k,):
-            raise ValueError(f"SpikeTensor: anchor shape {tuple(anchor.shape)} is not the spikes' shape "
-                             f"{tuple(data.shape[:-1]) + (k,)}")
+            raise TypeError(f"{name}: anchor must be a torch.Tensor of {self._shape_what} {logical} or None, "
+                            f"got {type(anchor).__name__}")
+        if anchor is not None and tuple(anchor.shape) != logical:
+            raise ValueError(f"{name}: anchor shape {tuple(anchor.shape)} is not {self._shape_what} {logical}")
         if anchor is not None and anchor.device != data.device:
-            raise ValueError(f"SpikeTensor: anchor is on {anchor.device} but the packed data on {data.device}; "
+            raise ValueError(f"{name}: anchor is on {anchor.device} but the packed data on {data.device}; "
                              f"move them to one device")
         self.data = data
-        self.k = k
+        setattr(self, nn, n)
         self.anchor = anchor
+
+    @staticmethod
+    def _logical(packed_shape, n: int) -> tuple:
+        """The logical shape of packed data of shape ``packed_shape`` holding ``n`` bits a row."""
+        raise NotImplementedError
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size(tuple(self.data.shape[:-1]) + (self.k,))
+        """The logical shape: ``[..., k]`` for a SpikeTensor, ``[*lead, C, H, W]`` for a SpikeImage."""
+        return torch.Size(self._logical(self.data.shape, getattr(self, self._n_name)))
 
     @property
     def device(self) -> torch.device:
@@ -78,25 +100,45 @@ class SpikeTensor:
         return self.data.dim()
 
     def unpack(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
-        """The 0/1 values, without gradient (see :meth:`to_dense`)."""
-        return unpack_spikes(self, dtype, backend)
+        raise NotImplementedError
 
     def to_dense(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
         """The 0/1 values, differentiable: the gradient reaches whatever produced the spikes (through
         the anchor, whose values never matter: ``anchor - anchor.detach()`` adds an exact 0)."""
-        dense = unpack_spikes(self, dtype, backend)
+        dense = self.unpack(dtype, backend)
         if self.anchor is not None and self.anchor.requires_grad:
             dense = dense + (self.anchor - self.anchor.detach()).to(dtype)
         return dense
 
-    def to(self, device) -> "SpikeTensor":
-        return SpikeTensor(self.data.to(device), self.k, self.anchor.to(device) if self.anchor is not None else None)
+    def to(self: _P, device) -> _P:
+        a = self.anchor
+        return type(self)(self.data.to(device), getattr(self, self._n_name), a.to(device) if a is not None else None)
 
-    def detach(self) -> "SpikeTensor":
-        return SpikeTensor(self.data, self.k)
+    def detach(self: _P) -> _P:
+        return type(self)(self.data, getattr(self, self._n_name))
 
     def __repr__(self) -> str:
-        return f"SpikeTensor(shape={tuple(self.shape)}, packed={tuple(self.data.shape)}, device={self.device})"
+        return f"{type(self).__name__}(shape={tuple(self.shape)}, packed={tuple(self.data.shape)}, device={self.device})"
+
+
+class SpikeTensor(_PackedSpikes):
+    """Spikes packed along the last dimension: ``data`` uint8 ``[..., ceil(k/8)]``, logical ``[..., k]``."""
+
+    __slots__ = ("k",)
+    _n_name, _n_what, _bits = "k", "k (the logical last-dimension size)", "spikes"
+    _data_what, _min_dim, _dims_what = "", 1, "needs at least one dimension (the packed bytes)"
+    _shape_what = "the spikes' shape"
+
+    def __init__(self, data: torch.Tensor, k: int, anchor: Optional[torch.Tensor] = None):
+        super().__init__(data, k, anchor)
+
+    @staticmethod
+    def _logical(packed_shape, n: int) -> tuple:
+        return tuple(packed_shape[:-1]) + (n,)
+
+    def unpack(self, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+        """The 0/1 values, without gradient (see :meth:`to_dense`)."""
+        return unpack_spikes(self, dtype, backend)
 
 
 def is_binary(x: torch.Tensor) -> bool:
