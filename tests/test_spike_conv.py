@@ -79,6 +79,25 @@ def test_spike_image_validation():
         st.unpack_image(torch.zeros(1))
 
 
+def test_spike_image_and_spike_tensor_share_a_base_but_stay_distinct_types():
+    """Layers dispatch on the two packed types: the shared base must not make one an instance of the
+    other, and its methods must return the caller's type, with its own count and error messages."""
+    s = (torch.rand(2, 11, 3, 5) < 0.5).float().requires_grad_()
+    for p, cls, other, n in ((pack_image(s), SpikeImage, st.SpikeTensor, ("c", 11)),
+                             (st.pack_spikes(s), st.SpikeTensor, SpikeImage, ("k", 5))):
+        assert isinstance(p, cls) and not isinstance(p, other) and getattr(p, n[0]) == n[1]
+        moved, det = p.to("cpu"), p.detach()
+        assert type(moved) is cls and type(det) is cls and getattr(det, n[0]) == n[1]
+        assert moved.anchor is not None and moved.requires_grad and not det.requires_grad
+        assert torch.equal(moved.unpack(), s.detach()) and torch.equal(det.to_dense(), s.detach())
+        assert repr(p) == f"{cls.__name__}(shape={tuple(s.shape)}, packed={tuple(p.data.shape)}, device=cpu)"
+        assert p.shape == s.shape and p.dim() == 4 and p.device == s.device
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}: anchor is on meta but the packed data on cpu"):
+            cls(p.data, n[1], torch.zeros(s.shape, device="meta"))
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}: {n[0]} = 17 .* need ceil\({n[0]}/8\) = 3 bytes"):
+            cls(p.data, 17)
+
+
 # ------------------------------------------------------------------------------------------- #
 # the convolution against float64
 # ------------------------------------------------------------------------------------------- #
