@@ -30,8 +30,8 @@ from torch import Tensor
 from ..kernels import spike_conv as KSC
 from . import ops
 from ._backend import use_triton
-from ._checks import check_bool, check_dtype
-from .spikes import _KERNEL_DTYPES, _PackedSpikes, is_binary
+from ._checks import check_bool
+from .spikes import _compute_params, _PackedSpikes, _unpack_args, is_binary
 
 __all__ = ["SpikeImage", "pack_image", "unpack_image", "spike_conv2d", "conv_padding"]
 
@@ -124,12 +124,7 @@ def _unpack_cl(data: Tensor, c: int, dtype: torch.dtype, triton: bool) -> Tensor
 
 def unpack_image(p: SpikeImage, dtype: torch.dtype = torch.float32, backend: str = "auto") -> Tensor:
     """Inverse of :func:`pack_image`: ``[*lead, C, H, W]`` 0/1 in ``dtype``, contiguous (no gradient)."""
-    if not isinstance(p, SpikeImage):
-        raise TypeError(f"unpack_image: expected a SpikeImage, got {type(p).__name__}")
-    check_dtype(dtype, "dtype", "unpack_image")
-    if dtype.is_complex:
-        raise TypeError(f"unpack_image: dtype must be a real dtype (float, integer or bool), got {dtype}")
-    triton = use_triton(backend, p.data, op="unpack_image") and dtype in _KERNEL_DTYPES
+    triton = _unpack_args(p, SpikeImage, dtype, backend, "unpack_image")
     return _unpack_cl(p.data, p.c, dtype, triton).contiguous()
 
 
@@ -400,17 +395,7 @@ def spike_conv2d(
                          f"{dilation[0] * (kh - 1) + 1}x{dilation[1] * (kw - 1) + 1}")
     if device.type == "meta":
         return KSC.out_like(N, c_out, Ho, Wo, "meta", weight.dtype)
-    if torch.is_autocast_enabled(device.type):
-        dt = torch.get_autocast_dtype(device.type)
-        weight = weight.to(dt)
-        bias = bias.to(dt) if bias is not None else None
-    elif bias is not None and bias.dtype != weight.dtype:
-        bias = bias.to(weight.dtype)
-    if bias is not None:
-        bias = bias.contiguous()
-    triton_ok = use_triton(backend, weight, op=op) and weight.dtype in _KERNEL_DTYPES
-    if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
-        raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
+    weight, bias, triton_ok = _compute_params(weight, bias, device, backend, op)
     if isinstance(s, SpikeImage):
         packed, anchor, dense = s.data.contiguous(), s.anchor, None
     else:

@@ -184,13 +184,39 @@ def pack_spikes(s: torch.Tensor, check: bool = True, backend: str = "auto") -> S
 
 def unpack_spikes(p: SpikeTensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
     """Inverse of :func:`pack_spikes`: ``[..., k]`` 0/1 in ``dtype`` (no gradient)."""
-    if not isinstance(p, SpikeTensor):
-        raise TypeError(f"unpack_spikes: expected a SpikeTensor, got {type(p).__name__}")
-    check_dtype(dtype, "dtype", "unpack_spikes")
-    if dtype.is_complex:
-        raise TypeError(f"unpack_spikes: dtype must be a real dtype (float, integer or bool), got {dtype}")
-    triton = use_triton(backend, p.data, op="unpack_spikes") and dtype in _KERNEL_DTYPES
+    triton = _unpack_args(p, SpikeTensor, dtype, backend, "unpack_spikes")
     return ops.call_unpack(p.data, p.k, dtype, triton)
+
+
+def _unpack_args(p, cls: type, dtype: torch.dtype, backend: str, op: str) -> bool:
+    """Checks the arguments of ``unpack_spikes`` / ``unpack_image`` (``p`` a ``cls``, ``dtype`` a real
+    dtype); whether the Triton kernel unpacks (the backend allows it and it writes ``dtype``)."""
+    if not isinstance(p, cls):
+        raise TypeError(f"{op}: expected a {cls.__name__}, got {type(p).__name__}")
+    check_dtype(dtype, "dtype", op)
+    if dtype.is_complex:
+        raise TypeError(f"{op}: dtype must be a real dtype (float, integer or bool), got {dtype}")
+    return use_triton(backend, p.data, op=op) and dtype in _KERNEL_DTYPES
+
+
+def _compute_params(weight: torch.Tensor, bias: Optional[torch.Tensor], device: torch.device, backend: str,
+                    op: str):
+    """``(weight, bias, triton)`` as the spike matmul and convolution compute with them: in the autocast
+    dtype when autocast is on for ``device`` (otherwise the bias in the weight's dtype), the bias
+    contiguous (the kernels read it with unit stride); ``triton``: whether the Triton kernels run (the
+    backend allows it and they take the dtype; ``backend="triton"`` with another dtype is a TypeError)."""
+    if torch.is_autocast_enabled(device.type):
+        dt = torch.get_autocast_dtype(device.type)
+        weight = weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    elif bias is not None and bias.dtype != weight.dtype:
+        bias = bias.to(weight.dtype)
+    if bias is not None:
+        bias = bias.contiguous()
+    triton = use_triton(backend, weight, op=op) and weight.dtype in _KERNEL_DTYPES
+    if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
+    return weight, bias, triton
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -242,17 +268,7 @@ def spike_matmul(
         raise ValueError(f"spike_matmul: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if device.type == "meta":  # shapes only (shape inference, deferred initialisation): nothing to multiply
         return torch.empty(tuple(s.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device="meta")
-    if torch.is_autocast_enabled(device.type):
-        dt = torch.get_autocast_dtype(device.type)
-        weight = weight.to(dt)
-        bias = bias.to(dt) if bias is not None else None
-    elif bias is not None and bias.dtype != weight.dtype:
-        bias = bias.to(weight.dtype)
-    if bias is not None:
-        bias = bias.contiguous()  # the kernel reads the bias with unit stride
-    triton_ok = use_triton(backend, weight, op="spike_matmul") and weight.dtype in _KERNEL_DTYPES
-    if backend == "triton" and weight.dtype not in _KERNEL_DTYPES:
-        raise TypeError(f"spike_matmul: the Triton kernels take float32, float16 or bfloat16 weights, got {weight.dtype}")
+    weight, bias, triton_ok = _compute_params(weight, bias, device, backend, "spike_matmul")
 
     lead = tuple(s.shape[:-1])
     M = math.prod(lead)
