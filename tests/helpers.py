@@ -3,11 +3,13 @@ inputs and the same random upstream gradients, then compare spikes, state and ev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
 import torch
 
+from spiketriton.kernels import neuron_cpu
 from spiketriton.functional.neuron import run_neuron
 from spiketriton.reference import neuron_reference
 from spiketriton.spec import NeuronSpec
@@ -70,7 +72,21 @@ def make_inputs(case: Case, device):
     return x, v0, a0, r0, gs, gv, ga
 
 
+def resolve_backend(backend: str):
+    """``(backend, context)``: the test backend "torch-ops" is the PyTorch path with the fused CPU neuron
+    (kernels/neuron_cpu.py) switched off inside the context; the others pass through."""
+    if backend == "torch-ops":
+        return "torch", neuron_cpu.disabled()
+    return backend, contextlib.nullcontext()
+
+
 def check_case(case: Case, backend: str, device):
+    backend, ctx = resolve_backend(backend)
+    with ctx:
+        _check_case(case, backend, device)
+
+
+def _check_case(case: Case, backend: str, device):
     x, v0, a0, r0, gs, gv, ga = make_inputs(case, device)
     adaptive = case.spec.adaptive
     # implementation under test

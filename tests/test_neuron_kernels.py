@@ -1,6 +1,7 @@
-"""Both implementations (Triton kernels, under the interpreter on CPU, and the PyTorch path) against
-the float64 autograd reference: spikes, final state and every gradient (input, carried-in v,
-learnable parameters) for every option combination of both neuron families."""
+"""Every implementation (Triton kernels, under the interpreter on CPU, and the PyTorch path, with and
+without the fused CPU neuron) against the float64 autograd reference: spikes, final state and every
+gradient (input, carried-in v, learnable parameters) for every option combination of both neuron
+families."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import torch
 from spiketriton import surrogate as sg
 from spiketriton.spec import FAMILY_A, FAMILY_B, NeuronSpec
 
-from helpers import Case, check_case
+from helpers import Case, check_case, resolve_backend
 
-BACKENDS = ["triton", "torch"]
+# "torch" on the CPU runs the fused C neuron for fp32/fp64 (kernels/neuron_cpu.py); "torch-ops" the same
+# PyTorch path with it switched off (the torch ops it replaces, and the fallback without a compiler)
+BACKENDS = ["triton", "torch", "torch-ops"]
 
 # [T, *S]: T = 1, odd and non-power-of-two feature counts, several feature dims, last dim < 8
 SHAPES = [(1, 3, 5), (6, 2, 37), (4, 3, 2, 13), (5, 70), (3, 2, 3, 1)]
@@ -142,7 +145,9 @@ def test_rect_surrogate_bf16_differs_only_at_window_edges(backend, device):
     x = (torch.rand(T, 1, N, generator=g) * 3 - 0.7).to(torch.bfloat16).to(device)
     gs = torch.ones(T, 1, N, dtype=torch.bfloat16, device=device)
     xi = x.clone().requires_grad_()
-    s, v, _, _ = run_neuron(xi, None, None, None, LEAK.to(device), spec, backend=backend)
+    backend, ctx = resolve_backend(backend)
+    with ctx:
+        s, v, _, _ = run_neuron(xi, None, None, None, LEAK.to(device), spec, backend=backend)
     s.backward(gs)
     xr = x.double().requires_grad_()
     tr = neuron_reference(xr, None, None, None, LEAK.double().to(device), spec)
@@ -205,7 +210,9 @@ def test_family_b_carried_threshold_gradient(backend, T, adaptive):
     x = torch.randn(T, 2, 3, requires_grad=True)
     v0 = torch.randn(2, 3, requires_grad=True)
     a0 = torch.rand(2, 3, requires_grad=True)
-    _, state = extended_lif(x, ExtendedLIFState(v0, a0, None), backend=backend, **kw)
+    backend, ctx = resolve_backend(backend)
+    with ctx:
+        _, state = extended_lif(x, ExtendedLIFState(v0, a0, None), backend=backend, **kw)
     (ga0,) = torch.autograd.grad(state.v_th_adpt.sum(), a0)
     if not adaptive:
         assert torch.equal(state.v_th_adpt, torch.zeros(2, 3))

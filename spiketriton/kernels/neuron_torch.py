@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from . import neuron_cpu
 from .pack_torch import pack_bits, unpack_bits
 from ..spec import FAMILY_A, RESET_HARD, RESET_SOFT, NeuronSpec
 
@@ -20,8 +21,12 @@ def _cdt(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h_dtype=None, write_spikes=True):
+def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h_dtype=None, write_spikes=True,
+                   fused=True):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_forward`."""
+    if fused and (h_dtype is None or h_dtype == x_seq.dtype) and neuron_cpu.usable(x_seq):
+        # float32/float64 on the CPU: the same algorithm as one compiled call (kernels/neuron_cpu.py)
+        return neuron_cpu.neuron_forward(x_seq, v0, a0, ref0, params, spec, store, write_spikes)
     T, S = x_seq.shape[0], x_seq.shape[1:]
     cdt = _cdt(x_seq.dtype)
     dev = x_seq.device
@@ -88,20 +93,21 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
             else:
                 h = x + v
             s = h > vth
+            sf = s.to(cdt)
             fired[t] = s
             if spec.reset_mode == RESET_HARD:
                 v2 = torch.where(s, torch.tensor(spec.v_reset, dtype=cdt, device=dev), h)
             elif spec.reset_mode == RESET_SOFT:
                 # as the kernel's where(spike, h - vth, h): only an adaptive threshold can overflow (h - 0 * inf)
-                v2 = torch.where(s, h - vth, h) if spec.adaptive else h - s * vth
+                v2 = torch.where(s, h - vth, h) if spec.adaptive else h - sf * vth
             else:
-                v2 = h - s * spec.dv
+                v2 = h - sf * spec.dv
             v = (v2 * alpha).add_(beta)
             if floor_seq is not None:
                 torch.ge(v, spec.v_l, out=floor_seq[t])
             v = v.nan_to_num_(nan=spec.v_l, posinf=math.inf, neginf=-math.inf).clamp_min_(spec.v_l)
             if spec.adaptive:
-                a = a * spec.v_th_alpha + spec.v_th_beta + s * spec.v_th_incre
+                a = a * spec.v_th_alpha + spec.v_th_beta + sf * spec.v_th_incre
             if spec.refractory:
                 ref = torch.where(s, spec.ref_len, (ref - 1).clamp_min_(0)).to(torch.int32)
             if store:
@@ -129,9 +135,11 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, h
 
 
 def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, spec: NeuronSpec,
-                    need_v0: bool, need_a0: bool, need_params: bool):
+                    need_v0: bool, need_a0: bool, need_params: bool, fused=True):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_backward` (the kernel's algorithm)."""
     h_seq, bits, vth_seq, gate_bits, floor_bits = saved
+    if (fused and spec.family == FAMILY_A and grad_spikes.dtype == h_seq.dtype and neuron_cpu.usable(h_seq)):
+        return neuron_cpu.neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec, need_v0, need_params)
     T, S = h_seq.shape[0], h_seq.shape[1:]
     L = S[-1]
     cdt = _cdt(h_seq.dtype)

@@ -1,0 +1,304 @@
+"""The fused CPU neuron: the whole multi-step neuron as one compiled C call (``csrc/neuron_cpu.c``).
+
+The PyTorch path (``kernels/neuron_torch.py``) runs the neuron as about 8 (family A) to 15 (family B)
+elementwise torch ops per time step. On small tensors each op costs a dispatch (1.5-2 us on the 2-core
+CI machine) and on large ones a pass over memory. This module runs the same algorithm, op for op in the
+same floating type, in one C function: one call per forward (any T, so one call per step in
+``step_mode="s"``) and one per family A backward, reading the input once.
+
+It is built on first use with the system C compiler (``$CC``, else Python's configured compiler, else
+``cc``; about half a second), cached under ``$SPIKETRITON_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/spiketriton`` or ``~/.cache/spiketriton``) by a hash of its source and flags, and loaded
+with ctypes. The PyTorch path uses it for float32 and float64 tensors on the CPU; fp16/bf16 keep the torch
+ops. Without a compiler, or with ``SPIKETRITON_CPU_KERNEL=0``, the torch ops run instead, with the
+same results: :func:`status` says which and why.
+
+Results equal the torch ops bit for bit in the forward (spikes, H, states, saved bits), since each
+operation rounds once (``-ffp-contract=off``, no fast-math) in the torch op order; backward values agree
+to rounding (the surrogate's ``exp`` is libm's, and ``dL/dk`` is summed in float64).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..spec import FAMILY_A, NeuronSpec
+
+_SRC_DIR = Path(__file__).with_name("csrc")
+_SOURCES = ("neuron_cpu.c", "neuron_cpu_body.h")
+# -O3: gcc 12 vectorizes these loops only at -O3 (at -O2 none, and the fused forward was 2x slower
+# than the torch ops); no -march=native, so a cache shared between machines never holds code a CPU
+# cannot run
+_FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math")
+_ABI = 1
+_ENV_OFF = "SPIKETRITON_CPU_KERNEL"
+_DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_state = {"lib": None, "tried": False, "why": "not built yet (built on the first CPU neuron call)", "off": 0}
+
+
+def _compiler() -> Optional[str]:
+    for cand in (os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split(" ")[0] or None, "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return cand
+    return None
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$SPIKETRITON_CACHE_DIR``, else ``$XDG_CACHE_HOME/spiketriton``,
+    else ``~/.cache/spiketriton``."""
+    if os.environ.get("SPIKETRITON_CACHE_DIR"):
+        return Path(os.environ["SPIKETRITON_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "spiketriton"
+
+
+def library_path(cc: str) -> Path:
+    """The cache file for this source, compiler and flags (it may not exist yet)."""
+    sources = b"".join((_SRC_DIR / name).read_bytes() for name in _SOURCES)
+    key = hashlib.sha256(sources + repr((cc, _FLAGS, _ABI, platform.machine(), sys.platform)).encode()).hexdigest()[:16]
+    return cache_dir() / f"neuron_cpu-{key}.so"
+
+
+def _build(cc: str) -> Path:
+    """Compile (or find the cached) shared library; raise RuntimeError saying why not. The file is
+    never rewritten in place (a process that has it loaded would crash): a new build is renamed over it."""
+    lib = library_path(cc)
+    out_dir = lib.parent
+    if lib.is_file():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: a concurrent process never loads a half-written file
+    fd, tmp = tempfile.mkstemp(prefix=".neuron_cpu-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        cmd = [cc, *_FLAGS, "-o", tmp, str(_SRC_DIR / "neuron_cpu.c"), "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[:500]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _load():
+    if os.environ.get(_ENV_OFF, "1") == "0":
+        return None, f"off: {_ENV_OFF}=0"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found ($CC, cc, gcc, clang); the torch ops run instead"
+    try:
+        path = _build(cc)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            # a cached file that does not load (damaged, or from another system sharing the cache
+            # directory): build it again once
+            path.unlink(missing_ok=True)
+            path = _build(cc)
+            lib = ctypes.CDLL(str(path))
+        if lib.st_abi_version() != _ABI:
+            return None, f"{path} has ABI {lib.st_abi_version()}, expected {_ABI}"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return None, f"build failed: {e}; the torch ops run instead"
+    for name in ("fwd", "bwd_a"):
+        for suffix in ("f32", "f64"):
+            fn = getattr(lib, f"st_neuron_{name}_args_{suffix}")
+            fn.argtypes = [ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+    return lib, f"built with {cc} ({path})"
+
+
+def library():
+    """The loaded library, or None (then :func:`status` says why). Built once per process."""
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                _state["lib"], _state["why"] = _load()
+                _state["tried"] = True
+    return _state["lib"]
+
+
+def status() -> Tuple[bool, str]:
+    """``(in_use, why)``: whether the fused CPU neuron is used, and where it came from or why not.
+
+    >>> from spiketriton.kernels import neuron_cpu
+    >>> ok, why = neuron_cpu.status()
+    >>> isinstance(ok, bool) and isinstance(why, str)
+    True
+    """
+    return library() is not None, _state["why"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the torch ops instead of the fused CPU neuron inside this block (to compare the two, or to
+    time the difference). Nests; not thread-local.
+
+    >>> import torch, spiketriton as st
+    >>> from spiketriton.kernels import neuron_cpu
+    >>> x = torch.rand(4, 2, 10) * 2
+    >>> with neuron_cpu.disabled():
+    ...     slow = st.LIF()(x)
+    >>> torch.equal(slow, st.LIF()(x))
+    True
+    """
+    _state["off"] += 1
+    try:
+        yield
+    finally:
+        _state["off"] -= 1
+
+
+def _reset_for_tests() -> None:
+    with _lock:
+        _state.update(lib=None, tried=False, why="not built yet")
+
+
+_spec_cache = {}  # id(spec) -> (spec, its argument arrays, their addresses)
+
+# Surrogates whose derivative needs exp (Sigmoid, PiecewiseExp, Erf). libm's exp is a call per element:
+# with it in the C loop, LIF's backward with the default Sigmoid took 27 ms against the torch ops' 15.5 ms
+# ([16, 32, 4096] fp32, 1 thread; the polynomial surrogates vectorize in C: 10 ms). So for steps of at
+# least _EXP_TORCH_MIN elements torch computes these derivatives (vectorized), one op chain per step:
+# per step, not over the whole [T, *S] tensor, because torch's vectorized and scalar-tail code round
+# exp differently and an element's result must not depend on T (BPTT through T single steps equals
+# one multi-step call, bit for bit). Below it the 3-4 dispatches per step cost more than libm:
+# ~12 us against ~8 ns an element (crossover ~1500 elements; 2048 keeps torch for [16, 128] and up).
+_EXP_SURROGATES = frozenset({0, 3, 6})
+_EXP_TORCH_MIN = 2048
+
+
+def _spec_arrays(spec: NeuronSpec):
+    """The addresses of ``spec``'s int64 and float64 argument arrays (made once per spec object; keyed
+    by identity, since hashing the frozen dataclass costs ~2 us a call)."""
+    hit = _spec_cache.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[2]
+    ints = (ctypes.c_int64 * 9)(spec.family, spec.surrogate.id, spec.reset_mode, int(spec.detach_reset),
+                                int(spec.decay_input), spec.ref_len, int(spec.adaptive), int(spec.refractory),
+                                int(spec.has_floor))
+    floats = (ctypes.c_double * 9)(spec.surrogate.alpha, spec.v_threshold, spec.v_reset, spec.v_init, spec.v_l,
+                                   spec.dv, spec.v_th_alpha, spec.v_th_beta, spec.v_th_incre)
+    addrs = (ctypes.addressof(ints), ctypes.addressof(floats))
+    if len(_spec_cache) > 256:
+        _spec_cache.clear()
+    _spec_cache[id(spec)] = (spec, (ints, floats), addrs)  # (the entry keeps spec alive: its id stays unique)
+    return addrs
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether ``x`` (the input sequence, or the saved H in backward) is one the C code takes."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and x.numel() > 0 and not _state["off"]
+            and library() is not None)
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
+def _call(fn, args) -> int:
+    """Call an entry point with its arguments as one int64 block (see neuron_cpu_body.h: one argument
+    converted by ctypes instead of 15-19). The block is this call's own, so threads do not share it."""
+    block = array.array("q", args)
+    return fn(block.buffer_info()[0])
+
+
+def _as(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """t in dtype and contiguous (attribute checks first: a no-op .to().contiguous() costs ~2 us a call,
+    which adds up at one call per time step)."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
+
+
+def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, write_spikes: bool):
+    """:func:`spiketriton.kernels.neuron_torch.neuron_forward`'s contract, for a float32/float64 CPU
+    ``x_seq`` (:func:`usable`); H is saved in x's dtype."""
+    lib = library()
+    dt = x_seq.dtype
+    x = _as(x_seq, dt)
+    shape = x.shape
+    T, S = shape[0], shape[1:]
+    L = S[-1]
+    R = math.prod(S[:-1])
+    bit_shape = (T,) + tuple(S[:-1]) + ((L + 7) // 8,)
+    if L % 8 == 0:  # rows of whole bytes: one long row has the same bits, and fewer, longer chunks
+        R, L = 1, R * L
+    u8 = torch.uint8
+    family_b = spec.family != FAMILY_A
+    adaptive, refractory = spec.adaptive, spec.refractory
+    v0 = _as(v0, dt)
+    a0 = _as(a0, dt) if adaptive else None
+    ref0 = _as(ref0, torch.int32) if refractory else None
+    p = _as(params, dt)
+    spikes = torch.empty(shape, dtype=dt) if write_spikes else None
+    bits = torch.empty(bit_shape, dtype=u8) if (store or not write_spikes) else None
+    h = torch.empty(shape, dtype=dt) if store else None
+    vth = torch.empty(shape, dtype=torch.float32) if (store and adaptive) else None
+    gate = torch.empty(bit_shape, dtype=u8) if (store and refractory) else None
+    floor = torch.empty(bit_shape, dtype=u8) if (store and spec.has_floor) else None
+    v_last = torch.empty(S, dtype=dt)
+    a_last = torch.empty(S, dtype=dt) if adaptive else None
+    ref_last = torch.empty(S, dtype=torch.int32) if refractory else None
+    si, sf = _spec_arrays(spec)
+    fn = lib.st_neuron_fwd_args_f32 if dt == torch.float32 else lib.st_neuron_fwd_args_f64
+    rc = _call(fn, (x.data_ptr(), T, R, L, _ptr(v0), _ptr(a0), _ptr(ref0), p.data_ptr(), si, sf, _ptr(spikes),
+                    _ptr(bits), _ptr(h), _ptr(vth), _ptr(gate), _ptr(floor), v_last.data_ptr(), _ptr(a_last),
+                    _ptr(ref_last)))
+    if rc != 0:  # pragma: no cover - the wrapper passes only what the C code takes
+        raise RuntimeError(f"neuron_cpu: the fused CPU neuron refused its arguments (code {rc})")
+    if not family_b:
+        a_last = ref_last = None
+    return spikes, v_last, a_last, ref_last, (h, bits, vth, gate, floor)
+
+
+def neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronSpec, need_v0: bool,
+                      need_params: bool):
+    """Family A's backward (the contract of ``neuron_torch.neuron_backward``) for a float32/float64 CPU
+    saved H whose dtype is the gradient's."""
+    lib = library()
+    h_seq, bits = saved[0].contiguous(), saved[1].contiguous()
+    dt = h_seq.dtype
+    T, S = h_seq.shape[0], tuple(h_seq.shape[1:])
+    L = S[-1]
+    R = h_seq[0].numel() // L
+    gs = grad_spikes.to(dt).contiguous()
+    gvl = grad_v_last.to(dt).contiguous() if grad_v_last is not None else None
+    v0c = v0.to(dt).contiguous() if (v0 is not None and need_params) else None
+    p = params.to(dt).contiguous()
+    gx = torch.empty_like(h_seq)
+    gv0 = torch.empty(S, dtype=dt)
+    gk = ctypes.c_double(0.0)
+    sg = None
+    if spec.surrogate.id in _EXP_SURROGATES and R * L >= _EXP_TORCH_MIN:
+        sg = torch.empty_like(h_seq)
+        for t in range(T):
+            spec.surrogate.derivative_(torch.sub(h_seq[t], spec.v_threshold, out=sg[t]))
+    si, sf = _spec_arrays(spec)
+    fn = lib.st_neuron_bwd_a_args_f32 if dt == torch.float32 else lib.st_neuron_bwd_a_args_f64
+    rc = _call(fn, (gs.data_ptr(), h_seq.data_ptr(), bits.data_ptr(), _ptr(sg), T, R, L, _ptr(gvl), _ptr(v0c),
+                    p.data_ptr(), si, sf, gx.data_ptr(), gv0.data_ptr(), ctypes.addressof(gk) if need_params else 0))
+    if rc != 0:  # pragma: no cover
+        raise RuntimeError(f"neuron_cpu: the fused CPU neuron backward refused its arguments (code {rc})")
+    gps = torch.tensor([gk.value], dtype=dt) if need_params else None
+    return gx, (gv0 if need_v0 else None), None, gps
