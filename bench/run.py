@@ -27,6 +27,10 @@ Suites (each a script of bench/ that also runs on its own; see bench/README.md):
   conv_snn           a small Spiking VGG training step on 32x32 input, T = 4, B = 8: bytes saved for backward per
                      neuron-step, time per step, peak CUDA memory; spiketriton before / after convert vs SpikingJelly
                      (conv_snn.py, CPU and CUDA; on the CPU one torch thread)
+  step               what ONE time step costs on the CPU: spiketriton's neurons in step_mode="s" (fused C path and
+                     torch ops) vs snnTorch Leaky, SpikingJelly LIFNode / IFNode, Norse LIFCell, no_grad at [B, N] =
+                     [1, 1024], [16, 200], [128, 1024], and BPTT through 16 single steps (step_cpu.py, CPU only; one
+                     torch thread)
 
 A suite whose hardware or package is missing is skipped with the reason recorded (``suite-<name>.json``);
 a suite that raises is recorded as failed and the others still run (exit status 1 at the end). A SIGINT
@@ -54,7 +58,8 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn")
+SUITES = ("neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn",
+          "step")
 
 #: suite -> device kind -> (script module, full-size argv, quick argv); None: cannot run on that kind
 #: (the reason is in NOT_ON). Full GPU sizes are the scripts' defaults (estimates in bench/README.md).
@@ -95,13 +100,19 @@ PLAN: Dict[str, Dict[str, Optional[tuple]]] = {
         "cpu": ("conv_snn", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
         "cuda": ("conv_snn", ["--device", "cuda"], ["--device", "cuda", "--quick"]),
     },
+    "step": {
+        "cpu": ("step_cpu", ["--device", "cpu"], ["--device", "cpu", "--quick"]),
+        "cuda": None,
+    },
 }
 NOT_ON = {("int_matmul", "cpu"): "the integer spike matmul is a Triton kernel and needs a CUDA GPU (on a CPU the "
                                  "Triton interpreter only checks it: TRITON_INTERPRET=1 python bench/int_matmul_gpu.py "
-                                 "--smoke-cpu)"}
+                                 "--smoke-cpu)",
+          ("step", "cuda"): "a CPU benchmark (the fused CPU neuron and the peers' CPU steps): python bench/step_cpu.py "
+                            "--device cpu"}
 #: scripts that set their own CPU thread count (1 by default: _common.set_threads says why): run.py's --threads is
 #: passed on to them
-THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic", "conv_snn", "stdp")
+THREADS_ARG = ("event_matmul", "neuron_cpu", "spike_matmul_cpu", "open_neuromorphic", "conv_snn", "stdp", "step_cpu")
 #: packages a suite cannot run without (the peers are optional inside the suites)
 NEEDS = {"cuda": ("triton",)}
 
