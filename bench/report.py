@@ -36,6 +36,7 @@ GOAL_EVENT_VS_TORCH = 5.0        # at M = 1, 5 % firing, K = N = 4096, fp32: >= 
 GOAL_EVENT_CASE = {"dtype": "fp32", "M": 1, "K": 4096, "N": 4096, "rate": 0.05}
 GOAL_EVENT_AUTO = 1.05           # above the crossover: inference_matmul <= 1.05x spike_matmul (same spike format)
 EVENT_GOAL_SIZES = (1024, 4096)  # the K = N of issue 13 (quick-mode sizes do not count)
+GOAL_STEP_VS_SNNTORCH = 1.0      # CPU: one LIF step at [16, 200] fp32, no_grad: <= 1.0x snnTorch Leaky's time
 #: files that are not a suite's result (the runbook's records), read by the report apart
 SESSION_FILE, TESTS_FILE = "session-gpu.json", "cuda_tests.json"
 
@@ -215,6 +216,8 @@ def goals(results: Dict[str, dict]) -> List[dict]:
                        if not rows else "measured at another shape (quick mode)")
     out.append(g)
 
+    out.append(step_goal(results.get("step_cpu")))
+
     mem = results.get("memory")
     for dname, target in (("fp32", 4.125), ("bf16", 2.125)):
         g = _goal(f"memory_saved_{dname}", "memory", f"LIF -> SpikeLinear keeps <= {target} bytes per input "
@@ -228,6 +231,31 @@ def goals(results: Dict[str, dict]) -> List[dict]:
             g["reason"] = "memory.json has no packed_output row for this dtype"
         out.append(g)
     return out
+
+
+def step_goal(r: Optional[dict]) -> dict:
+    """Issue 13's cheap single step, on the CPU (bench/step_cpu.py): one LIF step ([16, 200] fp32, no_grad)
+    at most as long as snnTorch's Leaky step; value = spiketriton's median / snnTorch's."""
+    g = _goal("step_cpu_vs_snntorch", "step", "CPU: one LIF time step ([16, 200] fp32, no_grad) at most as long as "
+              "snnTorch's Leaky step", f"<= {GOAL_STEP_VS_SNNTORCH:g}x", device="cpu")
+    sel = {c["impl"]: c for c in (r or {}).get("cases", []) if c.get("mode") == "infer" and c.get("shape") == "16x200"}
+    st, snn = sel.get("spiketriton.LIF"), sel.get("snntorch.Leaky")
+    if r is None:
+        g["reason"] = "needs step_cpu.json (python bench/step_cpu.py --device cpu)"
+    elif (r.get("config") or {}).get("quick"):
+        g["reason"] = "measured in quick mode (a CI sanity run): the full run measures it"
+    elif not (st and snn):
+        g["reason"] = ("spiketriton.LIF or snnTorch's Leaky was not measured at [16, 200] (see skipped and "
+                       "neuron_cpu_status in step_cpu.json)")
+    else:
+        v = st["us_per_step_median"] / snn["us_per_step_median"]
+        g.update(status=MET if v <= GOAL_STEP_VS_SNNTORCH else UNMET, value=round(v, 3), source="step_cpu.json",
+                 detail={"spiketriton_us": round(st["us_per_step_median"], 2),
+                         "snntorch_us": round(snn["us_per_step_median"], 2),
+                         "ratio_of_minima": round(st["us_per_step_min"] / snn["us_per_step_min"], 3)},
+                 reason="value: spiketriton.LIF's median time per step / snnTorch Leaky's (fused C path: "
+                        f"{bool((r.get('neuron_cpu_status') or {}).get('in_use'))})")
+    return g
 
 
 def _round(v, n):
