@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = {"neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn"}
+SUITES = {"neuron", "spike_matmul", "int_matmul", "memory", "open_neuromorphic", "event_matmul", "stdp", "conv_snn",
+          "step"}
 ISSUE_GOALS = {"neuron_copy_bandwidth", "neuron_vs_spikingjelly", "spike_matmul_vs_torch_fp32",
                "spike_matmul_vs_torch_bf16", "spike_matmul_dw_vs_torch_fp32", "spike_matmul_dw_vs_torch_bf16",
                "int_matmul_vs_torch_bf16", "open_neuromorphic_fastest", "open_neuromorphic_vs_3_gemms",
                "event_matmul_vs_torch_cuda", "event_matmul_auto_no_regression_cuda"}
 #: issue 13's CPU goals: the quick run measures other sizes, so they stay not-measured there (with the reason)
-CPU_GOALS_NOT_IN_QUICK = {"event_matmul_vs_torch_cpu", "event_matmul_auto_no_regression_cpu"}
+CPU_GOALS_NOT_IN_QUICK = {"event_matmul_vs_torch_cpu", "event_matmul_auto_no_regression_cpu",
+                          "step_cpu_vs_snntorch"}
 
 
 def _bench(*args, timeout=600):
@@ -87,7 +89,7 @@ def test_every_json_and_csv_is_stamped(quick_run):
     jsons = sorted(out.glob("*.json"))
     names = {p.name for p in jsons}
     for expected in ("neuron_cpu.json", "spike_matmul_cpu.json", "memory.json", "open_neuromorphic.json",
-                     "event_matmul_cpu.json"):
+                     "event_matmul_cpu.json", "step_cpu.json"):
         assert expected in names
     for p in jsons:
         r = json.loads(p.read_text())
@@ -115,7 +117,8 @@ def test_plots_are_pngs_that_load(quick_run):
     from PIL import Image
 
     out, _ = quick_run
-    for name in ("neuron.png", "spike_matmul.png", "memory.png", "open_neuromorphic.png", "event_matmul.png"):
+    for name in ("neuron.png", "spike_matmul.png", "memory.png", "open_neuromorphic.png", "event_matmul.png",
+                 "step_cpu.png"):
         p = out / name
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         img = image.imread(p)
