@@ -124,6 +124,19 @@ class BaseNeuron(nn.Module):
         """The learnable/fixed scalars of the spec as an fp32 tensor on x's device."""
         raise NotImplementedError
 
+    def _const_params(self, x: torch.Tensor, values: tuple) -> torch.Tensor:
+        """Fixed (not learnable) scalars as an fp32 tensor on x's device, made once per device and values
+        (a new tensor per call cost ~4 us of a single step's ~50). Not a buffer: module.to(torch.bfloat16)
+        must not round them, and they stay out of state_dict."""
+        if torch.compiler.is_compiling():
+            return torch.tensor(values, dtype=torch.float32, device=x.device)
+        key = (x.device, values)
+        hit = self.__dict__.get("_const_cache")
+        if hit is None or hit[0] != key:
+            hit = (key, torch.tensor(values, dtype=torch.float32, device=x.device))
+            self.__dict__["_const_cache"] = hit
+        return hit[1]
+
     def _carry(self, state):
         # state left by a call under torch.inference_mode() cannot enter autograd: continue from a copy
         # (torch.compile cannot trace is_inference(), and under compile inference_mode is no_grad anyway)
@@ -168,8 +181,12 @@ class BaseNeuron(nn.Module):
         states = [self._carry(getattr(self, n)) for n in self._state_names] + [None, None]
         out = run_neuron(x_seq, states[0], states[1], states[2], self._params(x_seq), self.spec, self.backend, name,
                          packed=self.packed_output, record=self.store_v_seq)
-        for n, t in zip(self._state_names, out[1:4]):
-            setattr(self, n, t)
+        if torch.compiler.is_compiling():
+            for n, t in zip(self._state_names, out[1:4]):
+                setattr(self, n, t)
+        else:  # plain attributes (never parameters, buffers or modules): skip nn.Module.__setattr__'s checks
+            for n, t in zip(self._state_names, out[1:4]):
+                self.__dict__[n] = t
         if self.store_v_seq:
             self._record = out[4]
             self.h_seq = self._record.h
@@ -202,7 +219,7 @@ class IF(BaseNeuron):
                                   detach_reset=detach_reset, decay_input=False, v_init=v_init)
 
     def _params(self, x):
-        return torch.zeros(1, device=x.device)
+        return self._const_params(x, (0.0,))
 
 
 class LIF(BaseNeuron):
@@ -222,8 +239,7 @@ class LIF(BaseNeuron):
                                   detach_reset=detach_reset, decay_input=decay_input, v_init=v_init)
 
     def _params(self, x):
-        # a fixed constant, not a buffer: module.to(torch.bfloat16) must not round 1/tau
-        return torch.full((1,), 1.0 / self.tau, device=x.device)
+        return self._const_params(x, (1.0 / self.tau,))
 
     def extra_repr(self):
         return f"tau={self.tau}, decay_input={self.spec.decay_input}, " + super().extra_repr()
@@ -296,7 +312,7 @@ class ExtendedLIF(BaseNeuron):
     def _params(self, x):
         if isinstance(self.v_leaky_alpha, torch.Tensor):
             return torch.cat([self.v_leaky_alpha.float(), self.v_leaky_beta.float()])
-        return torch.tensor([self.v_leaky_alpha, self.v_leaky_beta], dtype=torch.float32).to(x.device)
+        return self._const_params(x, (self.v_leaky_alpha, self.v_leaky_beta))
 
     def extra_repr(self):
         s = self.spec

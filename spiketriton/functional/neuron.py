@@ -174,10 +174,11 @@ def run_neuron(
         if backend == "triton":
             raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 input, got {x_seq.dtype}")
         triton_ok = False  # documented: float64 takes the PyTorch path under "auto"
-    state_dtype = torch.promote_types(x_seq.dtype, torch.float32)  # fp32 (fp64 on the float64 path)
-    params = params.to(state_dtype)
-    v0f = v0.to(state_dtype) if v0 is not None else None
-    a0f = a0.to(state_dtype) if a0 is not None else None
+    state_dtype = torch.float64 if x_seq.dtype == torch.float64 else torch.float32  # (fp64 on the float64 path)
+    # (dtype tests before .to(): a no-op .to() is a dispatch, ~1 us each in a per-step loop)
+    params = params if params.dtype == state_dtype else params.to(state_dtype)
+    v0f = v0 if (v0 is None or v0.dtype == state_dtype) else v0.to(state_dtype)
+    a0f = a0 if (a0 is None or a0.dtype == state_dtype) else a0.to(state_dtype)
     ref0i = ref0  # int32 already (_check_state)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x_seq, params, v0f, a0f)

@@ -86,7 +86,7 @@ static inline __attribute__((always_inline)) void FN(fwd_a_)(
             for (int64_t t = 0; t < T; t++) {
                 const int64_t off = t * N + base;
                 const REAL *xt = x + off;
-                for (int64_t i = 0; i < n; i++) {
+                for (int64_t i = 0; i < n; i++) { /* hot loop: fwd A */
                     const REAL vv = v[i], tmp = vv - vr;
                     const REAL h = decay ? (xt[i] - tmp) * k + vv : (vv - tmp * k) + xt[i];
                     const REAL s = (REAL)(h >= vth);
@@ -147,7 +147,7 @@ static inline __attribute__((always_inline)) void FN(fwd_b_)(
             for (int64_t t = 0; t < T; t++) {
                 const int64_t off = t * N + base;
                 const REAL *xt = x + off;
-                for (int64_t i = 0; i < n; i++) {
+                for (int64_t i = 0; i < n; i++) { /* hot loop: fwd B */
                     const REAL raw = vth_c + a[i];
                     REAL vth;
                     if (adaptive) {
@@ -157,7 +157,8 @@ static inline __attribute__((always_inline)) void FN(fwd_b_)(
                         vth = raw < v_l ? v_l : raw;
                     }
                     const int gate = refractory ? rc[i] == 0 : 1;
-                    const REAL h = refractory ? (gate ? xt[i] : (REAL)0) + v[i] : xt[i] + v[i];
+                    const REAL xi = xt[i]; /* read unconditionally: a conditional load stops vectorization */
+                    const REAL h = refractory ? (gate ? xi : (REAL)0) + v[i] : xi + v[i];
                     const int s = h > vth;
                     const REAL sr = (REAL)s;
                     REAL v2;
@@ -317,7 +318,7 @@ static inline __attribute__((always_inline)) void FN(bwd_a_)(
                     }
                 }
                 REAL *gxt = gx + off;
-                for (int64_t i = 0; i < n; i++) {
+                for (int64_t i = 0; i < n; i++) { /* hot loop: bwd A */
                     REAL gh, g_v = gv[i];
                     if (detach) {
                         gh = g[i] * sg[i];
