@@ -25,15 +25,10 @@ PACKAGE = "spiketriton"
 # any broken reference fails the build.
 KNOWN_BROKEN_REFERENCES: list[tuple[str, str]] = []
 
-# Docstrings (by documented object) that are not valid reStructuredText yet: docutils' formatting
-# messages about them (a malformed table, an unexpected indentation, a stray ``*`` or ``|``) do not fail
-# the build; they are listed in the lead's report. Messages about any other docstring or page do.
-KNOWN_DOCSTRING_FORMAT_ISSUES: frozenset[str] = frozenset({
-    "spiketriton.functional.ops",                           # a simple table whose text crosses a column
-    "spiketriton.kernels.neuron",                           # indented lines read as a block quote
-    "spiketriton.kernels.neuron_int",
-    "spiketriton.kernels.spike_matmul",
-})
+# Docstrings (by documented object) that are not valid reStructuredText yet: docutils' formatting messages
+# about them (a malformed table, an unexpected indentation, a stray ``*`` or ``|``) would not fail the build.
+# None: every docstring is valid reST, and any formatting message fails the build.
+KNOWN_DOCSTRING_FORMAT_ISSUES: frozenset[str] = frozenset()
 
 
 def public_modules() -> list[types.ModuleType]:

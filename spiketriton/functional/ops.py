@@ -4,21 +4,23 @@ Every launcher of ``kernels/`` (Triton, or the PyTorch path with ``triton=False`
 exactly one of these ops. Under ``torch.compile`` the functional layer calls the ops; in eager mode
 it calls the same op bodies directly (``call_*`` below: one implementation, only the dispatch differs):
 
-==============================  ==========================================================  =========
-op (``torch.ops.spiketriton.``)  wraps                                                       autograd
-==============================  ==========================================================  =========
-``neuron_fwd``                  ``kernels.neuron.neuron_forward`` / ``neuron_torch``         yes
-``neuron_bwd``                  ``kernels.neuron.neuron_backward`` / ``neuron_torch``        no (1)
-``pack`` / ``unpack``           ``kernels.pack`` / ``kernels.pack_torch``                    no (2)
-``spike_matmul``                ``kernels.spike_matmul.spike_matmul_fwd`` / BLAS on 0/1      yes
-``spike_matmul_dw``             ``kernels.spike_matmul.spike_matmul_dw`` / BLAS on 0/1       no (1)
-``spike_matmul_int``            ``kernels.spike_matmul.spike_matmul_int`` (Triton only)     no (3)
-``neuron_int``                  ``kernels.neuron_int.neuron_int_forward`` (Triton only)     no (3)
-==============================  ==========================================================  =========
+===============================  ========================================================  ========
+op (``torch.ops.spiketriton.``)  wraps                                                     autograd
+===============================  ========================================================  ========
+``neuron_fwd``                   ``kernels.neuron.neuron_forward`` / ``neuron_torch``      yes
+``neuron_bwd``                   ``kernels.neuron.neuron_backward`` / ``neuron_torch``     no (1)
+``pack`` / ``unpack``            ``kernels.pack`` / ``kernels.pack_torch``                 no (2)
+``spike_matmul``                 ``kernels.spike_matmul.spike_matmul_fwd`` / BLAS on 0/1   yes
+``spike_matmul_dw``              ``kernels.spike_matmul.spike_matmul_dw`` / BLAS on 0/1    no (1)
+``spike_matmul_int``             ``kernels.spike_matmul.spike_matmul_int`` (Triton only)   no (3)
+``neuron_int``                   ``kernels.neuron_int.neuron_int_forward`` (Triton only)   no (3)
+===============================  ========================================================  ========
 
-(1) the backward ops are the hand-written backwards: double backward is an error (as in eager);
-(2) integer outputs, or values without gradient (``SpikeTensor.unpack``);
-(3) integer inference.
+(1) The backward ops are the hand-written backwards: double backward is an error (as in eager).
+
+(2) Integer outputs, or values without gradient (``SpikeTensor.unpack``).
+
+(3) Integer inference.
 
 Schema conventions: an op cannot return ``None``, so a tensor that a configuration does not produce
 is returned as an empty tensor (``numel() == 0``) and turned back into ``None`` by the caller, which

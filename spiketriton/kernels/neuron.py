@@ -13,6 +13,7 @@ every tile is a contiguous range of R * L. See ``_plan`` for which accesses are 
 stay narrower.
 
 Saved for backward (only when a gradient is needed, ``STORE``):
+
 - ``h``: the potential compared with the threshold (family A: H; family B: v'), in the input dtype;
 - ``bits``: the spikes, packed 8 per byte (so bf16/fp16 backward never re-decides a spike from a
   rounded H);
@@ -20,6 +21,7 @@ Saved for backward (only when a gradient is needed, ``STORE``):
 - family B with a refractory period: the input gate ``ref[t-1] == 0``, packed 8 per byte;
 - family B with a floor ``v_l``: whether the leaked potential was at or above the floor, packed 8 per
   byte (recomputing it from a bf16 H could take the other branch near the floor).
+
 ``h`` is fp32 instead of the input dtype when a learnable decay (PLIF) needs its gradient, which
 is computed from H and V[t-1] = reset(H[t-1]) and would amplify H's half-precision rounding.
 Everything else the backward needs is recomputed from these. All packed tensors use the public row

@@ -6,6 +6,7 @@ packed 8 per byte for the next integer spike matmul.
 Everything is computed in int32 (a 64-bit integer add or multiply is 2+ instructions on the GPU and
 doubles the registers of the state), exactly as the reference's int64 for any int32 input and any
 int32 carried-in state:
+
 - ``_sat_add(x, y)`` = sat(x + y) for any int32 x, y: the wrapped sum, and where it overflowed (x and y
   of one sign, the sum of the other) the bound of x's sign;
 - the leak floor(x * q / 256) for any int32 x and 0 <= q <= 256 (x q up to 2^39) is

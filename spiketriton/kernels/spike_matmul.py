@@ -10,6 +10,7 @@ A product with 0/1 is exact, so the result is the fp32 sum of the selected weigh
 semantics, on tensor cores.
 
 Operand modes (``MODE``):
+
 - ``MODE_HALF``: bf16 / fp16 weights, used as they are.
 - ``MODE_SPLIT3``: fp32 weights, split in the kernel into three bf16 parts ``hi + mid + lo`` by
   truncation (round toward zero). Truncation never rounds up, so ``hi`` is finite even in fp32's top
@@ -34,8 +35,9 @@ to cuBLAS, and ``db = dY.sum(0)``.
 
 Alignment: Triton specializes integer arguments on divisibility by 16 only. A weight with K = 1000
 (rows of 4000 bytes) is 16-byte aligned row by row but would be read with scalar loads; the launchers
-pass the power of two that divides the row strides and K (``*_DIV``) and the kernels write each such value as
-``v // DIV * DIV`` (two uniform shifts; ``tl.multiple_of`` has no effect on a kernel argument), so such shapes keep vector loads. tests/test_codegen.py checks the compiled code.
+pass the power of two that divides the row strides and K (``*_DIV``) and the kernels write each such
+value as ``v // DIV * DIV`` (two uniform shifts; ``tl.multiple_of`` has no effect on a kernel
+argument), so such shapes keep vector loads. tests/test_codegen.py checks the compiled code.
 """
 
 from __future__ import annotations
