@@ -1,6 +1,6 @@
 """The fused CPU neuron (kernels/neuron_cpu.py, csrc/neuron_cpu.c) against the torch ops it replaces:
-the forward bit for bit (spikes, H, states, every saved bit plane; inf/NaN inputs included), family A's
-backward to rounding, T single steps equal to one multi-step call in both gradient paths, and the
+the forward bit for bit (spikes, H, states, every saved bit plane; inf/NaN inputs included), both
+families' backward to rounding, T single steps equal to one multi-step call in both gradient paths, and the
 fallbacks (no compiler, a failing compiler, switched off, a damaged cache file)."""
 
 from __future__ import annotations
@@ -120,6 +120,39 @@ def test_family_a_backward_matches_the_torch_ops(dtype, surrogate, exp_in_torch,
             assert err <= tol, (name, spec, T, S, err)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("exp_in_torch", [False, True], ids=["exp-libm", "exp-torch"])
+def test_family_b_backward_matches_the_torch_ops(dtype, exp_in_torch, monkeypatch):
+    # every reset mode, detach, floor, refractory gate, adaptive threshold (with its carried-out
+    # gradient) and the learnable leak, against the torch ops' hand-written backward
+    monkeypatch.setattr(neuron_cpu, "_EXP_TORCH_MIN", 0 if exp_in_torch else 1 << 62)
+    rng = random.Random(7 + exp_in_torch)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for trial in range(48):
+        spec = _random_spec(rng, FAMILY_B)
+        spec = NeuronSpec(**{**spec.__dict__, "surrogate": sg.ALL[trial % len(sg.ALL)](rng.choice([1.0, 2.0]))})
+        T, S = rng.choice([1, 2, 5]), rng.choice([(3,), (2, 13), (4, 70), (1, 1), (2, 3, 9)])
+        gen = torch.Generator().manual_seed(trial)
+        params = torch.tensor([rng.choice([0.9, 0.5]), rng.choice([0.0, 0.01])], dtype=dtype)
+        x = torch.randn((T,) + S, generator=gen, dtype=dtype) * 1.5
+        v0 = torch.randn(S, generator=gen, dtype=dtype) if trial % 2 else None
+        a0 = torch.rand(S, generator=gen, dtype=dtype) if trial % 3 else None
+        ref0 = torch.randint(0, 3, S, generator=gen, dtype=torch.int32) if trial % 4 else None
+        saved = KNT.neuron_forward(x, v0, a0, ref0, params, spec, True, fused=False)[4]
+        g = torch.randn(x.shape, generator=gen, dtype=dtype)
+        gv = torch.randn(S, generator=gen, dtype=dtype) if trial % 5 else None
+        ga = torch.randn(S, generator=gen, dtype=dtype) if trial % 3 == 1 else None
+        fused = KNT.neuron_backward(g, gv, ga, saved, v0, params, spec, True, True, True)
+        ops = KNT.neuron_backward(g, gv, ga, saved, v0, params, spec, True, True, True, fused=False)
+        for name, a, b in zip(("gx", "gv0", "ga0", "gparams"), fused, ops):
+            if b is None:
+                assert a is None, name
+                continue
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            err = (a - b).abs().max().item() / (b.abs().max().item() + 1e-30)
+            assert err <= tol, (name, spec, T, S, err)
+
+
 @pytest.mark.parametrize("surrogate", [sg.Sigmoid(), sg.ATan()], ids=repr)
 def test_bptt_through_single_steps_is_bit_exact_on_large_steps(surrogate):
     # steps of >= _EXP_TORCH_MIN elements take torch's exp per step: the gradient of T single steps must
@@ -224,13 +257,13 @@ def test_the_hot_loops_vectorize(tmp_path):
         pytest.skip(f"the vectorization report is gcc's; the compiler here is {version.splitlines()[0]!r}")
     src = neuron_cpu._SRC_DIR / "neuron_cpu_body.h"
     lines = {tag: n for n, line in enumerate(src.read_text().splitlines(), 1)
-             for tag in ("fwd A", "fwd B", "bwd A") if f"/* hot loop: {tag} */" in line}
-    assert len(lines) == 3, lines
+             for tag in ("fwd A", "fwd B", "bwd A", "bwd B") if f"/* hot loop: {tag} */" in line}
+    assert len(lines) == 4, lines
     res = subprocess.run([cc, *neuron_cpu._FLAGS, "-fopt-info-vec-optimized", "-o", str(tmp_path / "x.so"),
                           str(neuron_cpu._SRC_DIR / "neuron_cpu.c"), "-lm"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     done = {tag: sum(f"neuron_cpu_body.h:{n}:" in ln and "loop vectorized" in ln and "16 byte" in ln
                      for ln in res.stderr.splitlines()) for tag, n in lines.items()}
-    # float32 instantiations: family A forward 6 (decay x 3 resets), family A backward 16 (and 8 of the
-    # 16 float64 ones), family B forward 6 of 12 (the refractory ones keep a branch)
-    assert done["fwd A"] >= 6 and done["bwd A"] >= 16 and done["fwd B"] >= 6, done
+    # the float32 instantiations (float64 is one generic loop each): family A forward 6 (decay x 3
+    # resets), family A backward 16, family B forward 6 of 12 and backward 4 of 6 (the others keep a branch)
+    assert done["fwd A"] >= 6 and done["bwd A"] >= 16 and done["fwd B"] >= 6 and done["bwd B"] >= 4, done

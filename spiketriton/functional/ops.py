@@ -89,12 +89,23 @@ def _none(t: Optional[Tensor]) -> Optional[Tensor]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def spec_args(spec: NeuronSpec) -> Tuple[List[int], List[float]]:
-    ints = [spec.family, spec.surrogate.id, spec.reset_mode, int(spec.detach_reset), int(spec.decay_input),
-            spec.ref_len]
-    floats = [spec.surrogate.alpha, spec.v_threshold, spec.v_reset, spec.v_init, spec.v_l, spec.dv,
-              spec.v_th_alpha, spec.v_th_beta, spec.v_th_incre]
-    return ints, [float(f) for f in floats]
+_args_cache = {}  # id(spec) -> (spec, (ints, floats))
+
+
+def spec_args(spec: NeuronSpec) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
+    """The spec as the ops' int and float arguments (tuples, made once per spec object: a single-step loop
+    calls this every step)."""
+    hit = _args_cache.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    ints = (spec.family, spec.surrogate.id, spec.reset_mode, int(spec.detach_reset), int(spec.decay_input),
+            spec.ref_len)
+    floats = tuple(float(f) for f in (spec.surrogate.alpha, spec.v_threshold, spec.v_reset, spec.v_init, spec.v_l,
+                                      spec.dv, spec.v_th_alpha, spec.v_th_beta, spec.v_th_incre))
+    if len(_args_cache) > 256:
+        _args_cache.clear()
+    _args_cache[id(spec)] = (spec, (ints, floats))  # (the entry keeps spec alive: its id stays unique)
+    return ints, floats
 
 
 @functools.lru_cache(maxsize=256)
@@ -108,6 +119,8 @@ def _spec_cached(ints: tuple, floats: tuple) -> NeuronSpec:
 
 
 def spec_from_args(spec_i, spec_f) -> NeuronSpec:
+    if type(spec_i) is tuple and type(spec_f) is tuple:  # spec_args' own tuples (eager mode): already typed
+        return _spec_cached(spec_i, spec_f)
     return _spec_cached(tuple(int(i) for i in spec_i), tuple(float(f) for f in spec_f))
 
 

@@ -4,7 +4,7 @@ The PyTorch path (``kernels/neuron_torch.py``) runs the neuron as about 8 (famil
 elementwise torch ops per time step. On small tensors each op costs a dispatch (1.5-2 us on the 2-core
 CI machine) and on large ones a pass over memory. This module runs the same algorithm, op for op in the
 same floating type, in one C function: one call per forward (any T, so one call per step in
-``step_mode="s"``) and one per family A backward, reading the input once.
+``step_mode="s"``) and one per backward, reading the input once.
 
 It is built on first use with the system C compiler (``$CC``, else Python's configured compiler, else
 ``cc``; about half a second), cached under ``$SPIKETRITON_CACHE_DIR`` (default
@@ -120,7 +120,7 @@ def _load():
             return None, f"{path} has ABI {lib.st_abi_version()}, expected {_ABI}"
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return None, f"build failed: {e}; the torch ops run instead"
-    for name in ("fwd", "bwd_a"):
+    for name in ("fwd", "bwd_a", "bwd_b"):
         for suffix in ("f32", "f64"):
             fn = getattr(lib, f"st_neuron_{name}_args_{suffix}")
             fn.argtypes = [ctypes.c_void_p]
@@ -272,6 +272,19 @@ def neuron_forward(x_seq, v0, a0, ref0, params, spec: NeuronSpec, store: bool, w
     return spikes, v_last, a_last, ref_last, (h, bits, vth, gate, floor)
 
 
+def _exp_surrogate_in_torch(spec: NeuronSpec, h_seq: torch.Tensor, vth) -> Optional[torch.Tensor]:
+    """The exp surrogates' derivative for steps of at least _EXP_TORCH_MIN elements, by torch, one op
+    chain per step; None: the C code computes the surrogate. ``vth``: a number, or a tensor [T, *S]."""
+    T, S = h_seq.shape[0], h_seq.shape[1:]
+    if spec.surrogate.id not in _EXP_SURROGATES or math.prod(S) < _EXP_TORCH_MIN:
+        return None
+    sg = torch.empty_like(h_seq)
+    for t in range(T):
+        d = torch.sub(h_seq[t], vth if not isinstance(vth, torch.Tensor) else vth[t], out=sg[t])
+        spec.surrogate.derivative_(d) if spec.family == FAMILY_A else sg[t].copy_(spec.surrogate.derivative(d))
+    return sg
+
+
 def neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronSpec, need_v0: bool,
                       need_params: bool):
     """Family A's backward (the contract of ``neuron_torch.neuron_backward``) for a float32/float64 CPU
@@ -289,11 +302,7 @@ def neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronS
     gx = torch.empty_like(h_seq)
     gv0 = torch.empty(S, dtype=dt)
     gk = ctypes.c_double(0.0)
-    sg = None
-    if spec.surrogate.id in _EXP_SURROGATES and R * L >= _EXP_TORCH_MIN:
-        sg = torch.empty_like(h_seq)
-        for t in range(T):
-            spec.surrogate.derivative_(torch.sub(h_seq[t], spec.v_threshold, out=sg[t]))
+    sg = _exp_surrogate_in_torch(spec, h_seq, spec.v_threshold)
     si, sf = _spec_arrays(spec)
     fn = lib.st_neuron_bwd_a_args_f32 if dt == torch.float32 else lib.st_neuron_bwd_a_args_f64
     rc = _call(fn, (gs.data_ptr(), h_seq.data_ptr(), bits.data_ptr(), _ptr(sg), T, R, L, _ptr(gvl), _ptr(v0c),
@@ -302,3 +311,42 @@ def neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec: NeuronS
         raise RuntimeError(f"neuron_cpu: the fused CPU neuron backward refused its arguments (code {rc})")
     gps = torch.tensor([gk.value], dtype=dt) if need_params else None
     return gx, (gv0 if need_v0 else None), None, gps
+
+
+def neuron_backward_b(grad_spikes, grad_v_last, grad_a_last, saved, params, spec: NeuronSpec, need_v0: bool,
+                      need_a0: bool, need_params: bool):
+    """Family B's backward (the contract of ``neuron_torch.neuron_backward``) for a float32/float64 CPU
+    saved H whose dtype is the gradient's."""
+    lib = library()
+    h_seq, bits, vth_seq, gate_bits, floor_bits = saved
+    dt = h_seq.dtype
+    h_seq = _as(h_seq, dt)
+    T, S = h_seq.shape[0], tuple(h_seq.shape[1:])
+    L = S[-1]
+    R = math.prod(S[:-1])
+    adaptive = spec.adaptive
+    gs = _as(grad_spikes, dt)
+    gvl = _as(grad_v_last, dt)
+    gal = _as(grad_a_last, dt) if adaptive else None
+    vths = _as(vth_seq, torch.float32) if adaptive else None
+    gates = _as(gate_bits, torch.uint8) if spec.refractory else None
+    floors = _as(floor_bits, torch.uint8) if spec.has_floor else None
+    p = _as(params, dt)
+    gx = torch.empty_like(h_seq)
+    gv0 = torch.empty(S, dtype=dt)
+    ga0 = torch.empty(S, dtype=dt) if adaptive else None
+    gp = (ctypes.c_double * 2)()
+    if adaptive:
+        vth = vths.to(dt).clamp_min(spec.v_l) if spec.surrogate.id in _EXP_SURROGATES else None
+    else:
+        vth = max(spec.v_threshold, spec.v_l)
+    sg = _exp_surrogate_in_torch(spec, h_seq, vth) if vth is not None else None
+    si, sf = _spec_arrays(spec)
+    fn = lib.st_neuron_bwd_b_args_f32 if dt == torch.float32 else lib.st_neuron_bwd_b_args_f64
+    rc = _call(fn, (gs.data_ptr(), h_seq.data_ptr(), _as(bits, torch.uint8).data_ptr(), _ptr(vths), _ptr(gates),
+                    _ptr(floors), _ptr(sg), T, R, L, _ptr(gvl), _ptr(gal), p.data_ptr(), si, sf, gx.data_ptr(),
+                    gv0.data_ptr(), _ptr(ga0), ctypes.addressof(gp) if need_params else 0))
+    if rc != 0:  # pragma: no cover
+        raise RuntimeError(f"neuron_cpu: the fused CPU neuron backward refused its arguments (code {rc})")
+    gps = torch.tensor([gp[0], gp[1]], dtype=dt) if need_params else None
+    return gx, (gv0 if need_v0 else None), (ga0 if (need_a0 and adaptive) else None), gps

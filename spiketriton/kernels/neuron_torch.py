@@ -138,8 +138,11 @@ def neuron_backward(grad_spikes, grad_v_last, grad_a_last, saved, v0, params, sp
                     need_v0: bool, need_a0: bool, need_params: bool, fused=True):
     """Same contract as :func:`spiketriton.kernels.neuron.neuron_backward` (the kernel's algorithm)."""
     h_seq, bits, vth_seq, gate_bits, floor_bits = saved
-    if (fused and spec.family == FAMILY_A and grad_spikes.dtype == h_seq.dtype and neuron_cpu.usable(h_seq)):
-        return neuron_cpu.neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec, need_v0, need_params)
+    if fused and grad_spikes.dtype == h_seq.dtype and neuron_cpu.usable(h_seq):
+        if spec.family == FAMILY_A:
+            return neuron_cpu.neuron_backward_a(grad_spikes, grad_v_last, saved, v0, params, spec, need_v0, need_params)
+        return neuron_cpu.neuron_backward_b(grad_spikes, grad_v_last, grad_a_last, saved, params, spec, need_v0,
+                                            need_a0, need_params)
     T, S = h_seq.shape[0], h_seq.shape[1:]
     L = S[-1]
     cdt = _cdt(h_seq.dtype)

@@ -36,16 +36,19 @@ int st_abi_version(void) { return 1; }
 #define EXP expf
 #define FABS fabsf
 #define SUFFIX f32
+#define ST_SPECIALIZE 1
 #include "neuron_cpu_body.h"
 #undef REAL
 #undef REAL_MAX
 #undef EXP
 #undef FABS
 #undef SUFFIX
+#undef ST_SPECIALIZE
 
 #define REAL double
 #define REAL_MAX DBL_MAX
 #define EXP exp
 #define FABS fabs
 #define SUFFIX f64
+#define ST_SPECIALIZE 0
 #include "neuron_cpu_body.h"

@@ -1,5 +1,7 @@
 /* The fused neuron algorithm for one floating type: included twice by neuron_cpu.c, with
- * REAL = float (suffix _f32) and REAL = double (suffix _f64).
+ * REAL = float (suffix _f32) and REAL = double (suffix _f64). ST_SPECIALIZE 1 compiles one loop per
+ * combination of options (reset mode, decay, adaptive, ...), each straight-line code that vectorizes;
+ * 0 one loop with the options as runtime tests (float64, rare on the CPU: half the compile time).
  *
  * Every arithmetic step is the one the PyTorch path (kernels/neuron_torch.py) performs, in the same
  * order and the same type, with constants rounded to REAL as torch rounds a Python scalar. The file is
@@ -229,10 +231,14 @@ int FN(st_neuron_fwd_)(const REAL *x, int64_t T, int64_t R, int64_t L, const REA
 #define ST_FWD_A(d, rs) FN(fwd_a_)(x, T, R, L, v0, k, vth, vr, v_init, spikes, bits, hs, v_last, d, rs)
 #define ST_FWD_A_RESET(d) do { if (reset == 0) ST_FWD_A(d, 0); else if (reset == 1) ST_FWD_A(d, 1); \
                                else ST_FWD_A(d, 2); } while (0)
+#if ST_SPECIALIZE
         if (si[4])
             ST_FWD_A_RESET(1);
         else
             ST_FWD_A_RESET(0);
+#else
+        ST_FWD_A((int)si[4], reset);
+#endif
 #undef ST_FWD_A_RESET
 #undef ST_FWD_A
         return 0;
@@ -247,26 +253,34 @@ int FN(st_neuron_fwd_)(const REAL *x, int64_t T, int64_t R, int64_t L, const REA
                                         floors, v_last, a_last, ref_last, rs, ad, rf)
 #define ST_FWD_B_RF(rs, ad) do { if (refractory) ST_FWD_B(rs, ad, 1); else ST_FWD_B(rs, ad, 0); } while (0)
 #define ST_FWD_B_AD(rs) do { if (adaptive) ST_FWD_B_RF(rs, 1); else ST_FWD_B_RF(rs, 0); } while (0)
+#if ST_SPECIALIZE
     if (si[2] == 0)
         ST_FWD_B_AD(0);
     else if (si[2] == 1)
         ST_FWD_B_AD(1);
     else
         ST_FWD_B_AD(2);
+#else
+    ST_FWD_B((int)si[2], adaptive, refractory);
+#endif
 #undef ST_FWD_B_AD
 #undef ST_FWD_B_RF
 #undef ST_FWD_B
     return 0;
 }
 
-/* The surrogate derivative of h - vth over a row chunk: the switch outside the loops, so that each
- * loop is straight-line code. */
-static __attribute__((noinline)) void FN(surrogate_row_)(int id, REAL alpha, REAL vth, const REAL *h, int64_t n, REAL *out)
+/* The surrogate derivative of h - vth over a row chunk (vths: a threshold per element, else vth): the
+ * switch outside the loops, so that each loop is straight-line code. */
+static __attribute__((noinline)) void FN(surrogate_row_)(int id, REAL alpha, REAL vth, const REAL *vths,
+                                                          const REAL *h, int64_t n, REAL *out)
 {
+    REAL d[CHUNK];
+    for (int64_t i = 0; i < n; i++)
+        d[i] = vths ? h[i] - vths[i] : h[i] - vth;
     switch (id) {
-#define ST_SG_CASE(k) case k: for (int64_t i = 0; i < n; i++) out[i] = FN(surrogate_)(k, alpha, h[i] - vth); break;
+#define ST_SG_CASE(k) case k: for (int64_t i = 0; i < n; i++) out[i] = FN(surrogate_)(k, alpha, d[i]); break;
     ST_SG_CASE(0) ST_SG_CASE(1) ST_SG_CASE(2) ST_SG_CASE(3) ST_SG_CASE(4) ST_SG_CASE(5) ST_SG_CASE(6)
-    default: for (int64_t i = 0; i < n; i++) out[i] = FN(surrogate_)(7, alpha, h[i] - vth); break;
+    default: for (int64_t i = 0; i < n; i++) out[i] = FN(surrogate_)(7, alpha, d[i]); break;
 #undef ST_SG_CASE
     }
 }
@@ -287,14 +301,15 @@ static inline __attribute__((always_inline)) void FN(bwd_a_)(
 {
     const REAL keep = (REAL)1 - k;
     const int64_t LB = (L + 7) / 8, N = R * L;
-    double acc = 0.0;
+    double acc = 0.0, pacc[CHUNK];
     REAL gv[CHUNK], sgb[CHUNK], sb[CHUNK + 8], sp[CHUNK + 8], vp[CHUNK];
     for (int64_t r = 0; r < R; r++) {
         for (int64_t j0 = 0; j0 < L; j0 += CHUNK) {
             const int64_t n = L - j0 < CHUNK ? L - j0 : CHUNK;
             const int64_t base = r * L + j0;
+            FN(load_)(gv, gv_last ? gv_last + base : NULL, (REAL)0, n);
             for (int64_t i = 0; i < n; i++)
-                gv[i] = gv_last ? gv_last[base + i] : (REAL)0;
+                pacc[i] = 0.0;
             for (int64_t t = T - 1; t >= 0; t--) {
                 const int64_t off = t * N + base;
                 const REAL *h = hs + off, *g = gs + off;
@@ -302,7 +317,7 @@ static inline __attribute__((always_inline)) void FN(bwd_a_)(
                 if (sg_pre)
                     sg = sg_pre + off;
                 else
-                    FN(surrogate_row_)(sg_id, sg_alpha, vth, h, n, sgb);
+                    FN(surrogate_row_)(sg_id, sg_alpha, vth, NULL, h, n, sgb);
                 if (hard)
                     FN(unpack_row_)(bits + (t * R + r) * LB + j0 / 8, n, sb);
                 if (params) {
@@ -334,13 +349,16 @@ static inline __attribute__((always_inline)) void FN(bwd_a_)(
                     gxt[i] = decay ? gh * k : gh;
                     if (params) {
                         const REAL dk = decay ? (h[i] - vp[i]) / k : -(vp[i] - vr);
-                        acc += (double)gh * (double)dk;
+                        pacc[i] += (double)gh * (double)dk;
                     }
                     gv[i] = gh * keep;
                 }
             }
             for (int64_t i = 0; i < n; i++)
                 gv0[base + i] = gv[i];
+            if (params)
+                for (int64_t i = 0; i < n; i++)
+                    acc += pacc[i];
         }
     }
     if (params)
@@ -367,14 +385,146 @@ int FN(st_neuron_bwd_a_)(const REAL *gs, const REAL *hs, const uint8_t *bits, co
 #define ST_BWD_P(h, dt, dc) do { if (gk) ST_BWD(h, dt, dc, 1); else ST_BWD(h, dt, dc, 0); } while (0)
 #define ST_BWD_DC(h, dt) do { if (si[4]) ST_BWD_P(h, dt, 1); else ST_BWD_P(h, dt, 0); } while (0)
 #define ST_BWD_DT(h) do { if (si[3]) ST_BWD_DC(h, 1); else ST_BWD_DC(h, 0); } while (0)
+#if ST_SPECIALIZE
     if (hard)
         ST_BWD_DT(1);
     else
         ST_BWD_DT(0);
+#else
+    ST_BWD(hard, (int)si[3], (int)si[4], gk != NULL);
+#endif
 #undef ST_BWD_DT
 #undef ST_BWD_DC
 #undef ST_BWD_P
 #undef ST_BWD
+    return 0;
+}
+
+/* Family B backward (Extended LIF) over all rows: the PyTorch path's per-step loop, per element; reset
+ * (0 hard, 1 soft, 2 soft by a constant) and adaptive constant at each call site of the dispatcher. */
+static inline __attribute__((always_inline)) void FN(bwd_b_)(
+    const REAL *gs, const REAL *hs, const uint8_t *bits, const float *vths, const uint8_t *gates,
+    const uint8_t *floors, const REAL *sg_pre, int64_t T, int64_t R, int64_t L, const REAL *gv_last,
+    const REAL *ga_last, REAL alpha, const int64_t *si, const double *sf, REAL *gx, REAL *gv0, REAL *ga0,
+    double *gp, const int reset, const int adaptive)
+{
+    const int sg_id = (int)si[1], detach = (int)si[3];
+    const REAL sg_alpha = (REAL)sf[0], v_reset = (REAL)sf[2], v_l = (REAL)sf[4], dv = (REAL)sf[5];
+    const REAL th_alpha = (REAL)sf[6], th_incre = (REAL)sf[8];
+    const REAL vth_c = (REAL)(sf[1] > sf[4] ? sf[1] : sf[4]); /* max(v_th0, v_l), as the torch code's */
+    const int64_t LB = (L + 7) / 8, N = R * L;
+    double acc0 = 0.0, acc1 = 0.0, p0[CHUNK], p1[CHUNK];
+    REAL gv[CHUNK], ga[CHUNK], sgb[CHUNK], vt[CHUNK], rw[CHUNK];
+    REAL sb[CHUNK + 8], ab[CHUNK + 8], gb[CHUNK + 8];
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t j0 = 0; j0 < L; j0 += CHUNK) {
+            const int64_t n = L - j0 < CHUNK ? L - j0 : CHUNK;
+            const int64_t base = r * L + j0;
+            FN(load_)(gv, gv_last ? gv_last + base : NULL, (REAL)0, n);
+            FN(load_)(ga, (adaptive && ga_last) ? ga_last + base : NULL, (REAL)0, n);
+            for (int64_t i = 0; i < n; i++)
+                p0[i] = p1[i] = 0.0;
+            /* without a floor / a refractory period: factors of 1, which change no value (x * 1 == x, inf,
+             * NaN and -0 included), so the loop below has no branch on them */
+            FN(load_)(ab, NULL, (REAL)1, n);
+            FN(load_)(gb, NULL, (REAL)1, n);
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const int64_t off = t * N + base, boff = (t * R + r) * LB + j0 / 8;
+                const REAL *h = hs + off, *g = gs + off;
+                FN(unpack_row_)(bits + boff, n, sb);
+                if (floors)
+                    FN(unpack_row_)(floors + boff, n, ab);
+                if (gates)
+                    FN(unpack_row_)(gates + boff, n, gb);
+                if (adaptive)
+                    for (int64_t i = 0; i < n; i++) {
+                        rw[i] = (REAL)vths[off + i];
+                        vt[i] = rw[i] < v_l ? v_l : rw[i]; /* raw.clamp_min(v_l) */
+                    }
+                const REAL *sg = sgb;
+                if (sg_pre)
+                    sg = sg_pre + off;
+                else
+                    FN(surrogate_row_)(sg_id, sg_alpha, vth_c, adaptive ? vt : NULL, h, n, sgb);
+                REAL *gxt = gx + off;
+                for (int64_t i = 0; i < n; i++) { /* hot loop: bwd B */
+                    const REAL s = sb[i], vth = adaptive ? vt[i] : vth_c;
+                    REAL v2;
+                    if (reset == 0)
+                        v2 = s != 0 ? v_reset : h[i];
+                    else if (reset == 1)
+                        v2 = h[i] - s * vth;
+                    else
+                        v2 = h[i] - s * dv;
+                    const REAL g_pre = gv[i] * ab[i];
+                    p0[i] += (double)(g_pre * v2);
+                    p1[i] += (double)g_pre;
+                    const REAL g_v2 = g_pre * alpha;
+                    REAL g_s = adaptive ? g[i] + ga[i] * th_incre : g[i];
+                    REAL g_h, g_vth = 0;
+                    if (reset == 0) {
+                        g_h = g_v2 * ((REAL)1 - s);
+                        g_s = detach ? g_s : g_s + g_v2 * (v_reset - h[i]);
+                    } else if (reset == 1) {
+                        g_h = g_v2;
+                        g_vth = -g_v2 * s;
+                        g_s = detach ? g_s : g_s - g_v2 * vth;
+                    } else {
+                        g_h = g_v2;
+                        g_s = detach ? g_s : g_s - g_v2 * dv;
+                    }
+                    g_h = g_h + g_s * sg[i];
+                    gxt[i] = g_h * gb[i];
+                    gv[i] = g_h;
+                    if (adaptive) {
+                        g_vth = reset == 1 ? g_vth - g_s * sg[i] : -g_s * sg[i];
+                        ga[i] = ga[i] * th_alpha + (rw[i] >= v_l ? g_vth : (REAL)0);
+                    }
+                }
+            }
+            for (int64_t i = 0; i < n; i++) {
+                gv0[base + i] = gv[i];
+                if (ga0)
+                    ga0[base + i] = ga[i];
+                acc0 += p0[i];
+                acc1 += p1[i];
+            }
+        }
+    }
+    if (gp) {
+        gp[0] = acc0;
+        gp[1] = acc1;
+    }
+}
+
+/* Family B backward. vths: the saved raw thresholds (adaptive), gates / floors: the saved bit planes
+ * (refractory / floored) or NULL; ga_last: dL/da[T-1] or NULL; ga0: out (adaptive) or NULL; gp: out,
+ * dL/d(alpha, beta) summed in double, or NULL. */
+int FN(st_neuron_bwd_b_)(const REAL *gs, const REAL *hs, const uint8_t *bits, const float *vths,
+                         const uint8_t *gates, const uint8_t *floors, const REAL *sg_pre, int64_t T, int64_t R,
+                         int64_t L, const REAL *gv_last, const REAL *ga_last, const REAL *params,
+                         const int64_t *si, const double *sf, REAL *gx, REAL *gv0, REAL *ga0, double *gp)
+{
+    const int adaptive = (int)si[6];
+    if (T < 0 || R < 0 || L < 0 || !gs || !hs || !bits || !params || !gx || !gv0 || si[0] != 1 || si[2] < 0
+        || si[2] > 2 || (adaptive && !vths))
+        return -1;
+    const REAL alpha = params[0];
+#define ST_BWD_B(rs, ad) FN(bwd_b_)(gs, hs, bits, vths, gates, floors, sg_pre, T, R, L, gv_last, ga_last, alpha, si, \
+                                    sf, gx, gv0, ad ? ga0 : NULL, gp, rs, ad)
+#define ST_BWD_B_AD(rs) do { if (adaptive) ST_BWD_B(rs, 1); else ST_BWD_B(rs, 0); } while (0)
+#if ST_SPECIALIZE
+    if (si[2] == 0)
+        ST_BWD_B_AD(0);
+    else if (si[2] == 1)
+        ST_BWD_B_AD(1);
+    else
+        ST_BWD_B_AD(2);
+#else
+    ST_BWD_B((int)si[2], adaptive);
+#endif
+#undef ST_BWD_B_AD
+#undef ST_BWD_B
     return 0;
 }
 
@@ -397,6 +547,15 @@ int FN(st_neuron_bwd_a_args_)(const int64_t *a)
                                 ST_P(const REAL *, 3), a[4], a[5], a[6], ST_P(const REAL *, 7), ST_P(const REAL *, 8),
                                 ST_P(const REAL *, 9), ST_P(const int64_t *, 10), ST_P(const double *, 11),
                                 ST_P(REAL *, 12), ST_P(REAL *, 13), ST_P(double *, 14));
+}
+int FN(st_neuron_bwd_b_args_)(const int64_t *a)
+{
+    return FN(st_neuron_bwd_b_)(ST_P(const REAL *, 0), ST_P(const REAL *, 1), ST_P(const uint8_t *, 2),
+                                ST_P(const float *, 3), ST_P(const uint8_t *, 4), ST_P(const uint8_t *, 5),
+                                ST_P(const REAL *, 6), a[7], a[8], a[9], ST_P(const REAL *, 10),
+                                ST_P(const REAL *, 11), ST_P(const REAL *, 12), ST_P(const int64_t *, 13),
+                                ST_P(const double *, 14), ST_P(REAL *, 15), ST_P(REAL *, 16), ST_P(REAL *, 17),
+                                ST_P(double *, 18));
 }
 #undef ST_P
 
