@@ -95,16 +95,18 @@ _args_cache = {}  # id(spec) -> (spec, (ints, floats))
 def spec_args(spec: NeuronSpec) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
     """The spec as the ops' int and float arguments (tuples, made once per spec object: a single-step loop
     calls this every step)."""
-    hit = _args_cache.get(id(spec))
+    compiling = torch.compiler.is_compiling()  # (dynamo cannot carry an id() across a graph break)
+    hit = None if compiling else _args_cache.get(id(spec))
     if hit is not None and hit[0] is spec:
         return hit[1]
     ints = (spec.family, spec.surrogate.id, spec.reset_mode, int(spec.detach_reset), int(spec.decay_input),
             spec.ref_len)
     floats = tuple(float(f) for f in (spec.surrogate.alpha, spec.v_threshold, spec.v_reset, spec.v_init, spec.v_l,
                                       spec.dv, spec.v_th_alpha, spec.v_th_beta, spec.v_th_incre))
-    if len(_args_cache) > 256:
-        _args_cache.clear()
-    _args_cache[id(spec)] = (spec, (ints, floats))  # (the entry keeps spec alive: its id stays unique)
+    if not compiling:
+        if len(_args_cache) > 256:
+            _args_cache.clear()
+        _args_cache[id(spec)] = (spec, (ints, floats))  # (the entry keeps spec alive: its id stays unique)
     return ints, floats
 
 
