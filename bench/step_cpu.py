@@ -472,7 +472,7 @@ def _ratios(rows: List[dict]) -> None:
 
 
 def _check_line(chk: dict) -> str:
-    parts = [f"fused = torch ops: " + ", ".join(f"{n} {v['spike_mismatches']} spikes differ, "
+    parts = ["fused = torch ops: " + ", ".join(f"{n} {v['spike_mismatches']} spikes differ, "
                                                   f"{v['fused_calls_per_step']:g} C call/step"
                                                   for n, v in chk["fused_vs_torch_ops"].items())]
     sj = chk.get("lif_vs_spikingjelly")
