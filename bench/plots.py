@@ -317,6 +317,7 @@ PLOTTERS = {
     "stdp_cpu": (_plot_from("stdp"), "stdp_cpu.png"),
     "stdp_gpu": (_plot_from("stdp"), "stdp_gpu.png"),
     "conv_snn": (_plot_from("conv_snn"), "conv_snn.png"),
+    "step_cpu": (_plot_from("step_cpu"), "step_cpu.png"),
 }
 
 
