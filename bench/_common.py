@@ -298,33 +298,29 @@ def progress(total: int, desc: str):
 # Threads
 # --------------------------------------------------------------------------------------------- #
 
-#: torch CPU threads of a benchmark unless --threads says otherwise. Measured on the 2-core VM shared with other
-#: jobs that CI and the committed results use: with torch's default of 2 threads its OpenMP barriers stall whenever
-#: the other core is taken (single calls 5-20x their quiet time; `python -m bench --quick` at load 0.5: the three
-#: GEMMs of n = 64 took 0.10-35.6 ms over 2 reps, 0.19-0.20 ms with one thread); one thread is slower only on an
-#: idle machine, and its times do not depend on what the other core does (docs/guides/cpu-notes.md).
-DEFAULT_CPU_THREADS = 1
+# torch CPU threads of a benchmark: the demo's rule and default (spiketriton.demo.DEFAULT_CPU_THREADS, 1, with the
+# measurements that chose it), worded for the benchmarks' records
 THREADS_WHY_DEFAULT = ("the default on the CPU: with torch's default of one thread per core, a machine shared with "
                        "other work stalls in OpenMP barriers; --threads N to change it")
 
 
 def set_threads(requested: Optional[int], device="cpu") -> Dict[str, object]:
-    """Set torch's CPU threads for a benchmark and say why: ``None`` -> :data:`DEFAULT_CPU_THREADS` on
-    the CPU (torch's choice on CUDA, where the host threads hardly matter), ``0`` -> torch's default,
-    ``N`` -> N. Returns ``{"torch_num_threads", "threads_why", "threads_before"}`` to record (and to
-    restore with :func:`restore_threads`)."""
+    """Set torch's CPU threads for a benchmark and say why, by the demo's rule
+    (``spiketriton.demo.set_threads``): ``None`` -> ``DEFAULT_CPU_THREADS`` (1) on the CPU (torch's
+    choice on CUDA, where the host threads hardly matter), ``0`` -> torch's default, ``N`` -> N.
+    Returns ``{"torch_num_threads", "threads_why", "threads_before"}`` to record (and to restore with
+    :func:`restore_threads`)."""
+    # imported here: run.py imports this module before it checks that spiketriton is not loaded yet
+    from spiketriton.demo import _apply_thread_rule
+
     before = torch.get_num_threads()
-    if requested is not None and requested < 0:
-        raise SystemExit(f"--threads must be >= 0 (0: torch's default), got {requested}")
-    if requested is None and torch.device(device).type == "cpu":
-        torch.set_num_threads(DEFAULT_CPU_THREADS)
-        why = THREADS_WHY_DEFAULT
-    elif requested:
-        torch.set_num_threads(requested)
-        why = f"--threads {requested}"
-    else:
-        why = "torch's default" + (" (--threads 0)" if requested == 0 else " (a CUDA run; --threads N to set it)")
-    return {"torch_num_threads": torch.get_num_threads(), "threads_why": why, "threads_before": before}
+    try:
+        case = _apply_thread_rule(requested, device)
+    except ValueError:
+        raise SystemExit(f"--threads must be >= 0 (0: torch's default), got {requested}") from None
+    why = {"default": THREADS_WHY_DEFAULT, "given": f"--threads {requested}",
+           "torch": "torch's default" + (" (--threads 0)" if requested == 0 else " (a CUDA run; --threads N to set it)")}
+    return {"torch_num_threads": torch.get_num_threads(), "threads_why": why[case], "threads_before": before}
 
 
 def restore_threads(info: Dict[str, object]) -> None:

@@ -86,9 +86,12 @@ QUICK_EPOCHS = 2  # --quick: 87-95% test accuracy over seeds 0-9 (tests/test_dem
 FIGURE_NAME = "digits_monitor.png"  # the monitor figure's default name (in --export-dir, else the current directory)
 MONITOR_IMAGES = 8  # test images shown in the monitor figure, one after another
 QMODEL_NAME = "qnet.safetensors"  # the quantized model in the export directory (python -m spiketriton export's input)
-#: torch threads on the CPU unless --threads says otherwise. Measured on a 2-core machine shared with other jobs
-#: (2026-12-01, load average 3-5, the full default demo): 1 thread 5.9-9.1 s, torch's default of 2 threads 60-63 s
-#: (its OpenMP barriers wait whenever the other core is taken); docs/guides/cpu-notes.md
+#: torch threads on the CPU unless --threads says otherwise, for the demo, the examples and the benchmarks
+#: (bench/_common.set_threads). Measured on a 2-core machine shared with other jobs (2026-12-01, load average 3-5,
+#: the full default demo): 1 thread 5.9-9.1 s, torch's default of 2 threads 60-63 s (its OpenMP barriers wait
+#: whenever the other core is taken); `python -m bench --quick` at load 0.5: the three GEMMs of n = 64 took
+#: 0.10-35.6 ms over 2 reps with 2 threads, 0.19-0.20 ms with one. One thread is slower only on an idle machine,
+#: and its times do not depend on what the other core does; docs/guides/cpu-notes.md
 DEFAULT_CPU_THREADS = 1
 LOSS_NAME = "MSE of the output firing rates vs the one-hot labels"  # what loss_fn computes, named in the output
 
@@ -523,8 +526,9 @@ def set_threads(threads: Optional[int], device: torch.device) -> str:
     """Set torch's CPU threads for a run and say why, for the demo and the examples' ``--threads``:
     ``None`` -> ``DEFAULT_CPU_THREADS`` (1) when ``device`` is the CPU, else torch's default;
     ``0`` -> torch's default (one per core); ``N`` -> N. Returns the text the demo prints, e.g.
-    ``"1 (the demo's default on the CPU: ...)"``. The caller restores ``torch.get_num_threads()``'s
-    earlier value if it must (``main`` does).
+    ``"1 (the demo's default on the CPU: ...)"``; ``threads`` other than None or an int >= 0 is a
+    ValueError. The caller restores ``torch.get_num_threads()``'s earlier value if it must (``main``
+    does; :func:`threads_for` does it for a ``with`` block).
 
     >>> import torch
     >>> from spiketriton.demo import set_threads
@@ -533,16 +537,29 @@ def set_threads(threads: Optional[int], device: torch.device) -> str:
     '1'
     >>> torch.set_num_threads(before)
     """
-    if threads is None and device.type == "cpu":
-        torch.set_num_threads(DEFAULT_CPU_THREADS)
-        why = ("the demo's default on the CPU: torch's default of one thread per core stalls on a machine shared "
-               "with other work; --threads N to change it, docs/guides/cpu-notes.md")
-    elif threads:
-        torch.set_num_threads(threads)
-        why = "--threads"
-    else:
-        why = "torch's default" + (" (--threads 0)" if threads == 0 else "")
+    case = _apply_thread_rule(threads, device)
+    why = {"default": "the demo's default on the CPU: torch's default of one thread per core stalls on a machine "
+                      "shared with other work; --threads N to change it, docs/guides/cpu-notes.md",
+           "given": "--threads",
+           "torch": "torch's default" + (" (--threads 0)" if threads == 0 else "")}[case]
     return f"{torch.get_num_threads()} ({why})"
+
+
+def _apply_thread_rule(threads: Optional[int], device) -> str:
+    """The one thread rule of the demo, the examples and the benchmarks (bench/_common.set_threads):
+    ``None`` -> :data:`DEFAULT_CPU_THREADS` when ``device`` (a ``torch.device`` or its name) is the CPU,
+    else torch's default (a GPU run's host threads hardly matter); ``0`` -> torch's default (left as it
+    is); ``N`` -> N. Sets torch's thread count and returns the case, ``"default"``, ``"given"`` or
+    ``"torch"``, for the caller to word. ``threads`` other than None or an int >= 0: a ValueError."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise ValueError(f"set_threads: threads must be None or an int >= 0 (0: torch's default), got {threads!r}")
+    if threads is None and torch.device(device).type == "cpu":
+        torch.set_num_threads(DEFAULT_CPU_THREADS)
+        return "default"
+    if threads:
+        torch.set_num_threads(threads)
+        return "given"
+    return "torch"
 
 
 def _use_bar(args) -> bool:

@@ -235,6 +235,34 @@ def test_set_threads_records_the_choice(bench_path):
         set_threads(-1, "cpu")
 
 
+def test_bench_and_demo_apply_one_thread_rule(bench_path):
+    """bench/_common.set_threads and spiketriton.demo.set_threads word one rule (spiketriton.demo):
+    the same count for every case, each in its own text."""
+    from _common import set_threads as bench_set_threads
+
+    from spiketriton.demo import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        for requested, device, count, demo_why, bench_why in (
+                (None, "cpu", 1, "the demo's default on the CPU", "the default on the CPU"),
+                (3, "cpu", 3, "--threads", "--threads 3"),
+                (None, "cuda", 2, "torch's default", "torch's default (a CUDA run"),
+                (0, "cpu", 2, "torch's default (--threads 0)", "torch's default (--threads 0)")):
+            torch.set_num_threads(2)
+            info = bench_set_threads(requested, device)
+            assert torch.get_num_threads() == info["torch_num_threads"] == count
+            assert info["threads_why"].startswith(bench_why) and info["threads_before"] == 2
+            torch.set_num_threads(2)
+            text = set_threads(requested, torch.device(device))
+            assert torch.get_num_threads() == count and text.startswith(f"{count} ({demo_why}")
+        for bad in (-1, True, 1.5):
+            with pytest.raises(ValueError, match=rf"set_threads: threads must be None or an int >= 0 .*got {bad}"):
+                set_threads(bad, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bench_passes_threads_to_every_cpu_script(bench_path):
     import run
 
