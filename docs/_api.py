@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 import pathlib
 import pkgutil
 import re
@@ -24,12 +23,6 @@ PACKAGE = "spiketriton"
 # name that is not public) that the build tolerates: none (a docstring names such a helper as a literal);
 # any broken reference fails the build.
 KNOWN_BROKEN_REFERENCES: list[tuple[str, str]] = []
-
-# Docstrings (by documented object) that are not valid reStructuredText yet: docutils' formatting messages
-# about them (a malformed table, an unexpected indentation, a stray ``*`` or ``|``) would not fail the build.
-# None: every docstring is valid reST, and any formatting message fails the build.
-KNOWN_DOCSTRING_FORMAT_ISSUES: frozenset[str] = frozenset()
-
 
 def public_modules() -> list[types.ModuleType]:
     pkg = importlib.import_module(PACKAGE)
@@ -242,22 +235,3 @@ def resolve_alias(app, env, node, contnode):
             if found is not None:
                 return found
     return None
-
-
-_DOCSTRING_OF = re.compile(r"docstring of ([\w.]+)")
-
-
-class _KnownDocstringIssues(logging.Filter):
-    """Drops docutils' formatting messages about the docstrings listed above; passes everything else."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "type", None) not in ("docutils", None):  # (None: Sphinx before 8 left them untyped)
-            return True
-        where = f"{getattr(record, 'location', '') or ''} {record.getMessage()}"
-        m = _DOCSTRING_OF.search(where)
-        return not (m and m.group(1) in KNOWN_DOCSTRING_FORMAT_ISSUES)
-
-
-def install_docstring_filter(app) -> None:
-    for handler in logging.getLogger("sphinx").handlers:
-        handler.filters.insert(0, _KnownDocstringIssues())

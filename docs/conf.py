@@ -80,6 +80,5 @@ suppress_warnings = ["myst.header"]
 
 
 def setup(app):
-    _api.install_docstring_filter(app)
     app.connect("missing-reference", _api.resolve_alias)
     app.connect("builder-inited", lambda app: _api.write_pages(HERE / "api" / "generated"))
