@@ -187,6 +187,10 @@ def describe_backend(backend: str, device: torch.device) -> str:
     """Which implementation the neurons will run on (raises, as the neurons would, if impossible)."""
     probe = torch.empty(0, device=device)
     if not use_triton(backend, probe, op="demo"):
+        from .kernels import neuron_cpu
+
+        if device.type == "cpu" and neuron_cpu.status()[0]:
+            return "PyTorch path; neurons as one compiled C call per sequence (the fused CPU neuron)"
         return "PyTorch path (spiketriton's fused algorithm in torch ops)"
     if device.type == "cuda":
         return f"Triton kernels on {torch.cuda.get_device_name(device)}"
