@@ -85,6 +85,11 @@ def _saved(variant):
                 if r["variant"] == variant and r["dtype"] == "fp32")
 
 
+def _step(impl, shape="16x200"):
+    return next(c["us_per_step_median"] for c in _load("step_cpu.json")["cases"]
+                if (c["mode"], c["impl"], c["shape"]) == ("infer", impl, shape))
+
+
 def _goal(goal_id):
     return next(g["value"] for g in _load("summary.json")["goals"] if g["id"] == goal_id)
 
@@ -103,6 +108,8 @@ HEADLINES = {
     "bytes saved for backward": lambda: [f"**{_saved('spiketriton packed_output'):g}**",
                                          f"SpikingJelly {_saved('spikingjelly'):g}"],
     "streaming inference": lambda: [f"**{_goal('event_matmul_vs_torch_cpu'):.2f}x**"],
+    "one LIF time step": lambda: [f"**{_step('spiketriton.LIF'):.1f} us**", f"snnTorch {_step('snntorch.Leaky'):.1f} us",
+                                  f"SpikingJelly {_step('spikingjelly.LIFNode'):.1f} us"],
     "ANN-to-SNN conversion": lambda: [f"ANN: {_ann2snn()[0]:.2f} %", f"**{_ann2snn()[1]:.2f} %**"],
 }
 
@@ -122,7 +129,7 @@ def test_headline_devices_match_the_result_files():
             for label in HEADLINES}
     for label, source in (("LIF forward + backward", "neuron_cpu.json"), ("Open Neuromorphic benchmark",
                           "open_neuromorphic.json"), ("bytes saved for backward", "memory.json"),
-                          ("streaming inference", "event_matmul_cpu.json")):
+                          ("streaming inference", "event_matmul_cpu.json"), ("one LIF time step", "step_cpu.json")):
         dev = _load(source)["device"]
         assert dev["cpu_model"].replace("(R)", "").split(" Processor")[0] in rows[label], (label, dev["cpu_model"])
         assert f"{dev['torch_num_threads']} thread" in rows[label]
