@@ -215,6 +215,22 @@ def test_switched_off_by_the_environment(monkeypatch, fresh_state):
     assert not ok and "SPIKETRITON_CPU_KERNEL=0" in why
 
 
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_cache_others_can_write_is_not_loaded(what, monkeypatch, tmp_path, fresh_state):
+    # loading a shared library runs its code: a cached file (or directory) writable by group or others
+    # could hold someone else's; this process then builds and loads a private copy instead
+    cache = tmp_path / "cache"
+    _rebuild(monkeypatch, SPIKETRITON_CACHE_DIR=str(cache))
+    assert neuron_cpu.status()[0]
+    (lib,) = cache.glob("neuron_cpu-*.so")
+    assert lib.stat().st_mode & 0o022 == 0 and cache.stat().st_mode & 0o077 == 0  # writable by its owner only
+    os.chmod(lib if what == "file" else cache, 0o666 if what == "file" else 0o777)
+    neuron_cpu._reset_for_tests()
+    ok, why = neuron_cpu.status()
+    assert ok and "was not used" in why and "writable by group or others" in why, why
+    _check_lif_still_runs()
+
+
 def test_a_damaged_cached_library_is_rebuilt(tmp_path):
     # in a new process (this one has the library loaded: the dynamic loader would hand back the loaded
     # copy by name): a foreign or truncated file under the expected name is rebuilt, not trusted

@@ -77,16 +77,28 @@ def library_path(cc: str) -> Path:
     return cache_dir() / f"neuron_cpu-{key}.so"
 
 
-def _build(cc: str) -> Path:
-    """Compile (or find the cached) shared library; raise RuntimeError saying why not. The file is
-    never rewritten in place (a process that has it loaded would crash): a new build is renamed over it."""
-    lib = library_path(cc)
-    out_dir = lib.parent
-    if lib.is_file():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # compile to a private name, then rename: a concurrent process never loads a half-written file
-    fd, tmp = tempfile.mkstemp(prefix=".neuron_cpu-", suffix=".so", dir=out_dir)
+def _unsafe(path: Path) -> Optional[str]:
+    """Why a library file, or its directory, may hold code someone else wrote, or None. Loading a shared
+    library runs its code: the cache must be writable by this user only."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - not POSIX
+        return None
+    uid = os.getuid()
+    if path.is_symlink():
+        return f"{path} is a symbolic link"
+    for p in (path, path.parent):
+        st = os.stat(p)
+        if st.st_uid != uid:
+            return f"{p} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by group or others (mode {oct(st.st_mode & 0o777)})"
+    return None
+
+
+def _compile(cc: str, lib: Path) -> Path:
+    """Compile to a private name in lib's directory, then rename: a concurrent process never loads a
+    half-written file, and a loaded file is never rewritten in place (that would crash its process)."""
+    # (mkstemp makes it 0600; the linker may add execute bits, never write bits for others)
+    fd, tmp = tempfile.mkstemp(prefix=".neuron_cpu-", suffix=".so", dir=lib.parent)
     os.close(fd)
     try:
         cmd = [cc, *_FLAGS, "-o", tmp, str(_SRC_DIR / "neuron_cpu.c"), "-lm"]
@@ -100,24 +112,48 @@ def _build(cc: str) -> Path:
     return lib
 
 
+def _build(cc: str) -> Path:
+    """The cached shared library, compiled if missing; RuntimeError saying why not."""
+    lib = library_path(cc)
+    lib.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if lib.is_file() or lib.is_symlink():
+        return lib
+    return _compile(cc, lib)
+
+
+def _open(path: Path):
+    lib = ctypes.CDLL(str(path))
+    if lib.st_abi_version() != _ABI:
+        raise OSError(f"{path} has ABI {lib.st_abi_version()}, expected {_ABI}")
+    return lib
+
+
 def _load():
     if os.environ.get(_ENV_OFF, "1") == "0":
         return None, f"off: {_ENV_OFF}=0"
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found ($CC, cc, gcc, clang); the torch ops run instead"
+    note = ""
     try:
         path = _build(cc)
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            # a cached file that does not load (damaged, or from another system sharing the cache
-            # directory): build it again once
-            path.unlink(missing_ok=True)
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
-        if lib.st_abi_version() != _ABI:
-            return None, f"{path} has ABI {lib.st_abi_version()}, expected {_ABI}"
+        why = _unsafe(path)
+        if why is not None:
+            # not loaded: a private build for this process (the file is unlinked once loaded)
+            private = Path(tempfile.mkdtemp(prefix="spiketriton-"))
+            path = _compile(cc, private / path.name)
+            lib = _open(path)
+            path.unlink()
+            private.rmdir()
+            note = f"; the cached library was not used ({why}): built for this process only"
+        else:
+            try:
+                lib = _open(path)
+            except OSError:
+                # a cached file that does not load (damaged, or from another system sharing the cache
+                # directory): build it again once
+                path.unlink(missing_ok=True)
+                lib = _open(_compile(cc, path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return None, f"build failed: {e}; the torch ops run instead"
     for name in ("fwd", "bwd_a", "bwd_b"):
@@ -125,7 +161,7 @@ def _load():
             fn = getattr(lib, f"st_neuron_{name}_args_{suffix}")
             fn.argtypes = [ctypes.c_void_p]
             fn.restype = ctypes.c_int
-    return lib, f"built with {cc} ({path})"
+    return lib, f"built with {cc} ({path}){note}"
 
 
 def library():
