@@ -64,7 +64,8 @@ def test_forward_equals_the_torch_ops_bit_for_bit(dtype, family):
             x.view(-1)[x.numel() // 2] = math.nan
         v0 = torch.randn(S, generator=gen, dtype=dtype) if rng.random() < 0.5 else None
         a0 = torch.rand(S, generator=gen, dtype=dtype) if family == FAMILY_B and rng.random() < 0.5 else None
-        ref0 = torch.randint(0, 3, S, generator=gen, dtype=torch.int32) if family == FAMILY_B and rng.random() < 0.5 else None
+        ref0 = (torch.randint(0, 3, S, generator=gen, dtype=torch.int32)
+                if family == FAMILY_B and rng.random() < 0.5 else None)
         for store, write_spikes in ((True, True), (False, True), (True, False), (False, False)):
             fused = KNT.neuron_forward(x, v0, a0, ref0, params, spec, store, write_spikes=write_spikes)
             ops = KNT.neuron_forward(x, v0, a0, ref0, params, spec, store, write_spikes=write_spikes, fused=False)
@@ -276,7 +277,8 @@ def test_the_hot_loops_vectorize(tmp_path):
              for tag in ("fwd A", "fwd B", "bwd A", "bwd B") if f"/* hot loop: {tag} */" in line}
     assert len(lines) == 4, lines
     res = subprocess.run([cc, *neuron_cpu._FLAGS, "-fopt-info-vec-optimized", "-o", str(tmp_path / "x.so"),
-                          str(neuron_cpu._SRC_DIR / "neuron_cpu.c"), "-lm"], capture_output=True, text=True, timeout=300)
+                          str(neuron_cpu._SRC_DIR / "neuron_cpu.c"), "-lm"],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     done = {tag: sum(f"neuron_cpu_body.h:{n}:" in ln and "loop vectorized" in ln and "16 byte" in ln
                      for ln in res.stderr.splitlines()) for tag, n in lines.items()}

@@ -7,7 +7,7 @@ same floating type, in one C function: one call per forward (any T, so one call 
 ``step_mode="s"``) and one per backward, reading the input once.
 
 It is built on first use with the system C compiler (``$CC``, else Python's configured compiler, else
-``cc``; about half a second), cached under ``$SPIKETRITON_CACHE_DIR`` (default
+``cc``; 6-10 s on the 2-core CI machine), cached under ``$SPIKETRITON_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/spiketriton`` or ``~/.cache/spiketriton``) by a hash of its source and flags, and loaded
 with ctypes. The PyTorch path uses it for float32 and float64 tensors on the CPU; fp16/bf16 keep the torch
 ops. Without a compiler, or with ``SPIKETRITON_CPU_KERNEL=0``, the torch ops run instead, with the
@@ -15,7 +15,8 @@ same results: :func:`status` says which and why.
 
 Results equal the torch ops bit for bit in the forward (spikes, H, states, saved bits), since each
 operation rounds once (``-ffp-contract=off``, no fast-math) in the torch op order; backward values agree
-to rounding (the surrogate's ``exp`` is libm's, and ``dL/dk`` is summed in float64).
+to rounding (the surrogates' ``exp`` is libm's on small steps, and the parameter gradients are summed in
+float64). A cached library that another user could have written is never loaded (see ``_unsafe``).
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from ..spec import FAMILY_A, NeuronSpec
 
 _SRC_DIR = Path(__file__).with_name("csrc")
 _SOURCES = ("neuron_cpu.c", "neuron_cpu_body.h")
-# -O3: gcc 12 vectorizes these loops only at -O3 (at -O2 none, and the fused forward was 2x slower
-# than the torch ops); no -march=native, so a cache shared between machines never holds code a CPU
-# cannot run
-_FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math")
+# gcc 12 vectorizes nothing at plain -O2 (the fused forward then took 2x the torch ops' time); -O3 does,
+# but compiled 2-3x longer than -O2 -ftree-vectorize with the dynamic cost model (which allows the alias
+# checks these loops need). -fno-trapping-math changes no result (it lets compare-and-select code be
+# vectorized). No -march=native: a cache shared between machines never holds code a CPU cannot run.
+_FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-std=c99", "-shared", "-fPIC",
+          "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math")
 _ABI = 1
 _ENV_OFF = "SPIKETRITON_CPU_KERNEL"
 _DTYPES = (torch.float32, torch.float64)
@@ -55,7 +58,8 @@ _state = {"lib": None, "tried": False, "why": "not built yet (built on the first
 
 
 def _compiler() -> Optional[str]:
-    for cand in (os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split(" ")[0] or None, "cc", "gcc", "clang"):
+    configured = (sysconfig.get_config_var("CC") or "").split(" ")[0] or None
+    for cand in (os.environ.get("CC"), configured, "cc", "gcc", "clang"):
         if cand and shutil.which(cand):
             return cand
     return None
