@@ -7,6 +7,7 @@ Nothing here knows a benchmark case; ``_neuron_cases.py`` and ``_matmul_cases.py
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
@@ -327,6 +328,17 @@ def restore_threads(info: Dict[str, object]) -> None:
     """Put back the thread count :func:`set_threads` found (``python -m bench`` runs the scripts in its own
     process: each leaves the setting as it was)."""
     torch.set_num_threads(int(info["threads_before"]))
+
+
+@contextlib.contextmanager
+def threads_for(requested: Optional[int], device="cpu"):
+    """:func:`set_threads` for a ``with`` block: yields its record and restores the count after the block
+    (the scripts whose whole run uses the one setting)."""
+    info = set_threads(requested, device)
+    try:
+        yield info
+    finally:
+        restore_threads(info)
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -45,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, copy_bandwidth, gbps, header, interleaved_rounds, loadavg, progress, restore_threads, save_result,
-    set_threads, time_stats,
+    RESULTS_DIR, copy_bandwidth, gbps, header, interleaved_rounds, loadavg, progress, save_result,
+    threads_for, time_stats,
 )
 from _neuron_cases import (  # noqa: E402
     DTYPES, SG_ALPHA, TAU, V_RESET, V_THRESHOLD, kernel_bytes, make_inputs, parse_shape, reference_runner,
@@ -130,11 +130,8 @@ def main(argv=None) -> int:
                         "(`pip install --no-deps spikingjelly==2.0.0 loguru` to compare)"})
         print("neuron_cpu.py: spikingjelly is not installed; timing spiketriton and the reference only.",
               file=sys.stderr)
-    threads = set_threads(args.threads, "cpu")
-    try:
+    with threads_for(args.threads, "cpu") as threads:
         return _run(ap, args, have_sj, skipped, threads, argv)
-    finally:
-        restore_threads(threads)
 
 
 def _run(ap, args, have_sj, skipped, threads, argv) -> int:

@@ -72,8 +72,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, copy_bandwidth, device_slug, header, int_list, ms_stats, progress, restore_threads, save_result,
-    set_threads, short_error, time_one,
+    RESULTS_DIR, copy_bandwidth, device_slug, header, int_list, ms_stats, progress, save_result,
+    threads_for, short_error, time_one,
 )
 from _neuron_cases import DTYPES, kernel_bytes, sj_implementation, sj_precision_node, spikingjelly_node  # noqa: E402
 import roofline  # noqa: E402
@@ -347,11 +347,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("open_neuromorphic.py: --device cuda but CUDA is not available", file=sys.stderr)
         return 1
-    threads = set_threads(args.threads, device)
-    try:
+    with threads_for(args.threads, device) as threads:
         return _run(ap, args, device, threads, argv)
-    finally:
-        restore_threads(threads)
 
 
 def _run(ap, args, device, threads, argv) -> int:

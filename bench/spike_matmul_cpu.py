@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, header, interleaved_rounds, loadavg, progress, restore_threads, save_result, set_threads, time_stats,
+    RESULTS_DIR, header, interleaved_rounds, loadavg, progress, save_result, threads_for, time_stats,
 )
 from _matmul_cases import (  # noqa: E402
     CPU_SHAPES, DTYPES, FWD_IMPLS, TRAIN_IMPLS, forward_agreement, forward_runner, make_grad, make_linear,
@@ -104,11 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "cpu"), help="output folder")
     args = ap.parse_args(argv)
 
-    threads = set_threads(args.threads, "cpu")
-    try:
+    with threads_for(args.threads, "cpu") as threads:
         return _run(ap, args, threads, argv)
-    finally:
-        restore_threads(threads)
 
 
 def _run(ap, args, threads, argv) -> int:

@@ -61,7 +61,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS_DIR, header, interleaved_rounds, loadavg, restore_threads, save_result, set_threads, short_error,
+    RESULTS_DIR, header, interleaved_rounds, loadavg, save_result, threads_for, short_error,
     time_stats,
 )
 from _neuron_cases import SG_ALPHA, TAU, V_RESET, V_THRESHOLD, make_inputs  # noqa: E402
@@ -358,11 +358,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     shapes = parse_shapes(args.shapes)
-    threads = set_threads(args.threads, "cpu")
-    try:
+    with threads_for(args.threads, "cpu") as threads:
         return _run(args, shapes, threads, argv)
-    finally:
-        restore_threads(threads)
 
 
 def _run(args, shapes, threads, argv) -> int:

@@ -235,6 +235,17 @@ def test_set_threads_records_the_choice(bench_path):
         set_threads(-1, "cpu")
 
 
+def test_threads_for_restores_the_count_after_its_block(bench_path):
+    from _common import threads_for
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with threads_for(None, "cpu") as info:
+            assert torch.get_num_threads() == 1 == info["torch_num_threads"]
+            raise RuntimeError("inside")  # a script that fails still leaves the count as it was
+    assert torch.get_num_threads() == before
+
+
 def test_bench_and_demo_apply_one_thread_rule(bench_path):
     """bench/_common.set_threads and spiketriton.demo.set_threads word one rule (spiketriton.demo):
     the same count for every case, each in its own text."""
