@@ -17,6 +17,8 @@
 #define ST_CAT_(a, b) a##b
 #define ST_CAT(a, b) ST_CAT_(a, b)
 #define FN(name) ST_CAT(name, SUFFIX)
+/* M(0), M(1) or M(2) for the reset mode r: one call site with a constant per mode */
+#define ST_BY_RESET(M, r) do { if ((r) == 0) M(0); else if ((r) == 1) M(1); else M(2); } while (0)
 
 static inline __attribute__((always_inline)) REAL FN(surrogate_)(int id, REAL alpha, REAL x)
 {
@@ -229,17 +231,18 @@ int FN(st_neuron_fwd_)(const REAL *x, int64_t T, int64_t R, int64_t L, const REA
         const REAL vr = hard ? (REAL)sf[2] : (REAL)0;
         const int reset = !hard ? 2 : (vr != 0 ? 1 : 0);
 #define ST_FWD_A(d, rs) FN(fwd_a_)(x, T, R, L, v0, k, vth, vr, v_init, spikes, bits, hs, v_last, d, rs)
-#define ST_FWD_A_RESET(d) do { if (reset == 0) ST_FWD_A(d, 0); else if (reset == 1) ST_FWD_A(d, 1); \
-                               else ST_FWD_A(d, 2); } while (0)
+#define ST_FWD_A_DECAY(rs) ST_FWD_A(1, rs)
+#define ST_FWD_A_NODECAY(rs) ST_FWD_A(0, rs)
 #if ST_SPECIALIZE
         if (si[4])
-            ST_FWD_A_RESET(1);
+            ST_BY_RESET(ST_FWD_A_DECAY, reset);
         else
-            ST_FWD_A_RESET(0);
+            ST_BY_RESET(ST_FWD_A_NODECAY, reset);
 #else
         ST_FWD_A((int)si[4], reset);
 #endif
-#undef ST_FWD_A_RESET
+#undef ST_FWD_A_NODECAY
+#undef ST_FWD_A_DECAY
 #undef ST_FWD_A
         return 0;
     }
@@ -254,12 +257,7 @@ int FN(st_neuron_fwd_)(const REAL *x, int64_t T, int64_t R, int64_t L, const REA
 #define ST_FWD_B_RF(rs, ad) do { if (refractory) ST_FWD_B(rs, ad, 1); else ST_FWD_B(rs, ad, 0); } while (0)
 #define ST_FWD_B_AD(rs) do { if (adaptive) ST_FWD_B_RF(rs, 1); else ST_FWD_B_RF(rs, 0); } while (0)
 #if ST_SPECIALIZE
-    if (si[2] == 0)
-        ST_FWD_B_AD(0);
-    else if (si[2] == 1)
-        ST_FWD_B_AD(1);
-    else
-        ST_FWD_B_AD(2);
+    ST_BY_RESET(ST_FWD_B_AD, si[2]);
 #else
     ST_FWD_B((int)si[2], adaptive, refractory);
 #endif
@@ -514,12 +512,7 @@ int FN(st_neuron_bwd_b_)(const REAL *gs, const REAL *hs, const uint8_t *bits, co
                                     sf, gx, gv0, ad ? ga0 : NULL, gp, rs, ad)
 #define ST_BWD_B_AD(rs) do { if (adaptive) ST_BWD_B(rs, 1); else ST_BWD_B(rs, 0); } while (0)
 #if ST_SPECIALIZE
-    if (si[2] == 0)
-        ST_BWD_B_AD(0);
-    else if (si[2] == 1)
-        ST_BWD_B_AD(1);
-    else
-        ST_BWD_B_AD(2);
+    ST_BY_RESET(ST_BWD_B_AD, si[2]);
 #else
     ST_BWD_B((int)si[2], adaptive);
 #endif
@@ -559,6 +552,7 @@ int FN(st_neuron_bwd_b_args_)(const int64_t *a)
 }
 #undef ST_P
 
+#undef ST_BY_RESET
 #undef FN
 #undef ST_CAT
 #undef ST_CAT_
