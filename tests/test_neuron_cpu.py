@@ -232,23 +232,57 @@ def test_a_cache_others_can_write_is_not_loaded(what, monkeypatch, tmp_path, fre
     _check_lif_still_runs()
 
 
-def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("damage", ["foreign", "truncated", "flipped"])
+def test_a_damaged_cached_library_is_rebuilt(damage, tmp_path):
     # in a new process (this one has the library loaded: the dynamic loader would hand back the loaded
-    # copy by name): a foreign or truncated file under the expected name is rebuilt, not trusted
+    # copy by name): a foreign file, the first half of a real library (dlopen'ed, it killed the process
+    # with SIGBUS) or one with a flipped byte, under the expected name, is rebuilt, never loaded
     cache = tmp_path / "cache"
-    code = ("import sys, torch\n"
+    real = neuron_cpu.library_path(neuron_cpu._compiler())
+    assert real.is_file() and neuron_cpu._intact(real)  # (this process built and loaded it)
+    data = bytearray(real.read_bytes())
+    if damage == "flipped":  # one byte of code changed: it may load and run, so it must not load
+        data[len(data) // 2] ^= 0x10
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    bad = b"\x7fELF not really" if damage == "foreign" else bytes(data)
+    (tmp_path / "bad.so").write_bytes(bad)
+    code = ("import os, shutil, sys, torch\n"
             "from spiketriton.kernels import neuron_cpu\n"
             "path = neuron_cpu.library_path(neuron_cpu._compiler())\n"
-            "path.parent.mkdir(parents=True, exist_ok=True)\n"
-            "path.write_bytes(b'\\x7fELF not really')\n"
+            "path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)\n"
+            f"shutil.copyfile({str(tmp_path / 'bad.so')!r}, path)\n"
+            # the real build's digest beside it: the check must see the damage, not a missing record
+            f"shutil.copyfile({str(neuron_cpu._digest_file(real))!r}, neuron_cpu._digest_file(path))\n"
             "ok, why = neuron_cpu.status()\n"
-            "assert ok, why\n"
-            "assert path.stat().st_size > 1000\n"
+            "assert ok and 'did not match its recorded digest' in why, why\n"
+            f"assert path.read_bytes() != open({str(tmp_path / 'bad.so')!r}, 'rb').read()\n"
             "print('rebuilt', path.name)\n")
     env = dict(os.environ, SPIKETRITON_CACHE_DIR=str(cache))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "rebuilt neuron_cpu-" in res.stdout
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_cache_entry_that_is_not_a_regular_file(kind, monkeypatch, tmp_path, fresh_state):
+    # a symlink under the library's name is never followed (it could point at any code): a private build;
+    # a directory there cannot be replaced: a clear "build failed" and the torch ops
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv("SPIKETRITON_CACHE_DIR", str(cache))
+    path = neuron_cpu.library_path(neuron_cpu._compiler())
+    if kind == "symlink":
+        path.symlink_to(neuron_cpu.library_path.__code__.co_filename)  # any file: it must not be loaded
+    else:
+        path.mkdir()
+    neuron_cpu._reset_for_tests()
+    ok, why = neuron_cpu.status()
+    if kind == "symlink":
+        assert ok and "symbolic link" in why and "was not used" in why, why
+    else:
+        assert not ok and "build failed" in why, why
+    _check_lif_still_runs()
 
 
 def test_the_wheel_carries_the_c_sources(tmp_path):

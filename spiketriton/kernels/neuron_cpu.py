@@ -39,6 +39,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._files import read_regular, write_atomic
 from ..spec import FAMILY_A, NeuronSpec
 
 _SRC_DIR = Path(__file__).with_name("csrc")
@@ -50,6 +51,7 @@ _SOURCES = ("neuron_cpu.c", "neuron_cpu_body.h")
 _FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-std=c99", "-shared", "-fPIC",
           "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math")
 _ABI = 1
+_MAX_LIB_BYTES = 64 << 20  # the library is ~170 KB; a cache file larger than this is not read
 _ENV_OFF = "SPIKETRITON_CPU_KERNEL"
 _DTYPES = (torch.float32, torch.float64)
 
@@ -98,9 +100,29 @@ def _unsafe(path: Path) -> Optional[str]:
     return None
 
 
+def _digest_file(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(read_regular(path, "neuron_cpu", _MAX_LIB_BYTES)).hexdigest()
+
+
+def _intact(lib: Path) -> bool:
+    """Whether the cached library has the bytes its build recorded. dlopen of a damaged file is not an
+    error but a crash: a truncated library maps pages past the end of the file, and the first access
+    kills the process with SIGBUS (seen in tests/test_neuron_cpu.py before this check)."""
+    try:
+        return _digest_file(lib).read_text().strip() == _sha256(lib)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
 def _compile(cc: str, lib: Path) -> Path:
-    """Compile to a private name in lib's directory, then rename: a concurrent process never loads a
-    half-written file, and a loaded file is never rewritten in place (that would crash its process)."""
+    """Compile to a private name in lib's directory, record its SHA-256 beside it, then rename: a concurrent
+    process never loads a half-written file, and a loaded file is never rewritten in place (that would
+    crash its process). Two processes building at once can leave one's digest beside the other's file:
+    the next load then sees a mismatch and builds again (slow, never wrong)."""
     # (mkstemp makes it 0600; the linker may add execute bits, never write bits for others)
     fd, tmp = tempfile.mkstemp(prefix=".neuron_cpu-", suffix=".so", dir=lib.parent)
     os.close(fd)
@@ -109,6 +131,7 @@ def _compile(cc: str, lib: Path) -> Path:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[:500]}")
+        write_atomic(_digest_file(lib), (_sha256(tmp) + "\n").encode(), "neuron_cpu")
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -145,17 +168,23 @@ def _load():
         if why is not None:
             # not loaded: a private build for this process (the file is unlinked once loaded)
             private = Path(tempfile.mkdtemp(prefix="spiketriton-"))
-            path = _compile(cc, private / path.name)
-            lib = _open(path)
-            path.unlink()
-            private.rmdir()
+            try:
+                path = _compile(cc, private / path.name)
+                lib = _open(path)
+            finally:
+                shutil.rmtree(private, ignore_errors=True)
             note = f"; the cached library was not used ({why}): built for this process only"
         else:
+            if not _intact(path):
+                # damaged (truncated, flipped, foreign) or without its digest: never handed to dlopen
+                path.unlink()
+                _compile(cc, path)
+                note = "; the cached library did not match its recorded digest: rebuilt"
             try:
                 lib = _open(path)
             except OSError:
-                # a cached file that does not load (damaged, or from another system sharing the cache
-                # directory): build it again once
+                # a file that matches its digest but does not load (a cache shared with another system):
+                # build it again once
                 path.unlink(missing_ok=True)
                 lib = _open(_compile(cc, path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
